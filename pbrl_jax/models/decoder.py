@@ -1,0 +1,352 @@
+"""The decoder-only transformer family (Llama 3.x, Qwen2/2.5, Qwen3, SmolLM2) in Flax linen.
+
+Axis letters used in einsum strings and shape comments:
+  B batch, T query sequence, S key/cache sequence, L layers, D model dim, N query heads,
+  K key/value heads, G query heads per kv head (N = K * G), H head dim, F ffw dim, V vocab.
+
+The layer stack is an `nn.scan`, so parameters carry a leading L axis and an 8B model compiles
+one layer body. Every parameter has a logical axis name on every dimension
+(`nn.with_logical_partitioning`); `pbrl_jax.models.sharding` maps them to a mesh.
+
+The functions at the bottom (`init_params`, `forward`, `unembed`, `token_logprobs`,
+`init_cache`) are what the sampler and the trainer call: parameters in and out as plain
+pytrees, the KV cache passed in and returned explicitly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pbrl_jax.models.config import DecoderConfig
+
+Array = jax.Array
+Params = Any  # nested dict of arrays
+Cache = dict[str, Array]  # {'k': [L,B,S,K,H], 'v': [L,B,S,K,H]}
+
+_NORMAL = nn.initializers.normal(stddev=0.02)
+
+
+def rope_inv_freq(config: DecoderConfig) -> Array:
+  """Inverse RoPE frequencies [H/2], including Llama-3.1's `llama3` scaling."""
+  h = config.head_dim
+  inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  s = config.rope_scaling
+  if s is None or s.rope_type == "default":
+    return inv_freq
+  if s.rope_type == "linear":
+    return inv_freq / s.factor
+  # llama3: leave high frequencies, divide low ones by `factor`, interpolate in between.
+  old_len = s.original_max_position_embeddings
+  low_wavelen = old_len / s.low_freq_factor
+  high_wavelen = old_len / s.high_freq_factor
+  wavelen = 2 * math.pi / inv_freq
+  scaled = jnp.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+  smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+  is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(is_medium, smoothed, scaled)
+
+
+def rope_sin_cos(config: DecoderConfig, positions: Array) -> tuple[Array, Array]:
+  """sin and cos tables [B,T,H] for integer positions [B,T] (HF rotate-half layout)."""
+  freqs = positions.astype(jnp.float32)[..., None] * rope_inv_freq(config)  # [B,T,H/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)  # [B,T,H]
+  return jnp.sin(emb), jnp.cos(emb)
+
+
+def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
+  """Rotates x [B,T,N,H] by position; computed in float32, returned in x's dtype."""
+  xf = x.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+  out = xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+  return out.astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm computed in float32, scaled by a learned weight (HF Llama semantics)."""
+
+  eps: float
+  dtype: jnp.dtype
+  param_dtype: jnp.dtype
+  axis_name: str = "embed"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param(
+        "scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+        (x.shape[-1],), self.param_dtype)
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return scale.astype(self.dtype) * xf.astype(self.dtype)
+
+
+class Attention(nn.Module):
+  """Grouped-query attention with RoPE, optional q/k/v biases and q/k RMSNorm."""
+
+  config: DecoderConfig
+
+  def _proj(self, name: str, shape: tuple[int, ...], axes: tuple[str, ...]) -> Array:
+    c = self.config
+    w = self.param(name, nn.with_logical_partitioning(_NORMAL, axes), shape, c.jnp_param_dtype)
+    return w.astype(c.jnp_dtype)
+
+  def _bias(self, name: str, shape: tuple[int, ...], axes: tuple[str, ...]) -> Array:
+    c = self.config
+    b = self.param(name, nn.with_logical_partitioning(nn.initializers.zeros, axes), shape,
+                   c.jnp_param_dtype)
+    return b.astype(c.jnp_dtype)
+
+  @nn.compact
+  def __call__(self, x: Array, sin: Array, cos: Array, attn_mask: Array,
+               layer_cache: Cache | None, cache_index: Array | None
+               ) -> tuple[Array, Cache | None]:
+    c = self.config
+    d, n, k, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+    q = jnp.einsum("BTD,DNH->BTNH", x, self._proj("q_proj", (d, n, h),
+                                                  ("embed", "q_heads", "head_dim")))
+    key = jnp.einsum("BTD,DKH->BTKH", x, self._proj("k_proj", (d, k, h),
+                                                    ("embed", "kv_heads", "head_dim")))
+    val = jnp.einsum("BTD,DKH->BTKH", x, self._proj("v_proj", (d, k, h),
+                                                    ("embed", "kv_heads", "head_dim")))
+    if c.attention_bias:
+      q = q + self._bias("q_bias", (n, h), ("q_heads", "head_dim"))
+      key = key + self._bias("k_bias", (k, h), ("kv_heads", "head_dim"))
+      val = val + self._bias("v_bias", (k, h), ("kv_heads", "head_dim"))
+    if c.qk_norm:
+      norm = lambda name: RMSNorm(c.rms_norm_eps, c.jnp_dtype, c.jnp_param_dtype,
+                                  axis_name="head_dim", name=name)
+      q = norm("q_norm")(q)
+      key = norm("k_norm")(key)
+    q = apply_rope(q, sin, cos)
+    key = apply_rope(key, sin, cos)
+
+    new_cache = None
+    if layer_cache is not None:
+      # Write this call's T keys/values at cache_index, then attend over the whole cache.
+      ck = jax.lax.dynamic_update_slice_in_dim(
+          layer_cache["k"], key.astype(layer_cache["k"].dtype), cache_index, axis=1)
+      cv = jax.lax.dynamic_update_slice_in_dim(
+          layer_cache["v"], val.astype(layer_cache["v"].dtype), cache_index, axis=1)
+      new_cache = {"k": ck, "v": cv}
+      key, val = ck.astype(c.jnp_dtype), cv.astype(c.jnp_dtype)
+
+    b, t = x.shape[:2]
+    qg = q.reshape(b, t, k, n // k, h)  # [B,T,K,G,H]
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, key,
+                        preferred_element_type=jnp.float32) / math.sqrt(h)
+    logits = jnp.where(attn_mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(c.jnp_dtype)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, val).reshape(b, t, n, h)
+    out = jnp.einsum("BTNH,NHD->BTD", out, self._proj("o_proj", (n, h, d),
+                                                      ("q_heads", "head_dim", "embed")))
+    return out, new_cache
+
+
+class MLP(nn.Module):
+  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+  config: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = self.config
+    init = lambda axes: nn.with_logical_partitioning(_NORMAL, axes)
+    gate = self.param("gate_proj", init(("embed", "mlp")), (c.hidden_size, c.intermediate_size),
+                      c.jnp_param_dtype).astype(c.jnp_dtype)
+    up = self.param("up_proj", init(("embed", "mlp")), (c.hidden_size, c.intermediate_size),
+                    c.jnp_param_dtype).astype(c.jnp_dtype)
+    down = self.param("down_proj", init(("mlp", "embed")), (c.intermediate_size, c.hidden_size),
+                      c.jnp_param_dtype).astype(c.jnp_dtype)
+    hidden = jax.nn.silu(jnp.einsum("BTD,DF->BTF", x, gate)) * jnp.einsum("BTD,DF->BTF", x, up)
+    return jnp.einsum("BTF,FD->BTD", hidden, down)
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm block; the scan body. Carry: hidden [B,T,D]; scanned: this layer's cache."""
+
+  config: DecoderConfig
+
+  @nn.compact
+  def __call__(self, x: Array, layer_cache: Cache | None, sin: Array, cos: Array,
+               attn_mask: Array, cache_index: Array | None
+               ) -> tuple[Array, Cache | None]:
+    c = self.config
+    x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "embed"))
+    h = RMSNorm(c.rms_norm_eps, c.jnp_dtype, c.jnp_param_dtype, name="input_norm")(x)
+    attn, new_cache = Attention(c, name="attn")(h, sin, cos, attn_mask, layer_cache, cache_index)
+    x = x + attn
+    h = RMSNorm(c.rms_norm_eps, c.jnp_dtype, c.jnp_param_dtype, name="post_attn_norm")(x)
+    x = x + MLP(c, name="mlp")(h)
+    return x, new_cache
+
+
+class Decoder(nn.Module):
+  """Token ids -> final hidden states [B,T,D] (and the updated cache).
+
+  Logits are produced by `unembed` so callers can chunk the vocabulary projection.
+  """
+
+  config: DecoderConfig
+
+  def setup(self):
+    c = self.config
+    self.embed = self.param(
+        "embed", nn.with_logical_partitioning(_NORMAL, ("vocab", "embed")),
+        (c.vocab_size, c.hidden_size), c.jnp_param_dtype)
+    if not c.tie_word_embeddings:
+      self.lm_head = self.param(
+          "lm_head", nn.with_logical_partitioning(_NORMAL, ("embed", "vocab")),
+          (c.hidden_size, c.vocab_size), c.jnp_param_dtype)
+    stack = nn.scan(
+        DecoderLayer,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=c.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    self.layers = stack(c, name="layers")
+    self.final_norm = RMSNorm(c.rms_norm_eps, c.jnp_dtype, c.jnp_param_dtype)
+
+  def __call__(self, tokens: Array, positions: Array, attn_mask: Array,
+               cache: Cache | None = None, cache_index: Array | None = None
+               ) -> tuple[Array, Cache | None]:
+    c = self.config
+    x = jnp.take(self.embed, tokens, axis=0).astype(c.jnp_dtype)  # [B,T,D]
+    sin, cos = rope_sin_cos(c, positions)
+    x, new_cache = self.layers(x, cache, sin, cos, attn_mask, cache_index)
+    return self.final_norm(x), new_cache
+
+  def logits(self, hidden: Array) -> Array:
+    """hidden [B,T,D] -> float32 logits [B,T,V]."""
+    c = self.config
+    if c.tie_word_embeddings:
+      w = self.embed.astype(c.jnp_dtype)
+      return jnp.einsum("BTD,VD->BTV", hidden, w, preferred_element_type=jnp.float32)
+    w = self.lm_head.astype(c.jnp_dtype)
+    return jnp.einsum("BTD,DV->BTV", hidden, w, preferred_element_type=jnp.float32)
+
+
+class ValueHead(nn.Module):
+  """Scalar value per token from the policy's final hidden state (PPO critic).
+
+  Zero-initialised, so a fresh critic predicts 0 everywhere and starts from no bias.
+  """
+
+  hidden_size: int
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, hidden: Array) -> Array:
+    w = self.param("kernel", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                   (self.hidden_size,), self.param_dtype)
+    b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ()), (),
+                   self.param_dtype)
+    return jnp.einsum("BTD,D->BT", hidden.astype(jnp.float32), w.astype(jnp.float32)) + b
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions used by the sampler and the trainer.
+# ---------------------------------------------------------------------------------------------
+
+
+def init_params(config: DecoderConfig, rng: Array) -> Params:
+  """Random parameters (plain arrays, no partitioning boxes)."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  variables = Decoder(config).init(rng, tokens, tokens, jnp.ones((1, 1, 1), bool))
+  return nn.unbox(variables["params"])
+
+
+def param_logical_axes(config: DecoderConfig) -> Any:
+  """Pytree (same structure as params) of logical PartitionSpecs, computed abstractly."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  abstract = jax.eval_shape(
+      lambda: Decoder(config).init(jax.random.PRNGKey(0), tokens, tokens,
+                                   jnp.ones((1, 1, 1), bool)))
+  return nn.get_partition_spec(abstract)["params"]
+
+
+def param_shapes(config: DecoderConfig) -> Any:
+  """Pytree of jax.ShapeDtypeStruct for every parameter, without allocating."""
+  return jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+
+
+def count_params(tree: Any) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def causal_mask(valid: Array) -> Array:
+  """[B,T] validity (1 for real tokens, 0 for padding) -> [B,T,T] causal attention mask.
+
+  Padding keys are never attended to; a padding query attends to itself only so its softmax
+  stays finite.
+  """
+  t = valid.shape[1]
+  causal = jnp.tril(jnp.ones((t, t), bool))
+  valid = valid.astype(bool)
+  mask = causal[None] & valid[:, None, :]
+  return mask | jnp.eye(t, dtype=bool)[None]
+
+
+def positions_from_mask(valid: Array) -> Array:
+  """Positions [B,T] that count only real tokens (left padding gets position 0)."""
+  return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def init_cache(config: DecoderConfig, batch: int, length: int,
+               dtype: jnp.dtype | None = None) -> Cache:
+  """Zero KV cache {'k','v'}: [L,B,S,K,H] in the compute dtype (or `dtype`)."""
+  shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+  dtype = dtype or config.jnp_dtype
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def forward(params: Params, config: DecoderConfig, tokens: Array, positions: Array,
+            attn_mask: Array, cache: Cache | None = None, cache_index: Array | None = None
+            ) -> tuple[Array, Cache | None]:
+  """Final hidden states [B,T,D] and the updated cache.
+
+  Args:
+    params: decoder parameters.
+    config: architecture.
+    tokens: [B,T] int ids.
+    positions: [B,T] RoPE positions.
+    attn_mask: [B,T,S] bool; S = T without a cache, the cache length with one.
+    cache: KV cache from `init_cache`, or None.
+    cache_index: int32 scalar, the cache slot where this call's first token is written.
+  """
+  return Decoder(config).apply({"params": params}, tokens, positions, attn_mask, cache,
+                               cache_index)
+
+
+def unembed(params: Params, config: DecoderConfig, hidden: Array) -> Array:
+  """Hidden [B,T,D] -> float32 logits [B,T,V]."""
+  return Decoder(config).apply({"params": params}, hidden, method=Decoder.logits)
+
+
+def logits_fn(params: Params, config: DecoderConfig, tokens: Array,
+              valid: Array | None = None) -> Array:
+  """Full-sequence logits [B,T,V] for (optionally padded) tokens [B,T]."""
+  if valid is None:
+    valid = jnp.ones(tokens.shape, jnp.int32)
+  hidden, _ = forward(params, config, tokens, positions_from_mask(valid), causal_mask(valid))
+  return unembed(params, config, hidden)
+
+
+def token_logprobs(logits: Array, targets: Array, temperature: float = 1.0) -> Array:
+  """log softmax(logits / temperature) at targets: [B,T,V], [B,T] -> [B,T] float32."""
+  logits = logits.astype(jnp.float32) / temperature
+  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def token_entropy(logits: Array) -> Array:
+  """Entropy of softmax(logits) per position: [B,T,V] -> [B,T]."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
