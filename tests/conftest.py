@@ -11,3 +11,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import sys
+
+# Shared test utilities (reference models, fixtures writers) live next to this file.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
