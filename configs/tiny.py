@@ -1,0 +1,33 @@
+"""A random tiny policy with SmolLM2's tokenizer: a few seconds per step on CPU (tests).
+
+  pbrl-pivot --config configs/tiny.py --workdir /tmp/tiny --oracle
+  pbrl-train --config configs/tiny.py --workdir /tmp/tiny
+  pbrl-train --config configs/tiny.py:ppo --workdir /tmp/tiny_ppo
+"""
+
+from configs import common
+
+
+def get_config(arg: str = "grpo"):
+  algorithm = arg or "grpo"
+  c = common.base_config(algorithm)
+  c.total_steps = 4
+  c.checkpoint_every = 2
+  c.sample_every = 2
+  c.eval_before_after = False
+  c.model.random_init = True
+  c.model.overrides = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                           num_kv_heads=2, head_dim=16)
+  c.rollout.max_new_tokens = 16
+  c.optim.learning_rate = 1e-3
+  c.data.langs = ("de", "fr")
+  c.data.global_batch_size = 4
+  c.data.group_size = 2
+  c.data.buckets = (256, 512)
+  c.data.gsm_symbolic.templates = (0, 1, 2, 3, 4, 5, 6, 7)
+  c.eval.datasets = [dict(kind="gsm_symbolic", path="", langs=["de", "fr"], limit=2, seed=1,
+                          name="gsm_symbolic")]
+  c.eval.max_new_tokens = 16
+  c.eval.batch_size = 4
+  c.eval.n_boot = 100
+  return c

@@ -1,0 +1,116 @@
+"""Run metrics: one JSON line per step (process 0), TensorBoard events, and a progress bar.
+
+`metrics.jsonl` is appended one complete line at a time and flushed, so a killed run leaves
+only whole lines; on resume, lines past the restored step are dropped so the file reads as
+one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss went non-finite; the message names the step."""
+
+
+def _to_python(value: Any) -> Any:
+  if isinstance(value, (np.ndarray, jax.Array)):
+    value = np.asarray(value)
+    return value.item() if value.ndim == 0 else value.tolist()
+  if isinstance(value, (np.floating, np.integer)):
+    return value.item()
+  return value
+
+
+def truncate_jsonl(path: str, last_step: int) -> None:
+  """Keeps only lines with step <= last_step (atomic rewrite)."""
+  if not os.path.exists(path):
+    return
+  keep = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        if json.loads(line)["step"] <= last_step:
+          keep.append(line if line.endswith("\n") else line + "\n")
+      except (json.JSONDecodeError, KeyError):
+        continue  # a line cut by a kill: dropped
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricWriter:
+  """Writes scalar metrics to `workdir/metrics.jsonl` and TensorBoard (process 0 only)."""
+
+  def __init__(self, workdir: str, *, resume_step: int = 0, tensorboard: bool = True):
+    self.active = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if not self.active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    truncate_jsonl(self.path, resume_step)
+    self._file = open(self.path, "a", encoding="utf-8")
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    """Writes one step; raises NonFiniteLossError when the loss is not finite."""
+    record = {"step": int(step)}
+    record.update({k: _to_python(v) for k, v in metrics.items()})
+    loss = record.get("loss")
+    if isinstance(loss, float) and not math.isfinite(loss):
+      raise NonFiniteLossError(f"step {step}: loss is {loss}")
+    if not self.active:
+      return
+    self._file.write(json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for k, v in record.items():
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+          self._tb.add_scalar(k, v, step)
+
+  def write_text(self, step: int, tag: str, text: str) -> None:
+    if self.active and self._tb is not None:
+      self._tb.add_text(tag, text, step)
+
+  def close(self) -> None:
+    if not self.active:
+      return
+    self._file.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+class StepTimer:
+  """Accumulates wall time per phase of a step (rollout, host text, scoring, update...)."""
+
+  def __init__(self):
+    self.times: dict[str, float] = {}
+    self._start: dict[str, float] = {}
+
+  def start(self, name: str) -> None:
+    self._start[name] = time.perf_counter()
+
+  def stop(self, name: str) -> None:
+    self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - self._start.pop(name)
+
+  def pop(self) -> dict[str, float]:
+    out = {f"time/{k}": v for k, v in self.times.items()}
+    self.times = {}
+    return out

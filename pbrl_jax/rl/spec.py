@@ -1,0 +1,159 @@
+"""The `rl` and `optim` config sections, validated once into frozen typed dataclasses.
+
+Strings become enums here and nowhere else; the math below the trainer only sees enums,
+floats and ints. Defaults live in `configs/rl_defaults.py`, not here: every field is required.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import optax
+
+from pbrl_jax.config_schema import ConfigError, build
+from pbrl_jax.rl import optim
+from pbrl_jax.rl.advantages import AdvantageEstimator
+from pbrl_jax.rl.kl import KLEstimator, KLPlacement
+from pbrl_jax.rl.losses import Aggregation
+from pbrl_jax.rl.steps import UpdateHParams
+
+
+@dataclasses.dataclass(frozen=True)
+class _RLSection:
+  algorithm: Literal["grpo", "ppo"]
+  advantage: str
+  std_floor: float
+  whiten_advantages: bool
+  kl_estimator: str
+  kl_placement: str
+  beta: float
+  kl_clamp: tuple[float, ...] | None
+  kl_ratio_correction: bool
+  eps_low: float
+  eps_high: float
+  dual_clip: float | None
+  loss_aggregation: str
+  entropy_coef: float
+  value_coef: float
+  value_clip: float | None
+  gamma: float
+  lam: float
+  num_epochs: int
+  num_minibatches: int
+  num_microbatches: int
+  shuffle: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RLSpec:
+  """The validated `rl` section (see configs/rl_defaults.py for what each key means)."""
+
+  is_ppo: bool
+  advantage: AdvantageEstimator
+  std_floor: float
+  whiten_advantages: bool
+  kl_estimator: KLEstimator
+  kl_placement: KLPlacement
+  beta: float
+  kl_clamp: tuple[float, float] | None
+  kl_ratio_correction: bool
+  eps_low: float
+  eps_high: float
+  dual_clip: float | None
+  aggregation: Aggregation
+  entropy_coef: float
+  value_coef: float
+  value_clip: float | None
+  gamma: float
+  lam: float
+  num_epochs: int
+  num_minibatches: int
+  num_microbatches: int
+  shuffle: bool
+
+  @classmethod
+  def from_config(cls, cd: Any) -> "RLSpec":
+    s = build(_RLSection, cd, "config.rl")
+
+    def parse(key: str, fn: Any, value: str) -> Any:
+      try:
+        return fn(value)
+      except ValueError as e:
+        raise ConfigError(f"config.rl.{key}: {e}") from e
+
+    is_ppo = s.algorithm == "ppo"
+    advantage = parse("advantage", AdvantageEstimator.parse, s.advantage)
+    placement = parse("kl_placement", KLPlacement.parse, s.kl_placement)
+    if is_ppo != (advantage is AdvantageEstimator.GAE):
+      raise ConfigError(f"config.rl.advantage: {s.advantage!r} does not fit algorithm "
+                        f"{s.algorithm!r} (PPO uses 'gae'; GRPO a group estimator)")
+    if placement is KLPlacement.REWARD and not is_ppo:
+      raise ConfigError("config.rl.kl_placement: 'reward' needs a critic (algorithm 'ppo')")
+    if s.kl_clamp is not None and (len(s.kl_clamp) != 2 or s.kl_clamp[0] > s.kl_clamp[1]):
+      raise ConfigError(f"config.rl.kl_clamp: expected (lo, hi) with lo <= hi, got {s.kl_clamp}")
+    if s.dual_clip is not None and s.dual_clip <= 1.0:
+      raise ConfigError(f"config.rl.dual_clip: must be > 1, got {s.dual_clip}")
+    for key in ("eps_low", "eps_high", "beta", "std_floor", "entropy_coef", "value_coef"):
+      if getattr(s, key) < 0:
+        raise ConfigError(f"config.rl.{key}: must be >= 0, got {getattr(s, key)}")
+    for key in ("num_epochs", "num_minibatches", "num_microbatches"):
+      if getattr(s, key) < 1:
+        raise ConfigError(f"config.rl.{key}: must be >= 1, got {getattr(s, key)}")
+    if not (0.0 <= s.gamma <= 1.0 and 0.0 <= s.lam <= 1.0):
+      raise ConfigError(f"config.rl.gamma/lam: must lie in [0, 1], got {s.gamma}, {s.lam}")
+    return cls(
+        is_ppo=is_ppo, advantage=advantage, std_floor=s.std_floor,
+        whiten_advantages=s.whiten_advantages,
+        kl_estimator=parse("kl_estimator", KLEstimator.parse, s.kl_estimator),
+        kl_placement=placement, beta=s.beta,
+        kl_clamp=None if s.kl_clamp is None else (float(s.kl_clamp[0]), float(s.kl_clamp[1])),
+        kl_ratio_correction=s.kl_ratio_correction, eps_low=s.eps_low, eps_high=s.eps_high,
+        dual_clip=s.dual_clip,
+        aggregation=parse("loss_aggregation", Aggregation.parse, s.loss_aggregation),
+        entropy_coef=s.entropy_coef, value_coef=s.value_coef, value_clip=s.value_clip,
+        gamma=s.gamma, lam=s.lam, num_epochs=s.num_epochs, num_minibatches=s.num_minibatches,
+        num_microbatches=s.num_microbatches, shuffle=s.shuffle)
+
+  def update_hparams(self, temperature: float, max_completion_length: int) -> UpdateHParams:
+    """The static hyperparameters of `make_update_fn`."""
+    return UpdateHParams(
+        eps_low=self.eps_low, eps_high=self.eps_high, dual_clip=self.dual_clip,
+        aggregation=self.aggregation, max_completion_length=max_completion_length,
+        kl_estimator=self.kl_estimator,
+        kl_coef_in_loss=self.beta if self.kl_placement is KLPlacement.LOSS else 0.0,
+        kl_clamp=self.kl_clamp, kl_ratio_correction=self.kl_ratio_correction,
+        entropy_coef=self.entropy_coef, value_coef=self.value_coef,
+        value_clip=self.value_clip, temperature=temperature, num_epochs=self.num_epochs,
+        num_minibatches=self.num_minibatches, num_microbatches=self.num_microbatches,
+        shuffle=self.shuffle, with_value_head=self.is_ppo)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+  """The validated `optim` section."""
+
+  learning_rate: float
+  schedule: Literal["constant", "cosine"]
+  warmup_steps: int
+  end_lr_ratio: float
+  b1: float
+  b2: float
+  eps: float
+  weight_decay: float
+  max_grad_norm: float | None
+
+  @classmethod
+  def from_config(cls, cd: Any) -> "OptimSpec":
+    spec = build(cls, cd, "config.optim")
+    if spec.learning_rate <= 0:
+      raise ConfigError(f"config.optim.learning_rate: must be > 0, got {spec.learning_rate}")
+    return spec
+
+  def make(self, total_updates: int) -> optax.GradientTransformation:
+    """The optimizer, its schedule counted in optimizer updates (`total_updates` in all)."""
+    schedule = optim.make_schedule(optim.Schedule.parse(self.schedule), self.learning_rate,
+                                   self.warmup_steps, total_updates, self.end_lr_ratio)
+    return optim.make_optimizer(schedule, b1=self.b1, b2=self.b2, eps=self.eps,
+                                weight_decay=self.weight_decay,
+                                max_grad_norm=self.max_grad_norm)

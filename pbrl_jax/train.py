@@ -1,0 +1,474 @@
+"""The PB-RLSVR trainer: GRPO or PPO on a multilingual policy, one file, top to bottom.
+
+  pbrl-train --config configs/tiny.py --workdir /tmp/tiny
+  pbrl-train --config configs/demo.py --workdir runs/demo
+
+Stages: config -> mesh -> models -> data -> shapes & shardings -> step functions -> restore
+-> loop. One training step is
+
+  rollout (jit: sampler, G completions per prompt, shared prefill)
+  -> host text work (detokenise, final answers, guards, reward-encoder tokens)
+  -> scoring (one jit: policy and reference log-probs, values, reward-encoder embeddings and
+     their similarity to the cached pivot embeddings)
+  -> rewards and advantages (GRPO group-relative, or GAE for PPO)
+  -> update (jit, donated state) -> metrics -> checkpoint.
+
+Resume is exact: the rollout key of step s is fold_in(seed key, s), the data iterator state
+and the train state are in the same Orbax checkpoint, so a resumed run replays nothing and
+skips nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from pbrl_jax import checkpoint as ckpt_lib
+from pbrl_jax import config_schema
+from pbrl_jax import metrics as metrics_lib
+from pbrl_jax import sampling
+from pbrl_jax.models import decoder
+from pbrl_jax.models import sharding as shd
+from pbrl_jax.rl import advantages as adv_lib
+from pbrl_jax.rl import kl as kl_lib
+from pbrl_jax.rl import steps as steps_lib
+from pbrl_jax.train_spec import TrainerSpec
+
+Array = jax.Array
+
+
+# ---------------------------------------------------------------------------------------------
+# Preemption: SIGTERM / SIGINT finish the current step, save, and exit cleanly.
+# ---------------------------------------------------------------------------------------------
+
+
+class _StopFlag:
+  """Set by SIGTERM/SIGINT; the loop checks it between steps."""
+
+  def __init__(self):
+    self.signal: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  def install(self) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+        pass
+
+  def restore(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    if self.signal is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C abandons the step
+    self.signal = signum
+    logging.warning("received signal %d: finishing this step, saving, exiting", signum)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side text work of one rollout.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Rollout:
+  """One step's prompts and completions on the host, row i*G + j = sample j of prompt i."""
+
+  tokens: np.ndarray  # [BG, P+M] prompt (left-padded) then completion (right-padded)
+  valid: np.ndarray  # [BG, P+M]
+  completion_mask: np.ndarray  # [BG, M]
+  sampler_logp: np.ndarray  # [BG, M] log-probs the sampler computed
+  texts: list[str]
+  finished: np.ndarray  # [BG] stopped by EOS (not by the length cap)
+  lengths: np.ndarray  # [BG]
+
+
+def _run_rollout(params, model_cfg, batch, rng, spec: TrainerSpec, mesh, tokenizer,
+                 stop_ids: Sequence[Sequence[int]]) -> Rollout:
+  g = int(batch["group_size"])
+  out = sampling.sample(
+      params, model_cfg, jnp.asarray(batch["prompt_tokens"]), jnp.asarray(batch["prompt_valid"]),
+      rng, num_samples=g, max_new_tokens=spec.rollout.max_new_tokens,
+      temperature=spec.rollout.temperature, top_k=spec.rollout.top_k, top_p=spec.rollout.top_p,
+      stop_token_sequences=stop_ids, max_len=spec.rollout.max_new_tokens,
+      prompt_buckets=(batch["prompt_tokens"].shape[1],), mesh=mesh)
+  out = jax.device_get(out)
+  prompt_tokens = np.repeat(np.asarray(batch["prompt_tokens"]), g, axis=0)
+  prompt_valid = np.repeat(np.asarray(batch["prompt_valid"]), g, axis=0).astype(bool)
+  comp_valid = np.asarray(out.valid, bool)
+  tokens = np.concatenate([prompt_tokens, np.where(comp_valid, out.tokens,
+                                                   model_cfg.pad_token_id)], axis=1)
+  valid = np.concatenate([prompt_valid, comp_valid], axis=1)
+  texts = tokenizer.batch_decode([row[m] for row, m in zip(out.tokens, comp_valid)],
+                                 skip_special_tokens=True)
+  texts = [sampling.truncate_at_stop(t, spec.rollout.stop_strings) for t in texts]
+  return Rollout(tokens=tokens.astype(np.int32), valid=valid,
+                 completion_mask=comp_valid, sampler_logp=np.asarray(out.logprobs),
+                 texts=texts, finished=np.asarray(out.finished),
+                 lengths=np.asarray(out.lengths))
+
+
+def _reward_items(batch: dict[str, Any], texts: Sequence[str], g: int, encoder_name: str
+                  ) -> list[dict[str, Any]]:
+  """One reward item per completion (row i*G + j), with the cached reference embeddings."""
+  items = []
+  for row, text in enumerate(texts):
+    i = row // g
+    emb = batch["ref_emb"]
+    cached = None
+    keys = {seg: f"{encoder_name}/{field}" for seg, field in
+            (("full", "response"), ("reasoning", "reasoning"), ("answer", "answer"))}
+    if all(k in emb for k in keys.values()):
+      cached = {seg: emb[k][i] for seg, k in keys.items()}
+    items.append({
+        "lang": batch["langs"][i], "question": batch["questions"][i], "response": text,
+        "reference": batch["reference"][i], "reference_answer": batch["reference_answer"][i],
+        "gold": batch["gold"][i], "reference_embeddings": cached,
+    })
+  return items
+
+
+def _per_language(langs: Sequence[str], rows: Sequence[dict[str, Any]], keys: Sequence[str]
+                  ) -> dict[str, float]:
+  out = {}
+  for lang in sorted(set(langs)):
+    sel = [r for l, r in zip(langs, rows) if l == lang]
+    for k in keys:
+      vals = [float(r[k]) for r in sel if isinstance(r.get(k), (int, float))]
+      if vals:
+        out[f"lang/{lang}/{k}"] = float(np.mean(vals))
+  return out
+
+
+REWARD_LOG_KEYS = ("reward", "base", "gate", "answer_precision", "reasoning_coherence",
+                   "similarity", "answer_match", "verifiable", "language_consistency",
+                   "gate_language", "gate_copy", "gate_length", "gate_repetition", "gate_empty",
+                   "repetition", "length_ratio", "mt_similarity")
+LANG_LOG_KEYS = ("reward", "answer_precision", "reasoning_coherence", "verifiable",
+                 "language_consistent", "length_capped", "length_ratio")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models.
+# ---------------------------------------------------------------------------------------------
+
+
+def _config_and_tokenizer(path: str):
+  """Architecture and tokenizer of a model file or directory, without its weights."""
+  if os.path.isdir(path):
+    from pbrl_jax.models.hf import read_hf_config  # pylint: disable=g-import-not-at-top
+    from pbrl_jax.models.tokenizer import load_hf_tokenizer  # pylint: disable=g-import-not-at-top
+    return read_hf_config(path), load_hf_tokenizer(path)
+  from pbrl_jax.models.gguf_loader import GGUFFile, gguf_config  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.models.tokenizer import tokenizer_from_gguf_metadata  # pylint: disable=g-import-not-at-top
+  f = GGUFFile(path)
+  return gguf_config(f), tokenizer_from_gguf_metadata(f.metadata, path)
+
+
+def load_policy(model: Any, seed: int):
+  """(DecoderConfig, host params, tokenizer) of the policy named by `config.model`."""
+  from pbrl_jax import models  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.models import embedded  # pylint: disable=g-import-not-at-top
+  path = embedded.smollm2_gguf_path() if model.path == "embedded:smollm2" else model.path
+  if model.random_init:
+    cfg, tokenizer = _config_and_tokenizer(path)
+    cfg = cfg.replace(dtype=model.dtype, param_dtype=model.param_dtype, **model.overrides)
+    params = jax.jit(decoder.init_params, static_argnums=0)(cfg, jax.random.PRNGKey(seed))
+    return cfg, params, tokenizer
+  bundle = models.from_pretrained(path, dtype=model.dtype, param_dtype=model.param_dtype)
+  cfg = bundle.config
+  if model.overrides:
+    cfg = cfg.replace(**model.overrides)
+  return cfg, bundle.params, bundle.tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer.
+# ---------------------------------------------------------------------------------------------
+
+
+def _write_json_atomic(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+  os.replace(tmp, path)
+
+
+def train(config: Any, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) training; returns a summary dict.
+
+  Args:
+    config: the ml_collections ConfigDict of a config file.
+    workdir: run directory; resumed when it holds a checkpoint.
+
+  Returns:
+    {'last_step', 'stopped_by', 'workdir', ...}.
+  """
+  from pbrl_jax import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.data import pivot as pivot_lib  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.rewards import score as score_lib  # pylint: disable=g-import-not-at-top
+
+  # ============================== Config ====================================================
+  spec = TrainerSpec.from_config(config)
+  run = spec.run
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    _write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+
+  # ============================== Mesh ======================================================
+  mesh = shd.make_mesh(spec.mesh.data, spec.mesh.fsdp, spec.mesh.tensor)
+  data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  g = int(spec.data.group_size)
+  global_batch = int(spec.data.global_batch_size)
+  if (global_batch * g) % data_devices:
+    raise config_schema.ConfigError(
+        f"config.data.global_batch_size: {global_batch} prompts x group_size {g} ="
+        f" {global_batch * g} sequences do not split over the mesh's {data_devices}"
+        " data-parallel devices (mesh.data x mesh.fsdp)")
+  if g < 2 and not spec.rl.is_ppo:
+    raise config_schema.ConfigError(
+        f"config.data.group_size: GRPO needs G >= 2 completions per prompt, got {g}")
+
+  # ============================== Models ====================================================
+  model_cfg, host_params, tokenizer = load_policy(spec.model, run.seed)
+  reward_models = score_lib.load_reward_models(spec.reward)
+  encoder_name = spec.reward.encoder
+  logging.info("policy: %s, %d layers, %.1fM params", model_cfg.model_type,
+               model_cfg.num_layers, decoder.count_params(host_params) / 1e6)
+
+  # ============================== Data ======================================================
+  ref_dir = pivot_lib.reference_dir(workdir)
+  if not os.path.exists(os.path.join(ref_dir, pivot_lib.MANIFEST)):
+    raise FileNotFoundError(
+        f"no pivot references in {ref_dir}: build them first with `pbrl-pivot --config ..."
+        f" --workdir {workdir}` (add --oracle for gsm_symbolic's English solutions, or"
+        " --references=FILE.jsonl to import references made elsewhere)")
+  references = pivot_lib.load_references(ref_dir)
+  source = sources.load_source(spec.data, workdir)
+  elements, join_stats = pipeline_lib.join(source.targets, references,
+                                           spec.data.missing_reference)
+  logging.info("training prompts: %d joined (%s)", len(elements), join_stats)
+  options = pipeline_lib.PipelineOptions(
+      global_batch_size=global_batch, group_size=g, buckets=tuple(spec.data.buckets),
+      seed=int(spec.data.seed), shuffle=bool(spec.data.shuffle),
+      worker_count=int(spec.data.worker_count),
+      worker_buffer_size=int(spec.data.worker_buffer_size),
+      missing_reference=spec.data.missing_reference,
+      math_instruction=spec.data.math_instruction,
+      choice_instruction=spec.data.choice_instruction)
+  loader = pipeline_lib.make_loader(elements, tokenizer, options,
+                                    shard_index=jax.process_index(),
+                                    shard_count=jax.process_count())
+  data_iter = iter(loader)
+  eval_examples = []
+  if run.eval_before_after or run.eval_every:
+    for ds in spec.eval.datasets:
+      eval_examples.extend(eval_lib.load_dataset(ds, workdir))
+
+  # ============================== Shapes, shardings, train state =============================
+  m_len = spec.rollout.max_new_tokens
+  hp = spec.rl.update_hparams(spec.rollout.temperature, m_len)
+  updates_per_step = spec.rl.num_epochs * spec.rl.num_minibatches
+  optimizer = spec.optim.make(run.total_steps * updates_per_step)
+  state_fns = steps_lib.make_state_fns(model_cfg, optimizer, mesh, spec.rl.is_ppo)
+  ref_params = jax.device_put(host_params, state_fns.policy_shardings)
+  del host_params
+  base_key = jax.random.PRNGKey(run.seed)
+
+  # ============================== Step functions ============================================
+  score_fn = steps_lib.make_score_fn(model_cfg, mesh,
+                                     params_shardings=state_fns.shardings.params,
+                                     temperature=spec.rollout.temperature)
+  hook = None
+  if run.debug_nonfinite_at_step >= 0:
+    poison_at = run.debug_nonfinite_at_step
+    hook = lambda step: step == poison_at
+  update_fn = steps_lib.make_update_fn(model_cfg, hp, optimizer, mesh, state_fns.shardings,
+                                       nonfinite_hook=hook)
+  stop_ids = [tokenizer.encode(s, add_special_tokens=False) for s in spec.rollout.stop_strings]
+  batch_sh = shd.batch_sharding(mesh, 1)
+
+  # ============================== Restore ===================================================
+  manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"),
+                                  max_to_keep=run.keep_checkpoints,
+                                  async_save=run.async_checkpoint)
+  abstract_state = ckpt_lib.abstract_with_shardings(
+      jax.eval_shape(state_fns.from_params, ref_params, base_key), state_fns.shardings)
+  restored = ckpt_lib.restore_latest(manager, abstract_state)
+  if restored is not None:
+    state = restored.state
+    data_iter.set_state(restored.data_state.encode())
+    start_step = restored.step
+    logging.info("resumed from step %d", start_step)
+  else:
+    state = state_fns.from_params(ref_params, jax.random.fold_in(base_key, 1))
+    start_step = 0
+
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
+  stop = _StopFlag()
+  stop.install()
+
+  def evaluate(tag: str) -> dict[str, Any]:
+    result = eval_lib.evaluate(
+        state.params["policy"], model_cfg, tokenizer, eval_examples,
+        max_new_tokens=spec.eval.max_new_tokens, batch_size=spec.eval.batch_size,
+        trained_langs=tuple(spec.data.langs), seed=spec.eval.seed, mesh=mesh)
+    if jax.process_index() == 0:
+      _write_json_atomic(os.path.join(workdir, f"eval_{tag}.json"), result)
+    return result
+
+  if start_step == 0 and run.eval_before_after and eval_examples:
+    evaluate("before")
+
+  # ============================== Loop ======================================================
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  progress = tqdm(total=run.total_steps, initial=start_step, desc="train", unit="step",
+                  disable=jax.process_index() != 0, dynamic_ncols=True)
+  stopped_by = "total_steps"
+  step = start_step
+  timer = metrics_lib.StepTimer()
+  try:
+    while step < run.total_steps:
+      step += 1
+      step_start = time.perf_counter()
+      timer.start("data")
+      batch = next(data_iter)
+      timer.stop("data")
+
+      # --- rollout -------------------------------------------------------------------------
+      timer.start("rollout")
+      rollout = _run_rollout(state.params["policy"], model_cfg, batch,
+                             jax.random.fold_in(base_key, 2 * step), spec, mesh, tokenizer,
+                             stop_ids)
+      timer.stop("rollout")
+
+      # --- host text work: answers, guards, reward-encoder embeddings ----------------------
+      timer.start("reward")
+      items = _reward_items(batch, rollout.texts, g, encoder_name)
+      rows = score_lib.score_batch(spec.reward, reward_models, items)
+      rewards = np.asarray([r["reward"] for r in rows], np.float32)
+      timer.stop("reward")
+
+      # --- scoring: policy / reference log-probs (and values) in one jit -------------------
+      timer.start("scoring")
+      dev_batch = jax.device_put({"tokens": rollout.tokens, "valid": rollout.valid,
+                                  "completion_mask": rollout.completion_mask}, batch_sh)
+      scored = score_fn(state.params, ref_params, dev_batch)
+      timer.stop("scoring")
+
+      # --- advantages --------------------------------------------------------------------
+      mask = jnp.asarray(rollout.completion_mask, jnp.float32)
+      upd = dict(dev_batch)
+      upd["old_logp"] = scored["logp"]
+      upd["ref_logp"] = scored["ref_logp"]
+      if spec.rl.is_ppo:
+        kl_tok = kl_lib.kl_estimate(spec.rl.kl_estimator, scored["logp"], scored["ref_logp"])
+        beta = spec.rl.beta if spec.rl.kl_placement is kl_lib.KLPlacement.REWARD else 0.0
+        token_rewards = kl_lib.kl_penalized_rewards(jnp.asarray(rewards), kl_tok, mask, beta)
+        adv, returns = adv_lib.gae(token_rewards, scored["values"], mask, spec.rl.gamma,
+                                   spec.rl.lam)
+        upd["returns"] = returns
+        upd["old_values"] = scored["values"]
+      else:
+        adv = adv_lib.compute_group_advantages(spec.rl.advantage, jnp.asarray(rewards), g,
+                                               std_floor=spec.rl.std_floor)
+        adv = jnp.broadcast_to(adv[:, None], mask.shape) * mask
+      if spec.rl.whiten_advantages:
+        adv = adv_lib.masked_whiten(adv, mask)
+      upd["advantages"] = adv
+
+      # --- update ------------------------------------------------------------------------
+      timer.start("update")
+      state, upd_metrics = update_fn(state, jax.device_put(upd, batch_sh))
+      upd_metrics = jax.device_get(upd_metrics)
+      timer.stop("update")
+
+      # --- metrics -----------------------------------------------------------------------
+      langs = [batch["langs"][i // g] for i in range(len(rows))]
+      capped = ~rollout.finished
+      for r, c in zip(rows, capped):
+        r["length_capped"] = float(c)
+        r["language_consistent"] = float(r.get("gate_language", 0.0) >= 1.0)
+      sampler_gap = np.abs(rollout.sampler_logp - np.asarray(scored["logp"]))
+      record = {k: float(v) for k, v in upd_metrics.items()}
+      record.update(jax.device_get(adv_lib.group_spread_metrics(jnp.asarray(rewards), g)))
+      for k in REWARD_LOG_KEYS:
+        vals = [float(r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+        if vals:
+          record[f"reward/{k}"] = float(np.mean(vals))
+      record.update({
+          "rollout/length_capped_frac": float(np.mean(capped)),
+          "rollout/repetition_frac": float(np.mean([r.get("gate_repetition", 1.0) < 1.0
+                                                    for r in rows])),
+          "rollout/mean_length": float(np.mean(rollout.lengths)),
+          "rollout/language_consistent_frac": float(np.mean([r["language_consistent"]
+                                                             for r in rows])),
+          "rollout/sampler_vs_trainer_logp_max_abs": float(
+              np.max(sampler_gap * rollout.completion_mask)),
+      })
+      record.update(_per_language(langs, rows, LANG_LOG_KEYS))
+      record.update(timer.pop())
+      record["time/step"] = time.perf_counter() - step_start
+      writer.write(step, record)
+      if run.sample_every and step % run.sample_every == 0:
+        sample_text = "\n\n".join(
+            f"[{langs[i]}] reward={rows[i]['reward']:.3f}\n{rollout.texts[i][:600]}"
+            for i in range(0, len(rows), g))
+        writer.write_text(step, "samples", sample_text)
+      progress.set_postfix(reward=f"{record['reward_mean']:.3f}", loss=f"{record['loss']:.3f}",
+                           kl=f"{record['kl']:.4f}", refresh=False)
+      progress.update(1)
+
+      if run.eval_every and step % run.eval_every == 0 and eval_examples:
+        evaluate(f"step{step}")
+
+      # --- stop conditions and checkpoint ------------------------------------------------
+      if steps_lib.should_stop(state, run.max_nonfinite_in_row):
+        stopped_by = "nonfinite"
+        raise FloatingPointError(
+            f"step {step}: {run.max_nonfinite_in_row} updates in a row had a non-finite loss"
+            " or gradient and were skipped; stopping. The last checkpoint holds the last good"
+            " state.")
+      last = step == run.total_steps
+      if step % run.checkpoint_every == 0 or last or stop.signal is not None:
+        timer.start("checkpoint")
+        ckpt_lib.save(manager, step, state, data_iter.get_state().decode(),
+                      {"step": step, "time": time.time()})
+        timer.stop("checkpoint")
+      if stop.signal is not None:
+        stopped_by = f"signal {stop.signal}"
+        break
+  finally:
+    progress.close()
+    ckpt_lib.wait(manager)
+    writer.close()
+    stop.restore()
+    manager.close()
+
+  if stopped_by == "total_steps" and run.eval_before_after and eval_examples:
+    evaluate("after")
+  return {"last_step": step, "stopped_by": stopped_by, "workdir": workdir}
+
+
+def train_and_report(config: Any, workdir: str) -> dict[str, Any]:
+  """`train`, then the run report (process 0)."""
+  from pbrl_jax import report  # pylint: disable=g-import-not-at-top
+  summary = train(config, workdir)
+  if jax.process_index() == 0:
+    path = report.write_report(workdir)
+    logging.info("report: %s", path)
+    summary["report"] = path
+  return summary
