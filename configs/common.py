@@ -12,6 +12,7 @@ import ml_collections
 from configs import data_defaults
 from configs import eval_defaults
 from configs import reward_defaults
+from configs import rl_defaults
 
 
 def run_config(c: ml_collections.ConfigDict) -> None:
@@ -71,71 +72,6 @@ def mesh_config() -> ml_collections.ConfigDict:
   return c
 
 
-def grpo_config() -> ml_collections.ConfigDict:
-  """GRPO with the KL in the loss (k3), sequence-mean of token-means (DeepSeekMath)."""
-  c = ml_collections.ConfigDict()
-  c.algorithm = "grpo"
-  # 'grpo' (mean/std), 'dr_grpo' (mean only), 'rloo' (leave-one-out), 'rank', 'gae' (PPO).
-  c.advantage = "grpo"
-  # Cosine rewards cluster tightly; a floor on the group std keeps noise from being
-  # amplified into full-size advantages (0.05 ~ a twentieth of the reward range).
-  c.std_floor = 0.05
-  c.whiten_advantages = False
-  c.kl_estimator = "k3"
-  # 'loss' (GRPO), 'reward' (PPO), 'none'.
-  c.kl_placement = "loss"
-  # 0.04: DeepSeekMath's beta (TRL's GRPO default is 0, tunix's 0.04).
-  c.beta = 0.04
-  c.kl_clamp = None
-  c.kl_ratio_correction = False
-  c.eps_low = 0.2
-  c.eps_high = 0.2
-  c.dual_clip = None
-  # 'seq_mean_token_mean' (='grpo'), 'token_mean' (='dapo'), 'constant' (='dr_grpo').
-  c.loss_aggregation = "seq_mean_token_mean"
-  c.entropy_coef = 0.0
-  c.value_coef = 0.1
-  c.value_clip = 0.2
-  c.gamma = 1.0
-  c.lam = 0.95
-  # One optimizer update per rollout batch: on-policy, so the ratio is exactly 1.
-  c.num_epochs = 1
-  c.num_minibatches = 1
-  c.num_microbatches = 1
-  c.shuffle = False
-  return c
-
-
-def ppo_config() -> ml_collections.ConfigDict:
-  """PPO with a value head, k1 KL in the per-token reward (TRL's former PPOTrainer preset)."""
-  c = grpo_config()
-  c.algorithm = "ppo"
-  c.advantage = "gae"
-  c.kl_estimator = "k1"
-  c.kl_placement = "reward"
-  c.beta = 0.05
-  c.whiten_advantages = True
-  c.loss_aggregation = "token_mean"
-  c.num_epochs = 2
-  c.num_minibatches = 2
-  c.shuffle = True
-  return c
-
-
-def optim_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.learning_rate = 1e-6
-  c.schedule = "constant"
-  c.warmup_steps = 0
-  c.end_lr_ratio = 0.0
-  c.b1 = 0.9
-  c.b2 = 0.99
-  c.eps = 1e-8
-  c.weight_decay = 0.0
-  c.max_grad_norm = 1.0
-  return c
-
-
 def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
   """Every section with its default; config files override what differs."""
   c = ml_collections.ConfigDict()
@@ -143,8 +79,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
   c.model = model_config()
   c.rollout = rollout_config()
   c.mesh = mesh_config()
-  c.rl = ppo_config() if algorithm == "ppo" else grpo_config()
-  c.optim = optim_config()
+  rl = rl_defaults.get_config(algorithm)
+  c.rl = rl.rl
+  c.optim = rl.optim
   c.reward = reward_defaults.get_config()
   d = data_defaults.get_config()
   c.data = d.data

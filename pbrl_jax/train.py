@@ -88,7 +88,7 @@ class Rollout:
   tokens: np.ndarray  # [BG, P+M] prompt (left-padded) then completion (right-padded)
   valid: np.ndarray  # [BG, P+M]
   completion_mask: np.ndarray  # [BG, M]
-  sampler_logp: np.ndarray  # [BG, M] log-probs the sampler computed
+  sampler_logp: np.ndarray  # [BG, M] log-probs of the sampling distribution
   texts: list[str]
   finished: np.ndarray  # [BG] stopped by EOS (not by the length cap)
   lengths: np.ndarray  # [BG]
@@ -114,7 +114,10 @@ def _run_rollout(params, model_cfg, batch, rng, spec: TrainerSpec, mesh, tokeniz
                                  skip_special_tokens=True)
   texts = [sampling.truncate_at_stop(t, spec.rollout.stop_strings) for t in texts]
   return Rollout(tokens=tokens.astype(np.int32), valid=valid,
-                 completion_mask=comp_valid, sampler_logp=np.asarray(out.logprobs),
+                 completion_mask=comp_valid,
+                 # log softmax(logits / temperature): without top-k/top-p this is the
+                 # distribution sampled from and the one the update's ratio uses.
+                 sampler_logp=np.asarray(out.sample_logprobs),
                  texts=texts, finished=np.asarray(out.finished),
                  lengths=np.asarray(out.lengths))
 
@@ -289,9 +292,15 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
   base_key = jax.random.PRNGKey(run.seed)
 
   # ============================== Step functions ============================================
+  # On-policy GRPO (one optimizer update per batch) takes the sampler's log-probs as the old
+  # log-probs: same model code, so they agree up to rounding, and scoring skips a forward.
+  on_policy = (not spec.rl.is_ppo and spec.rl.num_epochs == 1
+               and spec.rl.num_minibatches == 1 and spec.rollout.top_k == 0
+               and spec.rollout.top_p == 1.0)
   score_fn = steps_lib.make_score_fn(model_cfg, mesh,
                                      params_shardings=state_fns.shardings.params,
-                                     temperature=spec.rollout.temperature)
+                                     temperature=spec.rollout.temperature,
+                                     policy_outputs=not on_policy)
   hook = None
   if run.debug_nonfinite_at_step >= 0:
     poison_at = run.debug_nonfinite_at_step
@@ -372,10 +381,12 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
       # --- advantages --------------------------------------------------------------------
       mask = jnp.asarray(rollout.completion_mask, jnp.float32)
       upd = dict(dev_batch)
-      upd["old_logp"] = scored["logp"]
+      old_logp = (jax.device_put(rollout.sampler_logp * rollout.completion_mask, batch_sh)
+                  if on_policy else scored["logp"])
+      upd["old_logp"] = old_logp
       upd["ref_logp"] = scored["ref_logp"]
       if spec.rl.is_ppo:
-        kl_tok = kl_lib.kl_estimate(spec.rl.kl_estimator, scored["logp"], scored["ref_logp"])
+        kl_tok = kl_lib.kl_estimate(spec.rl.kl_estimator, old_logp, scored["ref_logp"])
         beta = spec.rl.beta if spec.rl.kl_placement is kl_lib.KLPlacement.REWARD else 0.0
         token_rewards = kl_lib.kl_penalized_rewards(jnp.asarray(rewards), kl_tok, mask, beta)
         adv, returns = adv_lib.gae(token_rewards, scored["values"], mask, spec.rl.gamma,
@@ -402,7 +413,6 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
       for r, c in zip(rows, capped):
         r["length_capped"] = float(c)
         r["language_consistent"] = float(r.get("gate_language", 0.0) >= 1.0)
-      sampler_gap = np.abs(rollout.sampler_logp - np.asarray(scored["logp"]))
       record = {k: float(v) for k, v in upd_metrics.items()}
       record.update(jax.device_get(adv_lib.group_spread_metrics(jnp.asarray(rewards), g)))
       for k in REWARD_LOG_KEYS:
@@ -416,8 +426,6 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
           "rollout/mean_length": float(np.mean(rollout.lengths)),
           "rollout/language_consistent_frac": float(np.mean([r["language_consistent"]
                                                              for r in rows])),
-          "rollout/sampler_vs_trainer_logp_max_abs": float(
-              np.max(sampler_gap * rollout.completion_mask)),
       })
       record.update(_per_language(langs, rows, LANG_LOG_KEYS))
       record.update(timer.pop())

@@ -1,0 +1,109 @@
+"""Defaults of the `rl` and `optim` config sections (every value is our choice, not the paper's).
+
+PB-RLSVR (arXiv 2509.25543) trains with a GRPO-based update and compares with PPO; its
+hyperparameters are not public. Other libraries' defaults, and the presets we use to compare
+with them, are in docs/presets.md. Use from another config:
+
+  from configs import rl_defaults
+  d = rl_defaults.get_config("grpo")   # or "ppo"
+  config.rl, config.optim = d.rl, d.optim
+
+`pbrl_jax.rl.spec.RLSpec.from_config(config.rl)` and `OptimSpec.from_config(config.optim)`
+validate the sections once.
+"""
+
+import ml_collections
+
+
+def grpo() -> ml_collections.ConfigDict:
+  """GRPO: group-relative advantages, k3 KL in the loss, sequence-mean of token-means."""
+  c = ml_collections.ConfigDict()
+  c.algorithm = "grpo"
+  # 'grpo' (mean/std), 'dr_grpo' (mean only), 'rloo' (leave-one-out), 'rank', 'gae' (PPO).
+  c.advantage = "grpo"
+  # Cosine rewards cluster tightly; a floor on the group std keeps noise from being amplified
+  # into full-size advantages (0.05: about a twentieth of the usable reward range).
+  c.std_floor = 0.05
+  # Masked whitening of the advantages over the whole batch (PPO keeps it on).
+  c.whiten_advantages = False
+  # 'k1', 'k2', 'k3' (Schulman's estimators). k3: unbiased and non-negative in the loss.
+  c.kl_estimator = "k3"
+  # 'loss' (GRPO), 'reward' (PPO: -beta * kl per token in the reward), 'none'.
+  c.kl_placement = "loss"
+  # 0.04: DeepSeekMath's beta (TRL's GRPO default is 0, tunix's 0.04). We keep a reference
+  # term because the semantic reward can be gamed by drifting away from fluent text.
+  c.beta = 0.04
+  # Optional (lo, hi) clamp of the per-token KL estimate; None: unclamped.
+  c.kl_clamp = None
+  # Multiply the KL term by the importance ratio (TRL 1.16 `use_bias_correction_kl`, default
+  # True there). Off: with one update per rollout the ratio is 1 and it changes nothing.
+  c.kl_ratio_correction = False
+  # Clip range of the ratio, low and high (DAPO's clip-higher uses eps_high 0.28).
+  c.eps_low = 0.2
+  c.eps_high = 0.2
+  # Dual-clip constant (> 1) for negative advantages; None: off.
+  c.dual_clip = None
+  # 'seq_mean_token_mean' (='grpo'), 'token_mean' (='dapo'), 'constant' (='dr_grpo').
+  c.loss_aggregation = "seq_mean_token_mean"
+  # Entropy bonus coefficient (token mean, subtracted from the loss). 0: off.
+  c.entropy_coef = 0.0
+  # PPO only: value loss coefficient and clip range (TRL's former PPO: 0.1 and 0.2).
+  c.value_coef = 0.1
+  c.value_clip = 0.2
+  # PPO only: GAE discount and lambda (TRL's former PPO: 1.0 and 0.95).
+  c.gamma = 1.0
+  c.lam = 0.95
+  # One optimizer update per rollout batch: on-policy, so the ratio is exactly 1.
+  c.num_epochs = 1
+  c.num_minibatches = 1
+  # Gradient-accumulation chunks per minibatch (memory, not maths: the result is identical).
+  c.num_microbatches = 1
+  c.shuffle = False
+  return c
+
+
+def ppo() -> ml_collections.ConfigDict:
+  """PPO: value head on the policy trunk, GAE, k1 KL in the per-token reward (beta 0.05)."""
+  c = grpo()
+  c.algorithm = "ppo"
+  c.advantage = "gae"
+  c.kl_estimator = "k1"
+  c.kl_placement = "reward"
+  # TRL's former PPOTrainer default (init_kl_coef 0.05).
+  c.beta = 0.05
+  c.whiten_advantages = True
+  c.loss_aggregation = "token_mean"
+  # Two passes of two minibatches: the usual PPO sample reuse, kept small for stability.
+  c.num_epochs = 2
+  c.num_minibatches = 2
+  c.shuffle = True
+  return c
+
+
+def optim() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # 1e-6: the usual full-parameter RL fine-tuning rate for 1B-30B instruct models.
+  c.learning_rate = 1e-6
+  # 'constant' or 'cosine' (to end_lr_ratio * learning_rate), after a linear warmup.
+  c.schedule = "constant"
+  c.warmup_steps = 0
+  c.end_lr_ratio = 0.0
+  # AdamW; b2 0.99 reacts faster than 0.999 to the non-stationary RL gradients.
+  c.b1 = 0.9
+  c.b2 = 0.99
+  c.eps = 1e-8
+  # Matrices only (norm scales and biases are never decayed).
+  c.weight_decay = 0.0
+  # Global-norm clipping before AdamW; None: off.
+  c.max_grad_norm = 1.0
+  return c
+
+
+def get_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
+  """{'rl': grpo() or ppo(), 'optim': optim()}."""
+  if algorithm not in ("grpo", "ppo"):
+    raise ValueError(f"algorithm {algorithm!r}; expected 'grpo' or 'ppo'")
+  c = ml_collections.ConfigDict()
+  c.rl = ppo() if algorithm == "ppo" else grpo()
+  c.optim = optim()
+  return c

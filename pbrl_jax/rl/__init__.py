@@ -1,0 +1,14 @@
+"""RL core: advantages, losses, KL estimators, optimizer, train state and jitted steps."""
+
+from pbrl_jax.rl.advantages import (AdvantageEstimator, compute_group_advantages,
+                                    dr_grpo_advantages, gae, group_spread_metrics, group_std,
+                                    grpo_advantages, masked_whiten, rank_advantages,
+                                    rloo_advantages)
+from pbrl_jax.rl.kl import (KLEstimator, KLPlacement, kl_estimate, kl_k1, kl_k2, kl_k3,
+                            kl_penalized_rewards)
+from pbrl_jax.rl.losses import (Aggregation, aggregate, aggregation_denominator,
+                                clipped_surrogate, clipped_value_loss, explained_variance)
+from pbrl_jax.rl.optim import Schedule, make_optimizer, make_schedule
+from pbrl_jax.rl.steps import (StateFns, TrainState, UpdateHParams, completion_outputs,
+                               cosine_similarity, make_loss_fn, make_score_fn, make_state_fns,
+                               make_update_fn, policy_objective, should_stop)

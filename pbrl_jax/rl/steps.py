@@ -1,0 +1,518 @@
+"""Train state, the jitted scoring step and the jitted update step (GRPO and PPO).
+
+Axis letters: B sequences, P prompt tokens (left-padded), M completion tokens (right-padded),
+T = P + M, V vocab, D model dim, E encoder embedding dim.
+
+The train state is a plain pytree (`TrainState`); reference parameters live outside it, are
+never donated and never differentiated. Both steps are `jax.jit`s with explicit
+`NamedSharding`s on the ('data', 'fsdp', 'tensor') mesh. Shapes come first: `jax.eval_shape`
+of the init gives the state's structure, the sharding tree is built from it, and the init is
+jitted with those `out_shardings`, so no full model is ever materialised on one host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from pbrl_jax.models import decoder
+from pbrl_jax.models import sharding as shd
+from pbrl_jax.models.config import DecoderConfig
+from pbrl_jax.rl import kl as kl_lib
+from pbrl_jax.rl import losses
+
+Array = jax.Array
+Params = Any
+Batch = dict[str, Array]
+EmbedFn = Callable[[Params, Any], Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything the update donates and returns.
+
+  Attributes:
+    step: int32, update() calls so far (each may hold several optimizer updates).
+    params: {'policy': decoder params} plus {'value_head': ...} for PPO.
+    opt_state: optax state of `params`.
+    rng: PRNG key for minibatch shuffling.
+    nonfinite_consecutive: int32, optimizer updates skipped in a row for a non-finite loss or
+      gradient (reset by a finite one).
+    nonfinite_total: int32, optimizer updates skipped in total.
+  """
+
+  step: Array
+  params: dict[str, Params]
+  opt_state: optax.OptState
+  rng: Array
+  nonfinite_consecutive: Array
+  nonfinite_total: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateHParams:
+  """Static hyperparameters of the update step (validated once by the trainer).
+
+  Attributes:
+    eps_low: lower clip range of the ratio.
+    eps_high: upper clip range ("clip-higher").
+    dual_clip: dual-clip constant (> 1) or None.
+    aggregation: how per-token policy losses are reduced.
+    max_completion_length: the Dr.GRPO constant; None uses M.
+    kl_estimator: estimator of the KL term in the loss (and of the logged KL).
+    kl_coef_in_loss: beta of the KL term in the loss (0: no reference term in the loss).
+    kl_clamp: optional (lo, hi) clamp of the per-token KL estimate.
+    kl_ratio_correction: multiply the per-token KL of the loss by the (differentiable)
+      ratio rho_t, which makes its gradient the unbiased reverse-KL gradient off-policy
+      (DeepSeek-V3.2, arXiv 2512.02556); TRL 1.16's `use_bias_correction_kl`, on there by
+      default.
+    entropy_coef: coefficient of the token-mean entropy bonus (subtracted).
+    value_coef: coefficient of the token-mean value loss (PPO).
+    value_clip: clip range of the value loss, or None.
+    temperature: logits are divided by it before log-softmax (as at sampling).
+    num_epochs: passes over the batch per update() call.
+    num_minibatches: optimizer updates per epoch.
+    num_microbatches: gradient-accumulation chunks per minibatch.
+    shuffle: permute rows before splitting into minibatches, every epoch.
+    with_value_head: PPO (a value head on the policy trunk) or GRPO (none).
+  """
+
+  eps_low: float = 0.2
+  eps_high: float = 0.2
+  dual_clip: float | None = None
+  aggregation: losses.Aggregation = losses.Aggregation.TOKEN_MEAN
+  max_completion_length: int | None = None
+  kl_estimator: kl_lib.KLEstimator = kl_lib.KLEstimator.K3
+  kl_coef_in_loss: float = 0.0
+  kl_clamp: tuple[float, float] | None = None
+  kl_ratio_correction: bool = False
+  entropy_coef: float = 0.0
+  value_coef: float = 0.1
+  value_clip: float | None = 0.2
+  temperature: float = 1.0
+  num_epochs: int = 1
+  num_minibatches: int = 1
+  num_microbatches: int = 1
+  shuffle: bool = False
+  with_value_head: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Model outputs on completion tokens.
+# ---------------------------------------------------------------------------------------------
+
+
+def completion_outputs(params: dict[str, Params], config: DecoderConfig, tokens: Array,
+                       valid: Array, completion_len: int, temperature: float
+                       ) -> tuple[Array, Array, Array | None]:
+  """Per-token log-probs, entropies and values (if a value head is present) of completions.
+
+  The hidden state at position t predicts token t+1, so the M completion tokens are scored
+  by the hidden states at positions P-1 .. T-2; the value of the state before emitting a
+  token comes from the same position (TRL's old PPOTrainer convention).
+
+  Args:
+    params: {'policy': ..., optional 'value_head': ...}.
+    config: decoder architecture and dtype policy.
+    tokens: [B,T] prompt (left-padded) then completion (right-padded).
+    valid: [B,T] 1 for real tokens.
+    completion_len: M.
+    temperature: sampling temperature.
+
+  Returns:
+    (logp [B,M] float32, entropy [B,M] float32, values [B,M] float32 or None).
+  """
+  pol = params["policy"]
+  hidden, _ = decoder.forward(pol, config, tokens, decoder.positions_from_mask(valid),
+                              decoder.causal_mask(valid))
+  h = hidden[:, -completion_len - 1:-1]  # [B,M,D]
+  logits = decoder.unembed(pol, config, h) / temperature  # [B,M,V] float32
+  logp = decoder.token_logprobs(logits, tokens[:, -completion_len:])
+  entropy = decoder.token_entropy(logits)
+  values = None
+  if "value_head" in params:
+    values = decoder.ValueHead(config.hidden_size).apply({"params": params["value_head"]}, h)
+  return logp, entropy, values
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes, shardings, init.
+# ---------------------------------------------------------------------------------------------
+
+
+def value_head_logical_axes(config: DecoderConfig) -> Params:
+  abstract = jax.eval_shape(lambda: decoder.ValueHead(config.hidden_size).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 1, config.hidden_size))))
+  return nn.get_partition_spec(abstract)["params"]
+
+
+def init_value_head(config: DecoderConfig, rng: Array) -> Params:
+  variables = decoder.ValueHead(config.hidden_size).init(
+      rng, jnp.zeros((1, 1, config.hidden_size), jnp.float32))
+  return nn.unbox(variables["params"])
+
+
+def _build_state(policy_params: Params, rng: Array, config: DecoderConfig,
+                 optimizer: optax.GradientTransformation, with_value_head: bool) -> TrainState:
+  params = {"policy": policy_params}
+  rng, vh_rng = jax.random.split(rng)
+  if with_value_head:
+    params["value_head"] = init_value_head(config, vh_rng)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params), rng=rng,
+                    nonfinite_consecutive=jnp.zeros((), jnp.int32),
+                    nonfinite_total=jnp.zeros((), jnp.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class StateFns:
+  """The jitted initialisers and the sharding tree of the train state.
+
+  Attributes:
+    shardings: TrainState of NamedSharding.
+    policy_shardings: NamedSharding tree of the decoder params (also for the reference).
+    init_random: rng -> TrainState with random policy params (tests, benchmarks).
+    from_params: (policy_params, rng) -> TrainState; the input is not donated (it is
+      usually also the reference).
+  """
+
+  shardings: TrainState
+  policy_shardings: Params
+  init_random: Callable[[Array], TrainState]
+  from_params: Callable[[Params, Array], TrainState]
+
+
+def make_state_fns(config: DecoderConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
+                   with_value_head: bool) -> StateFns:
+  """Shapes first (`jax.eval_shape`), then shardings, then the jitted initialisers."""
+  policy_shapes = decoder.param_shapes(config)
+  policy_sh = shd.param_shardings(decoder.param_logical_axes(config), policy_shapes, mesh)
+  key_shape = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+  abstract = jax.eval_shape(
+      lambda p, r: _build_state(p, r, config, optimizer, with_value_head), policy_shapes,
+      key_shape)
+  rep = shd.replicated(mesh)
+  params_sh = {"policy": policy_sh}
+  if with_value_head:
+    params_sh["value_head"] = shd.param_shardings(
+        value_head_logical_axes(config), abstract.params["value_head"], mesh)
+  opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, abstract.opt_state, params_sh,
+                                 transform_non_params=lambda _: rep)
+  shardings = TrainState(step=rep, params=params_sh, opt_state=opt_sh, rng=rep,
+                         nonfinite_consecutive=rep, nonfinite_total=rep)
+
+  def init_random(rng: Array) -> TrainState:
+    model_rng, rng = jax.random.split(rng)
+    return _build_state(decoder.init_params(config, model_rng), rng, config, optimizer,
+                        with_value_head)
+
+  def from_params(policy_params: Params, rng: Array) -> TrainState:
+    return _build_state(policy_params, rng, config, optimizer, with_value_head)
+
+  return StateFns(
+      shardings=shardings, policy_shardings=policy_sh,
+      init_random=jax.jit(init_random, in_shardings=rep, out_shardings=shardings),
+      from_params=jax.jit(from_params, in_shardings=(policy_sh, rep), out_shardings=shardings))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring: policy and reference log-probs, values, reward-encoder similarity, one jit.
+# ---------------------------------------------------------------------------------------------
+
+
+def cosine_similarity(a: Array, b: Array, eps: float = 1e-8) -> Array:
+  """Row-wise cosine of [B,E] and [B,E] -> [B] (inputs re-normalised for safety)."""
+  a = a.astype(jnp.float32)
+  b = b.astype(jnp.float32)
+  num = jnp.sum(a * b, axis=-1)
+  return num / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + eps)
+
+
+def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[str, Params],
+                  temperature: float = 1.0, embed_fn: EmbedFn | None = None,
+                  policy_outputs: bool = True) -> Callable[..., dict[str, Array]]:
+  """Builds `score(params, ref_params, batch[, enc_params]) -> dict` under one jit.
+
+  Batch: tokens [B,T], valid [B,T], completion_mask [B,M]; with `embed_fn`, also
+  enc_batch (any pytree with leading B) and ref_embeddings ([B,E] or [B,S,E]).
+
+  Returns a dict: ref_logp [B,M]; with `policy_outputs`, also logp and entropy [B,M] (zero on
+  padding) and values [B,M] with a value head; with `embed_fn`: embeddings and their cosine
+  (over the last axis) to the cached reference embeddings.
+
+  `policy_outputs=False` skips the policy forward: on-policy GRPO with one optimizer update
+  per batch can take the sampler's log-probs as old log-probs (the same model code, so they
+  agree up to float rounding), which saves a third of the scoring FLOPs.
+  """
+  batch_sh = shd.batch_sharding(mesh, 1)  # prefix: leading axis of every leaf
+  rep = shd.replicated(mesh)
+
+  def score(params: dict[str, Params], ref_params: Params, batch: Batch,
+            enc_params: Params | None = None) -> dict[str, Array]:
+    m = batch["completion_mask"].astype(jnp.float32)
+    completion_len = m.shape[1]
+    out = {}
+    with shd.axis_rules():
+      if policy_outputs:
+        logp, entropy, values = completion_outputs(params, config, batch["tokens"],
+                                                   batch["valid"], completion_len, temperature)
+        out.update(logp=logp * m, entropy=entropy * m)
+        if values is not None:
+          out["values"] = values * m
+      ref_logp, _, _ = completion_outputs({"policy": ref_params}, config, batch["tokens"],
+                                          batch["valid"], completion_len, temperature)
+    out["ref_logp"] = jax.lax.stop_gradient(ref_logp) * m
+    if embed_fn is not None:
+      emb = embed_fn(enc_params, batch["enc_batch"])
+      out["embeddings"] = emb
+      out["cosine"] = cosine_similarity(emb, batch["ref_embeddings"])
+    return out
+
+  in_sh = (params_shardings, params_shardings["policy"], batch_sh)
+  if embed_fn is not None:
+    in_sh = in_sh + (rep,)
+  return jax.jit(score, in_shardings=in_sh, out_shardings=batch_sh)
+
+
+# ---------------------------------------------------------------------------------------------
+# Update: epochs x minibatches of optimizer updates, each accumulating micro-batch gradients.
+# ---------------------------------------------------------------------------------------------
+
+
+def _minibatch_indices(rng: Array, batch_size: int, hp: UpdateHParams) -> Array:
+  """Row indices [E, num_minibatches, num_microbatches, micro] (strided splits, so every
+  micro-batch draws rows from every data shard)."""
+  n_mb, n_micro = hp.num_minibatches, hp.num_microbatches
+  if batch_size % (n_mb * n_micro):
+    raise ValueError(f"batch {batch_size} is not divisible by num_minibatches * "
+                     f"num_microbatches = {n_mb * n_micro}")
+  micro = batch_size // (n_mb * n_micro)
+  if hp.shuffle:
+    perms = jnp.stack([jax.random.permutation(k, batch_size)
+                       for k in jax.random.split(rng, hp.num_epochs)])
+  else:
+    perms = jnp.broadcast_to(jnp.arange(batch_size), (hp.num_epochs, batch_size))
+  idx = perms.reshape(hp.num_epochs, micro, n_micro, n_mb)
+  return jnp.transpose(idx, (0, 3, 2, 1))
+
+
+def policy_objective(logp: Array, old_logp: Array, ref_logp: Array, advantages: Array,
+                     mask: Array, hp: UpdateHParams) -> tuple[Array, Array, dict[str, Array]]:
+  """The policy term of the loss as (sum, denominator), plus its per-token pieces.
+
+    l_t = -min(rho_t A, clip(rho_t, 1 - eps_low, 1 + eps_high) A) + beta kl_t [rho_t]
+    loss = aggregate(l, mask) = sum / denominator
+
+  ([rho_t] only with `hp.kl_ratio_correction`.)
+
+  (GRPO: Shao et al. 2024, arXiv 2402.03300, eq. 3 with the KL inside the per-token term,
+  as TRL's GRPOTrainer does; beta = `hp.kl_coef_in_loss`, kl_t by `hp.kl_estimator`.)
+  """
+  pg, low, high = losses.clipped_surrogate(logp, old_logp, advantages, hp.eps_low,
+                                           hp.eps_high, hp.dual_clip)
+  kl = kl_lib.kl_estimate(hp.kl_estimator, logp, ref_logp, hp.kl_clamp)
+  ratio = jnp.exp(logp - old_logp)
+  per_token = pg
+  if hp.kl_coef_in_loss:
+    kl_term = kl * ratio if hp.kl_ratio_correction else kl
+    per_token = pg + hp.kl_coef_in_loss * kl_term
+  total, den = losses.aggregate(per_token, mask, hp.aggregation, hp.max_completion_length)
+  return total, den, {"pg": pg, "kl": kl, "clip_low": low, "clip_high": high,
+                      "ratio": ratio}
+
+
+def make_loss_fn(config: DecoderConfig, hp: UpdateHParams
+                 ) -> Callable[[dict[str, Params], Batch, dict[str, Array]],
+                               tuple[Array, dict[str, Array]]]:
+  """loss(params, micro_batch, denominators) -> (loss, metric sums).
+
+  The loss of a micro-batch is  sum_policy / den_policy + value_coef sum_v / den_tok
+  - entropy_coef sum_H / den_tok,  with denominators of the whole minibatch (computed from
+  masks before the micro-batch loop), so summing micro-batch losses and gradients gives the
+  minibatch loss and gradient exactly. The policy term is per token
+  pg_t + kl_coef_in_loss * kl_t, aggregated by `hp.aggregation` (TRL adds beta * k3 the same
+  way before aggregating).
+  """
+
+  def loss_fn(params: dict[str, Params], mb: Batch, dens: dict[str, Array]
+              ) -> tuple[Array, dict[str, Array]]:
+    m = mb["completion_mask"].astype(jnp.float32)
+    with shd.axis_rules():
+      logp, entropy, values = completion_outputs(params, config, mb["tokens"], mb["valid"],
+                                                 m.shape[1], hp.temperature)
+    advantages = mb["advantages"]
+    policy_sum, _, t = policy_objective(logp, mb["old_logp"], mb["ref_logp"], advantages, m,
+                                        hp)
+    t["entropy"] = entropy
+    if values is not None:
+      t["value_loss"], t["value_clip_frac"] = losses.clipped_value_loss(
+          values, mb["old_values"], mb["returns"], hp.value_clip)
+      t["values"] = values
+    loss = policy_sum / dens["policy"]
+    tok_sum = lambda x: jnp.sum(x * m)
+    sums = {name: tok_sum(t[name]) for name in ("pg", "kl", "clip_low", "clip_high",
+                                                "entropy", "ratio")}
+    if hp.entropy_coef:
+      loss = loss - hp.entropy_coef * sums["entropy"] / dens["tokens"]
+    if "value_loss" in t:
+      for name in ("value_loss", "value_clip_frac"):
+        sums[name] = tok_sum(t[name])
+      loss = loss + hp.value_coef * sums["value_loss"] / dens["tokens"]
+      # Explained variance needs raw moments: sum V, sum R, sum (R-V), sum (R-V)^2, sum R^2.
+      resid = mb["returns"] - t["values"]
+      sums.update(ev_r=tok_sum(mb["returns"]), ev_r2=tok_sum(jnp.square(mb["returns"])),
+                  ev_d=tok_sum(resid), ev_d2=tok_sum(jnp.square(resid)))
+    sums["policy_loss"] = policy_sum
+    return loss, sums
+
+  return loss_fn
+
+
+def accumulate_gradients(loss_fn: Callable[..., tuple[Array, dict[str, Array]]],
+                         params: dict[str, Params], micro_batches: Batch,
+                         dens: dict[str, Array], grad_hook: Callable[[Any], Any] | None = None
+                         ) -> tuple[Array, Any, dict[str, Array]]:
+  """Sums loss, gradients and metric sums over micro-batches [n_micro, micro, ...] by
+  `lax.scan` (one compiled micro-batch body; activations of one micro-batch live at a time).
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def body(carry: tuple[Array, Any, dict[str, Array]], mb: Batch):
+    loss_acc, grad_acc, sums_acc = carry
+    (loss, sums), grads = grad_fn(params, mb, dens)
+    return (loss_acc + loss, jax.tree.map(jnp.add, grad_acc, grads),
+            jax.tree.map(jnp.add, sums_acc, sums)), None
+
+  first = jax.tree.map(lambda x: x[0], micro_batches)
+  sums_shape = jax.eval_shape(lambda: loss_fn(params, first, dens)[1])
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params),
+           jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape))
+  (loss, grads, sums), _ = jax.lax.scan(body, zeros, micro_batches)
+  return loss, grads, sums
+
+
+NonfiniteHook = Callable[[Array], Array]
+
+
+def make_update_fn(config: DecoderConfig, hp: UpdateHParams,
+                   optimizer: optax.GradientTransformation, mesh: Mesh,
+                   state_shardings: TrainState,
+                   nonfinite_hook: NonfiniteHook | None = None
+                   ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
+  """Builds the jitted `update(state, batch) -> (state, metrics)`; `state` is donated.
+
+  Batch (leading B, split over ('data', 'fsdp')): tokens [B,T], valid [B,T],
+  completion_mask [B,M], old_logp [B,M], ref_logp [B,M], advantages [B,M] (or [B]);
+  PPO also returns [B,M] and old_values [B,M].
+
+  Per call: `num_epochs` passes, each `num_minibatches` optimizer updates, each the sum of
+  `num_microbatches` accumulated gradients. An optimizer update whose loss or gradient norm
+  is not finite is skipped: params and optimizer state stay as they were, and the
+  consecutive / total counters in the state go up (the trainer stops after a configured
+  number in a row). `nonfinite_hook(step) -> bool` is a test hook that turns the gradient
+  into NaN when it returns True (None, the default: never).
+
+  Metrics are means over the call's optimizer updates of token means (kl, entropy,
+  clip_frac_low/high, ratio_mean, value_loss, ...), plus grad_norm (before clipping),
+  update_norm, param_norm, loss, the skip counters, and the token-level mean and std of the
+  advantages (reward spread within groups: `advantages.group_spread_metrics`).
+  """
+  loss_fn = make_loss_fn(config, hp)
+  batch_sh = shd.batch_sharding(mesh, 1)
+  rep = shd.replicated(mesh)
+  micro_spec = P(None, None, None, shd.BATCH_AXES)
+  data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+
+  def optimizer_update(carry: tuple[dict[str, Params], Any, Array, Array, Array],
+                       mb_batch: Batch):
+    params, opt_state, consecutive, total, step = carry
+    m = mb_batch["completion_mask"].astype(jnp.float32)  # [n_micro, micro, M]
+    flat_m = m.reshape(-1, m.shape[-1])
+    dens = {
+        "policy": jnp.maximum(losses.aggregation_denominator(
+            flat_m, hp.aggregation, hp.max_completion_length), 1.0),
+        "tokens": jnp.maximum(jnp.sum(flat_m), 1.0),
+    }
+    loss, grads, sums = accumulate_gradients(loss_fn, params, mb_batch, dens)
+    if nonfinite_hook is not None:
+      poison = nonfinite_hook(step)
+      grads = jax.tree.map(lambda g: jnp.where(poison, jnp.nan, g), grads)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    params = keep(new_params, params)
+    opt_state = keep(new_opt_state, opt_state)
+    consecutive = jnp.where(finite, 0, consecutive + 1)
+    total = total + jnp.where(finite, 0, 1)
+    tok = dens["tokens"]
+    metrics = {
+        "loss": loss,
+        "policy_loss": sums["policy_loss"] / dens["policy"],
+        "pg_loss_token_mean": sums["pg"] / tok,
+        "kl": sums["kl"] / tok,
+        "entropy": sums["entropy"] / tok,
+        "clip_frac_low": sums["clip_low"] / tok,
+        "clip_frac_high": sums["clip_high"] / tok,
+        "ratio_mean": sums["ratio"] / tok,
+        "grad_norm": grad_norm,
+        "update_norm": jnp.where(finite, optax.global_norm(updates), 0.0),
+        "param_norm": optax.global_norm(params),
+        "num_tokens": tok,
+        "skipped": 1.0 - finite.astype(jnp.float32),
+    }
+    if hp.with_value_head:
+      var_r = sums["ev_r2"] / tok - jnp.square(sums["ev_r"] / tok)
+      var_d = sums["ev_d2"] / tok - jnp.square(sums["ev_d"] / tok)
+      metrics.update(value_loss=sums["value_loss"] / tok,
+                     value_clip_frac=sums["value_clip_frac"] / tok,
+                     explained_variance=1.0 - var_d / jnp.maximum(var_r, 1e-12))
+    return (params, opt_state, consecutive, total, step), metrics
+
+  def update(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
+    batch = dict(batch)
+    m_len = batch["completion_mask"].shape[1]
+    if batch["advantages"].ndim == 1:
+      batch["advantages"] = jnp.broadcast_to(batch["advantages"][:, None],
+                                             (batch["advantages"].shape[0], m_len))
+    b = batch["tokens"].shape[0]
+    rng, perm_rng = jax.random.split(state.rng)
+    idx = _minibatch_indices(perm_rng, b, hp)  # [E, n_mb, n_micro, micro]
+    split = jax.tree.map(lambda x: x[idx], batch)
+    if idx.shape[-1] % data_devices == 0:  # keep every micro-batch spread over the data axes
+      split = jax.tree.map(
+          lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, micro_spec)), split)
+    # Fold epochs into the minibatch axis: one scan over all optimizer updates.
+    split = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), split)
+    carry = (state.params, state.opt_state, state.nonfinite_consecutive,
+             state.nonfinite_total, state.step)
+    (params, opt_state, consecutive, total, _), metrics = jax.lax.scan(
+        optimizer_update, carry, split)
+    metrics = jax.tree.map(jnp.mean, metrics)
+    cm = batch["completion_mask"].astype(jnp.float32)
+    n_tok = jnp.maximum(jnp.sum(cm), 1.0)
+    adv_mean = jnp.sum(batch["advantages"] * cm) / n_tok
+    metrics["advantage_mean"] = adv_mean
+    metrics["advantage_std"] = jnp.sqrt(
+        jnp.sum(jnp.square(batch["advantages"] - adv_mean) * cm) / n_tok)
+    metrics["nonfinite_consecutive"] = consecutive
+    metrics["nonfinite_total"] = total
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
+                           nonfinite_consecutive=consecutive, nonfinite_total=total)
+    return new_state, metrics
+
+  return jax.jit(update, in_shardings=(state_shardings, batch_sh),
+                 out_shardings=(state_shardings, rep), donate_argnums=(0,))
+
+
+def should_stop(state: TrainState, max_consecutive_nonfinite: int) -> bool:
+  """True once `max_consecutive_nonfinite` optimizer updates in a row were skipped."""
+  return int(jax.device_get(state.nonfinite_consecutive)) >= max_consecutive_nonfinite

@@ -1,0 +1,129 @@
+"""Plain NumPy loop references for the RL math (one scalar at a time, no vectorisation)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def grpo(rewards, g, std_floor=0.0, eps=1e-4, ddof=1, scale=True):
+  out = np.zeros(len(rewards))
+  for start in range(0, len(rewards), g):
+    grp = [float(r) for r in rewards[start:start + g]]
+    mean = sum(grp) / g
+    var = sum((r - mean) ** 2 for r in grp) / (g - ddof)
+    std = math.sqrt(var)
+    for i, r in enumerate(grp):
+      out[start + i] = (r - mean) / (max(std, std_floor) + eps) if scale else r - mean
+  return out
+
+
+def rloo(rewards, g):
+  out = np.zeros(len(rewards))
+  for start in range(0, len(rewards), g):
+    for i in range(g):
+      others = [float(rewards[start + j]) for j in range(g) if j != i]
+      out[start + i] = float(rewards[start + i]) - sum(others) / len(others)
+  return out
+
+
+def rank(rewards, g):
+  out = np.zeros(len(rewards))
+  for start in range(0, len(rewards), g):
+    grp = [float(r) for r in rewards[start:start + g]]
+    for i, r in enumerate(grp):
+      less = sum(1 for x in grp if x < r)
+      equal = sum(1 for x in grp if x == r)
+      out[start + i] = 2.0 * (less + (equal - 1) / 2.0) / (g - 1) - 1.0
+  return out
+
+
+def gae(rewards, values, mask, gamma, lam, bootstrap):
+  b, t = rewards.shape
+  adv = np.zeros((b, t))
+  for i in range(b):
+    last = 0.0
+    for s in reversed(range(t)):
+      if s == t - 1:
+        next_v, next_m = float(bootstrap[i]), 1.0
+      else:
+        next_v, next_m = float(values[i, s + 1]) * float(mask[i, s + 1]), float(mask[i, s + 1])
+      delta = float(rewards[i, s]) + gamma * next_v - float(values[i, s])
+      last = (delta + gamma * lam * last * next_m) * float(mask[i, s])
+      adv[i, s] = last
+  returns = (adv + values) * mask
+  return adv, returns
+
+
+def whiten(x, mask, shift_mean=True, eps=1e-8):
+  vals = [float(x[idx]) for idx in np.ndindex(x.shape) if mask[idx]]
+  mean = sum(vals) / len(vals)
+  var = sum((v - mean) ** 2 for v in vals) / len(vals)
+  out = np.zeros(x.shape)
+  for idx in np.ndindex(x.shape):
+    if mask[idx]:
+      out[idx] = (float(x[idx]) - mean) / math.sqrt(var + eps) + (0.0 if shift_mean else mean)
+  return out
+
+
+def surrogate(logp, old_logp, adv, eps_low, eps_high, dual_clip=None):
+  b, t = logp.shape
+  loss, low, high = np.zeros((b, t)), np.zeros((b, t)), np.zeros((b, t))
+  for i in range(b):
+    a = float(adv[i])
+    for s in range(t):
+      ratio = math.exp(float(logp[i, s]) - float(old_logp[i, s]))
+      clipped = min(max(ratio, 1 - eps_low), 1 + eps_high)
+      val = -min(ratio * a, clipped * a)
+      if dual_clip is not None and a < 0:
+        val = min(val, -dual_clip * a)
+      loss[i, s] = val
+      low[i, s] = float(ratio < 1 - eps_low and a < 0)
+      high[i, s] = float(ratio > 1 + eps_high and a > 0)
+  return loss, low, high
+
+
+def value_loss(v, old_v, ret, clip):
+  out = np.zeros(v.shape)
+  for idx in np.ndindex(v.shape):
+    vc = float(old_v[idx]) + min(max(float(v[idx]) - float(old_v[idx]), -clip), clip)
+    out[idx] = 0.5 * max((float(v[idx]) - float(ret[idx])) ** 2, (vc - float(ret[idx])) ** 2)
+  return out
+
+
+def kl(logp, ref, kind):
+  out = np.zeros(logp.shape)
+  for idx in np.ndindex(logp.shape):
+    x = float(ref[idx]) - float(logp[idx])
+    out[idx] = {"k1": -x, "k2": 0.5 * x * x, "k3": math.exp(x) - x - 1}[kind]
+  return out
+
+
+def aggregate(per_token, mask, mode, max_len=None):
+  b, t = per_token.shape
+  if mode == "token_mean":
+    s = sum(per_token[i, j] * mask[i, j] for i in range(b) for j in range(t))
+    return s, sum(mask[i, j] for i in range(b) for j in range(t))
+  if mode == "seq_mean_token_mean":
+    s = 0.0
+    for i in range(b):
+      n = sum(mask[i, j] for j in range(t))
+      s += sum(per_token[i, j] * mask[i, j] for j in range(t)) / max(n, 1)
+    return s, b
+  s = sum(per_token[i, j] * mask[i, j] for i in range(b) for j in range(t))
+  return s, b * (t if max_len is None else max_len)
+
+
+def kl_reward(scores, kl_tok, mask, beta):
+  b, t = kl_tok.shape
+  out = np.zeros((b, t))
+  for i in range(b):
+    last = -1
+    for s in range(t):
+      if mask[i, s]:
+        out[i, s] = -beta * float(kl_tok[i, s])
+        last = s
+    if last >= 0:
+      out[i, last] += float(scores[i])
+  return out

@@ -1,0 +1,146 @@
+"""Advantages, KL estimators and losses against plain NumPy loops (fp64 and fp32)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rl_numpy_refs as ref
+from pbrl_jax import rl
+
+DTYPES = [("float64", 1e-9), ("float32", 1e-5)]
+
+
+def _x64(dtype):
+  return jax.enable_x64(dtype == "float64")
+
+
+def _mask(rng, b, t):
+  lengths = rng.integers(1, t + 1, size=(b, 1))
+  m = (np.arange(t)[None] < lengths).astype(np.float64)
+  m[0] = 0.0  # one fully masked row
+  return m
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_group_advantages(dtype, tol):
+  rng = np.random.default_rng(0)
+  g = 4
+  r = rng.normal(size=16)
+  r[4:8] = 0.3  # a zero-std group
+  r[9] = r[8]  # a tie
+  with _x64(dtype):
+    x = jnp.asarray(r, dtype)
+    np.testing.assert_allclose(rl.grpo_advantages(x, g), ref.grpo(r, g), atol=tol, rtol=tol)
+    np.testing.assert_allclose(rl.grpo_advantages(x, g, std_floor=0.5, eps=1e-6, ddof=0),
+                               ref.grpo(r, g, 0.5, 1e-6, 0), atol=tol, rtol=tol)
+    np.testing.assert_allclose(rl.dr_grpo_advantages(x, g), ref.grpo(r, g, scale=False),
+                               atol=tol, rtol=tol)
+    np.testing.assert_allclose(rl.rloo_advantages(x, g), ref.rloo(r, g), atol=tol, rtol=tol)
+    np.testing.assert_allclose(rl.rank_advantages(x, g), ref.rank(r, g), atol=tol, rtol=tol)
+    spread = rl.group_spread_metrics(x, g)
+    np.testing.assert_allclose(spread["reward_zero_std_group_frac"], 0.25)
+    np.testing.assert_allclose(spread["reward_group_std_mean"],
+                               np.mean(np.std(r.reshape(-1, g), axis=-1)), rtol=1e-5)
+
+
+def test_group_advantages_reject_bad_groups():
+  with pytest.raises(ValueError, match="multiple of group size"):
+    rl.grpo_advantages(jnp.zeros(6), 4)
+  with pytest.raises(ValueError, match="advantage estimator"):
+    rl.AdvantageEstimator.parse("grpoo")
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_gae_and_whiten(dtype, tol):
+  rng = np.random.default_rng(1)
+  b, t = 5, 7
+  rewards, values = rng.normal(size=(b, t)), rng.normal(size=(b, t))
+  mask = _mask(rng, b, t)
+  mask[1] = 1.0  # a truncated row: the bootstrap value enters
+  boot = rng.normal(size=b)
+  for gamma, lam in [(1.0, 0.95), (0.9, 0.8)]:
+    want_adv, want_ret = ref.gae(rewards, values, mask, gamma, lam, boot)
+    with _x64(dtype):
+      adv, ret = rl.gae(jnp.asarray(rewards, dtype), jnp.asarray(values, dtype),
+                        jnp.asarray(mask, dtype), gamma, lam, jnp.asarray(boot, dtype))
+    np.testing.assert_allclose(adv, want_adv, atol=tol * 10, rtol=tol)
+    np.testing.assert_allclose(ret, want_ret, atol=tol * 10, rtol=tol)
+  x = rng.normal(size=(b, t)) * 3 + 1
+  for shift in (True, False):
+    with _x64(dtype):
+      got = rl.masked_whiten(jnp.asarray(x, dtype), jnp.asarray(mask, dtype), shift_mean=shift)
+    np.testing.assert_allclose(got, ref.whiten(x, mask, shift), atol=tol * 10, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_surrogate_value_kl(dtype, tol):
+  rng = np.random.default_rng(2)
+  b, t = 6, 5
+  logp = rng.normal(size=(b, t)) * 0.3 - 2
+  old = logp + rng.normal(size=(b, t)) * 0.3
+  ref_lp = logp + rng.normal(size=(b, t)) * 0.3
+  adv = rng.normal(size=b)
+  with _x64(dtype):
+    j = lambda x: jnp.asarray(x, dtype)
+    for dual in (None, 3.0):
+      got = rl.clipped_surrogate(j(logp), j(old), j(adv), 0.2, 0.28, dual)
+      for g, w in zip(got, ref.surrogate(logp, old, adv, 0.2, 0.28, dual)):
+        np.testing.assert_allclose(g, w, atol=tol, rtol=tol)
+    # [B,T] advantages broadcast the same way as [B].
+    got_bt = rl.clipped_surrogate(j(logp), j(old), j(np.repeat(adv[:, None], t, 1)), 0.2, 0.28)
+    np.testing.assert_allclose(got_bt[0], ref.surrogate(logp, old, adv, 0.2, 0.28)[0],
+                               atol=tol, rtol=tol)
+    v, old_v, ret = rng.normal(size=(3, b, t))
+    got_v, _ = rl.clipped_value_loss(j(v), j(old_v), j(ret), 0.2)
+    np.testing.assert_allclose(got_v, ref.value_loss(v, old_v, ret, 0.2), atol=tol, rtol=tol)
+    for kind in ("k1", "k2", "k3"):
+      got_kl = rl.kl_estimate(rl.KLEstimator.parse(kind), j(logp), j(ref_lp))
+      np.testing.assert_allclose(got_kl, ref.kl(logp, ref_lp, kind), atol=tol, rtol=tol)
+    clamped = rl.kl_estimate(rl.KLEstimator.K1, j(logp), j(ref_lp), clamp=(-0.1, 0.1))
+    np.testing.assert_allclose(clamped, np.clip(ref.kl(logp, ref_lp, "k1"), -0.1, 0.1),
+                               atol=tol)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_aggregation_and_kl_reward(dtype, tol):
+  rng = np.random.default_rng(3)
+  b, t = 6, 5
+  per_token = rng.normal(size=(b, t))
+  mask = _mask(rng, b, t)
+  with _x64(dtype):
+    j = lambda x: jnp.asarray(x, dtype)
+    for name, mode in [("dapo", "token_mean"), ("grpo", "seq_mean_token_mean"),
+                       ("dr_grpo", "constant")]:
+      agg = rl.Aggregation.parse(name)
+      assert agg is rl.Aggregation(mode)
+      s, d = rl.aggregate(j(per_token), j(mask), agg, max_completion_length=8)
+      ws, wd = ref.aggregate(per_token, mask, mode, 8)
+      np.testing.assert_allclose([s, d], [ws, wd], atol=tol, rtol=tol)
+      np.testing.assert_allclose(rl.aggregation_denominator(j(mask), agg, 8), wd, rtol=tol)
+      # Sums and denominators add over disjoint micro-batches.
+      s1, d1 = rl.aggregate(j(per_token[:2]), j(mask[:2]), agg, 8)
+      s2, d2 = rl.aggregate(j(per_token[2:]), j(mask[2:]), agg, 8)
+      np.testing.assert_allclose((s1 + s2) / (d1 + d2), ws / wd, atol=tol, rtol=tol)
+    scores, kl_tok = rng.normal(size=b), rng.normal(size=(b, t))
+    got = rl.kl_penalized_rewards(j(scores), j(kl_tok), j(mask), 0.05)
+    np.testing.assert_allclose(got, ref.kl_reward(scores, kl_tok, mask, 0.05), atol=tol)
+  with pytest.raises(ValueError, match="loss aggregation"):
+    rl.Aggregation.parse("seq_mean")
+
+
+def test_explained_variance():
+  rng = np.random.default_rng(4)
+  ret = rng.normal(size=(4, 6))
+  mask = np.ones((4, 6))
+  np.testing.assert_allclose(rl.explained_variance(jnp.asarray(ret), jnp.asarray(ret),
+                                                   jnp.asarray(mask)), 1.0, atol=1e-6)
+  np.testing.assert_allclose(
+      rl.explained_variance(jnp.full((4, 6), float(ret.mean())), jnp.asarray(ret),
+                            jnp.asarray(mask)), 0.0, atol=1e-5)
+
+
+def test_kl_zero_when_policy_is_reference():
+  lp = jnp.asarray(np.random.default_rng(5).normal(size=(3, 4)) - 2)
+  for est in rl.KLEstimator:
+    np.testing.assert_array_equal(rl.kl_estimate(est, lp, lp), 0.0)

@@ -1,0 +1,41 @@
+"""The rl/optim config sections validate into typed specs; bad values name the key."""
+
+import pytest
+
+from configs import rl_defaults
+from pbrl_jax import rl
+from pbrl_jax.config_schema import ConfigError
+from pbrl_jax.rl import spec
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_defaults_validate(algorithm):
+  c = rl_defaults.get_config(algorithm)
+  r = spec.RLSpec.from_config(c.rl)
+  assert r.is_ppo == (algorithm == "ppo")
+  hp = r.update_hparams(temperature=0.7, max_completion_length=32)
+  assert hp.with_value_head == r.is_ppo and hp.max_completion_length == 32
+  # PPO puts the KL in the reward, so the loss has no KL term.
+  assert hp.kl_coef_in_loss == (0.0 if r.is_ppo else c.rl.beta)
+  assert spec.OptimSpec.from_config(c.optim).make(10) is not None
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("kl_estimator", "k4", "config.rl.kl_estimator"),
+    ("loss_aggregation", "mean", "config.rl.loss_aggregation"),
+    ("advantage", "gae", "config.rl.advantage"),
+    ("kl_placement", "reward", "config.rl.kl_placement"),
+    ("dual_clip", 0.5, "config.rl.dual_clip"),
+    ("num_microbatches", 0, "config.rl.num_microbatches"),
+])
+def test_bad_values_name_the_key(key, value, match):
+  c = rl_defaults.get_config("grpo").rl
+  c[key] = value
+  with pytest.raises(ConfigError, match=match):
+    spec.RLSpec.from_config(c)
+
+
+def test_aliases_match_trl_loss_types():
+  assert rl.Aggregation.parse("dapo") is rl.Aggregation.TOKEN_MEAN
+  assert rl.Aggregation.parse("grpo") is rl.Aggregation.SEQ_MEAN_TOKEN_MEAN
+  assert rl.Aggregation.parse("dr_grpo") is rl.Aggregation.CONSTANT
