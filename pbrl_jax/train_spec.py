@@ -72,6 +72,13 @@ def _section(config: Any, name: str) -> Any:
   return config[name]
 
 
+def _pipeline_options(pipeline: Any, data: Any) -> Any:
+  try:
+    return pipeline.PipelineOptions.from_config(data)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    raise ConfigError(f"config.data: {e}") from e
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainerSpec:
   """Every section of a training config, validated."""
@@ -86,11 +93,13 @@ class TrainerSpec:
   data: Any
   pivot: Any
   eval: Any
+  pipeline: Any  # pbrl_jax.data.pipeline.PipelineOptions, from the data section
 
   @classmethod
   def from_config(cls, config: Any) -> "TrainerSpec":
     # Imported here so that `pbrl-train --help` does not import JAX-heavy modules.
     from pbrl_jax import evaluate  # pylint: disable=g-import-not-at-top
+    from pbrl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     from pbrl_jax.rewards import RewardSpec  # pylint: disable=g-import-not-at-top
     from pbrl_jax.rl import spec as rl_spec  # pylint: disable=g-import-not-at-top
 
@@ -112,6 +121,7 @@ class TrainerSpec:
         data=_section(config, "data"),
         pivot=_section(config, "pivot"),
         eval=evaluate.EvalSpec.from_config(_section(config, "eval")),
+        pipeline=_pipeline_options(pipeline, _section(config, "data")),
     )
     spec.check()
     return spec
