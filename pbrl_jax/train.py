@@ -129,17 +129,36 @@ def _reward_items(batch: dict[str, Any], texts: Sequence[str], g: int, encoder_n
   for row, text in enumerate(texts):
     i = row // g
     emb = batch["ref_emb"]
-    cached = None
-    keys = {seg: f"{encoder_name}/{field}" for seg, field in
-            (("full", "response"), ("reasoning", "reasoning"), ("answer", "answer"))}
-    if all(k in emb for k in keys.values()):
-      cached = {seg: emb[k][i] for seg, k in keys.items()}
+    # The pivot step cached the reference's full text and reasoning; the short answer part
+    # is embedded with the policy side (score_batch fills missing segments).
+    cached = {seg: emb[f"{encoder_name}/{field}"][i]
+              for seg, field in (("full", "response"), ("reasoning", "reasoning"))
+              if f"{encoder_name}/{field}" in emb} or None
     items.append({
         "lang": batch["langs"][i], "question": batch["questions"][i], "response": text,
         "reference": batch["reference"][i], "reference_answer": batch["reference_answer"][i],
         "gold": batch["gold"][i], "reference_embeddings": cached,
     })
   return items
+
+
+def _encoder_batch(encoder: Any, segments: Sequence[dict[str, str]], keys: Sequence[str]
+                   ) -> dict[str, np.ndarray]:
+  """Reward-encoder inputs [BG, S, ...] for S text segments of each completion.
+
+  Sequences are padded to the encoder's longest bucket so the scoring program has one shape
+  (zeros beyond the mask are never attended to or pooled).
+  """
+  flat = [seg[k] for seg in segments for k in keys]
+  tok = encoder.tokenize(flat)
+  length = max(encoder.buckets)
+  out = {}
+  for name, arr in tok.items():
+    arr = np.asarray(arr)
+    if arr.ndim >= 2 and arr.shape[1] < length:
+      arr = np.pad(arr, [(0, 0), (0, length - arr.shape[1])] + [(0, 0)] * (arr.ndim - 2))
+    out[name] = arr.reshape((len(segments), len(keys)) + arr.shape[1:])
+  return out
 
 
 def _per_language(langs: Sequence[str], rows: Sequence[dict[str, Any]], keys: Sequence[str]
@@ -234,8 +253,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
   # ============================== Mesh ======================================================
   mesh = shd.make_mesh(spec.mesh.data, spec.mesh.fsdp, spec.mesh.tensor)
   data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-  g = int(spec.data.group_size)
-  global_batch = int(spec.data.global_batch_size)
+  g = spec.pipeline.group_size
+  global_batch = spec.pipeline.global_batch_size
   if (global_batch * g) % data_devices:
     raise config_schema.ConfigError(
         f"config.data.global_batch_size: {global_batch} prompts x group_size {g} ="
@@ -261,18 +280,22 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         " --references=FILE.jsonl to import references made elsewhere)")
   references = pivot_lib.load_references(ref_dir)
   source = sources.load_source(spec.data, workdir)
+  manifest = pivot_lib.load_manifest(ref_dir)
+  if manifest.get("source_sha256") != source.sha256:
+    logging.warning(
+        "the pivot references in %s were built from %r (sha256 %s), the data section now gives"
+        " %r (sha256 %s); questions without a reference are handled by"
+        " data.missing_reference=%r", ref_dir, manifest.get("source"),
+        manifest.get("source_sha256"), source.description, source.sha256,
+        spec.data.missing_reference)
+  if encoder_name not in manifest.get("encoders", {}) and spec.reward.uses_encoder:
+    logging.warning("the pivot references cache no %r embeddings (they have %s); the"
+                    " reference side is embedded during training", encoder_name,
+                    sorted(manifest.get("encoders", {})))
   elements, join_stats = pipeline_lib.join(source.targets, references,
                                            spec.data.missing_reference)
   logging.info("training prompts: %d joined (%s)", len(elements), join_stats)
-  options = pipeline_lib.PipelineOptions(
-      global_batch_size=global_batch, group_size=g, buckets=tuple(spec.data.buckets),
-      seed=int(spec.data.seed), shuffle=bool(spec.data.shuffle),
-      worker_count=int(spec.data.worker_count),
-      worker_buffer_size=int(spec.data.worker_buffer_size),
-      missing_reference=spec.data.missing_reference,
-      math_instruction=spec.data.math_instruction,
-      choice_instruction=spec.data.choice_instruction)
-  loader = pipeline_lib.make_loader(elements, tokenizer, options,
+  loader = pipeline_lib.make_loader(elements, tokenizer, spec.pipeline,
                                     shard_index=jax.process_index(),
                                     shard_count=jax.process_count())
   data_iter = iter(loader)
@@ -297,10 +320,23 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
   on_policy = (not spec.rl.is_ppo and spec.rl.num_epochs == 1
                and spec.rl.num_minibatches == 1 and spec.rollout.top_k == 0
                and spec.rollout.top_p == 1.0)
+  # The reward encoder runs in the same jit as the policy scoring, on the same mesh; its
+  # parameters are replicated (USE-m3 is 30 MB). Host-side engines embed on the host.
+  encoder = reward_models.encoder
+  encoder_in_jit = encoder is not None and encoder.params is not None
+  embed_fn = None
+  if encoder_in_jit:
+    enc_params = jax.device_put(encoder.params, shd.replicated(mesh))
+
+    def embed_fn(params, enc_batch):  # leaves [BG, S, ...] -> embeddings [BG, S, E]
+      rows, segs = jax.tree.leaves(enc_batch)[0].shape[:2]
+      flat = jax.tree.map(lambda x: x.reshape((rows * segs,) + x.shape[2:]), enc_batch)
+      return encoder.embed(params, flat).reshape(rows, segs, -1)
+
   score_fn = steps_lib.make_score_fn(model_cfg, mesh,
                                      params_shardings=state_fns.shardings.params,
                                      temperature=spec.rollout.temperature,
-                                     policy_outputs=not on_policy)
+                                     embed_fn=embed_fn, policy_outputs=not on_policy)
   hook = None
   if run.debug_nonfinite_at_step >= 0:
     poison_at = run.debug_nonfinite_at_step
@@ -364,23 +400,40 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                              stop_ids)
       timer.stop("rollout")
 
-      # --- host text work: answers, guards, reward-encoder embeddings ----------------------
+      # --- host text work: split responses, tokens for the reward encoder ---------------
+      timer.start("host_text")
+      langs = [batch["langs"][i // g] for i in range(len(rollout.texts))]
+      segments = [score_lib.segments(t, lang) for t, lang in zip(rollout.texts, langs)]
+      dev_batch = {"tokens": rollout.tokens, "valid": rollout.valid,
+                   "completion_mask": rollout.completion_mask}
+      if encoder_in_jit:
+        dev_batch["enc_batch"] = _encoder_batch(encoder, segments, score_lib.SEGMENTS)
+      dev_batch = jax.device_put(dev_batch, batch_sh)
+      timer.stop("host_text")
+
+      # --- scoring (one jit): reference (and policy) log-probs, values, embeddings --------
+      timer.start("scoring")
+      if encoder_in_jit:
+        scored = score_fn(state.params, ref_params, dev_batch, enc_params)
+        policy_emb = np.asarray(jax.device_get(scored["embeddings"]))  # [BG, S, E]
+      else:
+        scored = score_fn(state.params, ref_params, dev_batch)
+      jax.block_until_ready(scored)
+      timer.stop("scoring")
+
+      # --- rewards: final answers, guards, similarity to the cached pivot embeddings ------
       timer.start("reward")
       items = _reward_items(batch, rollout.texts, g, encoder_name)
+      if encoder_in_jit:
+        for item, emb in zip(items, policy_emb):
+          item["response_embeddings"] = dict(zip(score_lib.SEGMENTS, emb))
       rows = score_lib.score_batch(spec.reward, reward_models, items)
       rewards = np.asarray([r["reward"] for r in rows], np.float32)
       timer.stop("reward")
 
-      # --- scoring: policy / reference log-probs (and values) in one jit -------------------
-      timer.start("scoring")
-      dev_batch = jax.device_put({"tokens": rollout.tokens, "valid": rollout.valid,
-                                  "completion_mask": rollout.completion_mask}, batch_sh)
-      scored = score_fn(state.params, ref_params, dev_batch)
-      timer.stop("scoring")
-
       # --- advantages --------------------------------------------------------------------
       mask = jnp.asarray(rollout.completion_mask, jnp.float32)
-      upd = dict(dev_batch)
+      upd = {k: dev_batch[k] for k in ("tokens", "valid", "completion_mask")}
       old_logp = (jax.device_put(rollout.sampler_logp * rollout.completion_mask, batch_sh)
                   if on_policy else scored["logp"])
       upd["old_logp"] = old_logp
@@ -408,7 +461,6 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
       timer.stop("update")
 
       # --- metrics -----------------------------------------------------------------------
-      langs = [batch["langs"][i // g] for i in range(len(rows))]
       capped = ~rollout.finished
       for r, c in zip(rows, capped):
         r["length_capped"] = float(c)

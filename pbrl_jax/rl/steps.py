@@ -241,7 +241,7 @@ def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[s
   """Builds `score(params, ref_params, batch[, enc_params]) -> dict` under one jit.
 
   Batch: tokens [B,T], valid [B,T], completion_mask [B,M]; with `embed_fn`, also
-  enc_batch (any pytree with leading B) and ref_embeddings ([B,E] or [B,S,E]).
+  enc_batch (any pytree with leading B) and, optionally, ref_embeddings ([B,E] or [B,S,E]).
 
   Returns a dict: ref_logp [B,M]; with `policy_outputs`, also logp and entropy [B,M] (zero on
   padding) and values [B,M] with a value head; with `embed_fn`: embeddings and their cosine
@@ -272,7 +272,8 @@ def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[s
     if embed_fn is not None:
       emb = embed_fn(enc_params, batch["enc_batch"])
       out["embeddings"] = emb
-      out["cosine"] = cosine_similarity(emb, batch["ref_embeddings"])
+      if "ref_embeddings" in batch:
+        out["cosine"] = cosine_similarity(emb, batch["ref_embeddings"])
     return out
 
   in_sh = (params_shardings, params_shardings["policy"], batch_sh)

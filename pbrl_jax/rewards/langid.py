@@ -1,0 +1,129 @@
+"""Light language identification: Unicode script ranges plus stopword profiles.
+
+Enough to tell whether a response is written in the language it was asked in: the script of
+its letters settles non-Latin languages, and for Latin-script languages the share of frequent
+function words of each language tells an English answer from a German one. Digits,
+punctuation and math do not count as letters, so `3 + 5 = 8` is neutral.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+
+# (first code point, last code point, script); sorted, non-overlapping.
+_RANGES = sorted([
+    (0x0041, 0x005A, "Latin"), (0x0061, 0x007A, "Latin"), (0x00C0, 0x024F, "Latin"),
+    (0x1E00, 0x1EFF, "Latin"), (0x0370, 0x03FF, "Greek"), (0x0400, 0x052F, "Cyrillic"),
+    (0x0530, 0x058F, "Armenian"), (0x0590, 0x05FF, "Hebrew"), (0x0600, 0x06FF, "Arabic"),
+    (0x0750, 0x077F, "Arabic"), (0x08A0, 0x08FF, "Arabic"), (0x0900, 0x097F, "Devanagari"),
+    (0x0980, 0x09FF, "Bengali"), (0x0A00, 0x0A7F, "Gurmukhi"), (0x0A80, 0x0AFF, "Gujarati"),
+    (0x0B80, 0x0BFF, "Tamil"), (0x0C00, 0x0C7F, "Telugu"), (0x0C80, 0x0CFF, "Kannada"),
+    (0x0D00, 0x0D7F, "Malayalam"), (0x0E00, 0x0E7F, "Thai"), (0x10A0, 0x10FF, "Georgian"),
+    (0x1100, 0x11FF, "Hangul"), (0x1200, 0x139F, "Ethiopic"), (0x3040, 0x309F, "Hiragana"),
+    (0x30A0, 0x30FF, "Katakana"), (0x3130, 0x318F, "Hangul"), (0x3400, 0x4DBF, "Han"),
+    (0x4E00, 0x9FFF, "Han"), (0xAC00, 0xD7AF, "Hangul"), (0xF900, 0xFAFF, "Han"),
+    (0xFB50, 0xFDFF, "Arabic"), (0xFE70, 0xFEFF, "Arabic"), (0xFF21, 0xFF3A, "Latin"),
+    (0xFF41, 0xFF5A, "Latin"), (0xFF66, 0xFF9F, "Katakana"), (0x20000, 0x2FA1F, "Han"),
+])
+_STARTS = [r[0] for r in _RANGES]
+
+LANG_SCRIPTS: dict[str, frozenset[str]] = {
+    "zh": frozenset({"Han"}), "ja": frozenset({"Han", "Hiragana", "Katakana"}),
+    "ko": frozenset({"Hangul", "Han"}), "ru": frozenset({"Cyrillic"}),
+    "uk": frozenset({"Cyrillic"}), "bg": frozenset({"Cyrillic"}), "sr": frozenset({"Cyrillic",
+                                                                                  "Latin"}),
+    "kk": frozenset({"Cyrillic"}), "be": frozenset({"Cyrillic"}), "mk": frozenset({"Cyrillic"}),
+    "ar": frozenset({"Arabic"}), "fa": frozenset({"Arabic"}), "ur": frozenset({"Arabic"}),
+    "hi": frozenset({"Devanagari"}), "mr": frozenset({"Devanagari"}),
+    "ne": frozenset({"Devanagari"}), "bn": frozenset({"Bengali"}), "te": frozenset({"Telugu"}),
+    "ta": frozenset({"Tamil"}), "kn": frozenset({"Kannada"}), "ml": frozenset({"Malayalam"}),
+    "gu": frozenset({"Gujarati"}), "pa": frozenset({"Gurmukhi"}), "th": frozenset({"Thai"}),
+    "el": frozenset({"Greek"}), "he": frozenset({"Hebrew"}), "ka": frozenset({"Georgian"}),
+    "hy": frozenset({"Armenian"}), "am": frozenset({"Ethiopic"}),
+}
+LATIN = frozenset({"Latin"})
+
+# Frequent function words; words shared by several languages count for each of them.
+STOPWORDS: dict[str, frozenset[str]] = {k: frozenset(v.split()) for k, v in {
+    "en": "the and is are of to in that it for with as was on be this by so we has have he she"
+          " they there then from at an not which what how many each total more than will"
+          " would",
+    "de": "der die das und ist sind nicht ein eine einen zu den mit von sie es auf für dem des"
+          " sich im auch als wir ich hat haben wie viele jeder insgesamt also dann noch oder"
+          " aus bei nach",
+    "fr": "le la les et est sont de des du un une pour dans que qui il elle ils ce avec sur pas"
+          " au aux par combien chaque donc alors ou a en plus",
+    "es": "el la los las y es son de del un una para en que por con se su al lo cuántos cada"
+          " total entonces tiene más como pero",
+    "it": "il lo la gli le e è sono di del della un una per che con non si al alla quanti"
+          " ogni quindi ha dei anche come più",
+    "pt": "o a os as e é são de do da dos das um uma para em que com não se ao no na quantos"
+          " cada então tem mais por como",
+    "nl": "de het een en is zijn van in dat niet met voor op te hij zij er hoeveel elke dus"
+          " heeft ook als naar",
+    "pl": "i w na jest są nie że się z do to jak ile każdy więc ma od po dla przez tak",
+    "tr": "ve bir bu da de için ile ne kaç her toplam yani var olan çok gibi daha sonra",
+    "sw": "na ya wa kwa ni la za katika je kila hivyo ana hii kuwa",
+    "id": "dan yang di ini itu dengan untuk dari adalah tidak ada berapa setiap jadi ke",
+    "vi": "và là của có không một các những cho với được trong này bao nhiêu mỗi vậy",
+    "ro": "și este sunt de la în un o cu pe pentru că nu care câte fiecare deci are",
+}.items()}
+_WORD_RE = re.compile(r"[^\W\d_]+", re.UNICODE)
+
+
+def script_of(ch: str) -> str | None:
+  o = ord(ch)
+  i = bisect.bisect_right(_STARTS, o) - 1
+  if i >= 0 and _RANGES[i][0] <= o <= _RANGES[i][1]:
+    return _RANGES[i][2]
+  return None
+
+
+def script_counts(text: str) -> dict[str, int]:
+  """Letters per script (characters outside the table, digits and punctuation ignored)."""
+  counts: dict[str, int] = {}
+  for ch in text:
+    if ch.isalpha():
+      s = script_of(ch) or "Other"
+      counts[s] = counts.get(s, 0) + 1
+  return counts
+
+
+def stopword_hits(text: str) -> tuple[dict[str, int], int]:
+  """(function-word hits per profiled language, number of words)."""
+  words = [w.lower() for w in _WORD_RE.findall(text)]
+  hits = {lang: sum(w in sw for w in words) for lang, sw in STOPWORDS.items()}
+  return hits, len(words)
+
+
+def language_consistency(text: str, lang: str | None) -> float:
+  """How much `text` looks written in `lang`, in [0, 1]; 1.0 when it cannot be told.
+
+  script share: letters in the language's scripts / all letters (1.0 with no letters).
+  For Latin-script languages with a stopword profile the share is multiplied by
+  hits(lang) / max over profiled languages of hits, once at least 3 function words are seen;
+  an unprofiled Latin language is penalised (x0.5) when the text is clearly English. An
+  unknown or empty `lang` returns 1.0.
+  """
+  if not lang:
+    return 1.0
+  lang = lang.lower().replace("_", "-").split("-")[0]
+  scripts = LANG_SCRIPTS.get(lang, LATIN)
+  counts = script_counts(text)
+  letters = sum(counts.values())
+  if not letters:
+    return 1.0
+  share = sum(counts.get(s, 0) for s in scripts) / letters
+  if lang == "ja" and counts.get("Han", 0) >= 8 and not (counts.get("Hiragana", 0)
+                                                         + counts.get("Katakana", 0)):
+    share *= 0.5  # all-Han text is Chinese, not Japanese
+  if scripts is not LATIN or share == 0.0:
+    return share
+  hits, n_words = stopword_hits(text)
+  total = max(hits.values()) if hits else 0
+  if total < 3:
+    return share
+  if lang in STOPWORDS:
+    return share * hits[lang] / total
+  return share * (0.5 if hits["en"] == total and hits["en"] >= 0.15 * n_words else 1.0)
