@@ -14,10 +14,14 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "configs", "demo.py"), "Demo config file.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Run directory.")
+
+def define_flags() -> None:
+  """Defines this command's flags when it runs, so that importing the module defines none."""
+  global _CONFIG, _WORKDIR
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "configs", "demo.py"), "Demo config file.")
+  _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Run directory.")
 
 
 def main(argv):
@@ -46,4 +50,5 @@ def main(argv):
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.WARNING)
+  define_flags()
   app.run(main)

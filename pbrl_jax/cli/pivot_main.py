@@ -25,15 +25,19 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
-_REFERENCES = flags.DEFINE_string("references", None,
-                                  "Import this JSONL (id, question, response, optional answer) "
-                                  "instead of running the pivot model.")
-_ORACLE = flags.DEFINE_bool("oracle", False,
-                            "gsm_symbolic: use the English worked solutions as references.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+def define_flags() -> None:
+  """Defines this command's flags when it runs, so that importing the module defines none."""
+  global _CONFIG, _WORKDIR, _REFERENCES, _ORACLE
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
+  _REFERENCES = flags.DEFINE_string("references", None,
+                                    "Import this JSONL (id, question, response, optional answer) "
+                                    "instead of running the pivot model.")
+  _ORACLE = flags.DEFINE_bool("oracle", False,
+                              "gsm_symbolic: use the English worked solutions as references.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def resolve_encoders(specs: Any) -> dict[str, Callable[[list[str]], np.ndarray]]:
@@ -146,6 +150,7 @@ def main(argv):
 
 
 def run():
+  define_flags()
   app.run(main)
 
 

@@ -23,12 +23,16 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
-                                          lock_config=True)
-_INPUT = flags.DEFINE_string("input", None, "JSONL of {lang, response, reference, ...}.")
-_OUTPUT = flags.DEFINE_string("output", None, "JSONL of scores (written atomically).")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Items scored per batch.")
-flags.mark_flags_as_required(["config", "input", "output"])
+
+def define_flags() -> None:
+  """Defines this command's flags when it runs, so that importing the module defines none."""
+  global _CONFIG, _INPUT, _OUTPUT, _BATCH
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
+                                            lock_config=True)
+  _INPUT = flags.DEFINE_string("input", None, "JSONL of {lang, response, reference, ...}.")
+  _OUTPUT = flags.DEFINE_string("output", None, "JSONL of scores (written atomically).")
+  _BATCH = flags.DEFINE_integer("batch_size", 64, "Items scored per batch.")
+  flags.mark_flags_as_required(["config", "input", "output"])
 
 REQUIRED = ("lang", "response", "reference")
 OPTIONAL_TEXT = ("question", "answer", "reference_answer", "gold")
@@ -102,6 +106,7 @@ def main(argv: list[str]) -> None:
 
 
 def run():
+  define_flags()
   app.run(main)
 
 

@@ -10,10 +10,14 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if present).")
-flags.mark_flags_as_required(["config", "workdir"])
+
+def define_flags() -> None:
+  """Defines this command's flags when it runs, so that importing the module defines none."""
+  global _CONFIG, _WORKDIR
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if present).")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -26,6 +30,7 @@ def main(argv):
 
 
 def run():
+  define_flags()
   app.run(main)
 
 

@@ -166,7 +166,9 @@ class DecoderConfig:
     pad = d.get("pad_token_id")
     if pad is None:
       pad = eos_ids[0] if eos_ids else 0
-    attention_bias = bool(d.get("attention_bias", model_type == "qwen2"))
+    # Qwen2 always has q/k/v biases (its config.json does not say so); the others follow
+    # `attention_bias`.
+    attention_bias = model_type == "qwen2" or bool(d.get("attention_bias", False))
     fields = dict(
         model_type=model_type,
         vocab_size=int(need("vocab_size")),

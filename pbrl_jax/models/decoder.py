@@ -104,7 +104,7 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, sin: Array, cos: Array, attn_mask: Array,
-               layer_cache: Cache | None, cache_index: Array | None
+               cache: Cache | None, layer: Array, cache_index: Array | None
                ) -> tuple[Array, Cache | None]:
     c = self.config
     d, n, k, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
@@ -127,14 +127,17 @@ class Attention(nn.Module):
     key = apply_rope(key, sin, cos)
 
     new_cache = None
-    if layer_cache is not None:
-      # Write this call's T keys/values at cache_index, then attend over the whole cache.
-      ck = jax.lax.dynamic_update_slice_in_dim(
-          layer_cache["k"], key.astype(layer_cache["k"].dtype), cache_index, axis=1)
-      cv = jax.lax.dynamic_update_slice_in_dim(
-          layer_cache["v"], val.astype(layer_cache["v"].dtype), cache_index, axis=1)
+    if cache is not None:
+      # Write this call's T keys/values into this layer's rows of the whole [L,B,S,K,H] cache
+      # at cache_index (in place: the cache rides in the scan carry), then attend over the
+      # layer's full cache.
+      zero = jnp.zeros((), jnp.int32)
+      start = (layer, zero, jnp.asarray(cache_index, jnp.int32), zero, zero)
+      ck = jax.lax.dynamic_update_slice(cache["k"], key.astype(cache["k"].dtype)[None], start)
+      cv = jax.lax.dynamic_update_slice(cache["v"], val.astype(cache["v"].dtype)[None], start)
       new_cache = {"k": ck, "v": cv}
-      key, val = ck.astype(c.jnp_dtype), cv.astype(c.jnp_dtype)
+      key = jax.lax.dynamic_index_in_dim(ck, layer, keepdims=False).astype(c.jnp_dtype)
+      val = jax.lax.dynamic_index_in_dim(cv, layer, keepdims=False).astype(c.jnp_dtype)
 
     b, t = x.shape[:2]
     qg = q.reshape(b, t, k, n // k, h)  # [B,T,K,G,H]
@@ -168,22 +171,28 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-  """Pre-norm block; the scan body. Carry: hidden [B,T,D]; scanned: this layer's cache."""
+  """Pre-norm block; the scan body.
+
+  Carry: (hidden [B,T,D], the whole cache [L,B,S,K,H] or None); scanned: the layer index.
+  Carrying the whole cache (rather than scanning its per-layer slices in and out) lets XLA
+  update it in place: a decode step writes one slot per layer instead of a new cache.
+  """
 
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, x: Array, layer_cache: Cache | None, sin: Array, cos: Array,
+  def __call__(self, carry: tuple[Array, Cache | None], layer: Array, sin: Array, cos: Array,
                attn_mask: Array, cache_index: Array | None
-               ) -> tuple[Array, Cache | None]:
+               ) -> tuple[tuple[Array, Cache | None], None]:
     c = self.config
+    x, cache = carry
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "embed"))
     h = RMSNorm(c.rms_norm_eps, c.jnp_dtype, c.jnp_param_dtype, name="input_norm")(x)
-    attn, new_cache = Attention(c, name="attn")(h, sin, cos, attn_mask, layer_cache, cache_index)
+    attn, cache = Attention(c, name="attn")(h, sin, cos, attn_mask, cache, layer, cache_index)
     x = x + attn
     h = RMSNorm(c.rms_norm_eps, c.jnp_dtype, c.jnp_param_dtype, name="post_attn_norm")(x)
     x = x + MLP(c, name="mlp")(h)
-    return x, new_cache
+    return (x, cache), None
 
 
 class Decoder(nn.Module):
@@ -220,7 +229,8 @@ class Decoder(nn.Module):
     c = self.config
     x = jnp.take(self.embed, tokens, axis=0).astype(c.jnp_dtype)  # [B,T,D]
     sin, cos = rope_sin_cos(c, positions)
-    x, new_cache = self.layers(x, cache, sin, cos, attn_mask, cache_index)
+    layer_ids = jnp.arange(c.num_layers, dtype=jnp.int32)
+    (x, new_cache), _ = self.layers((x, cache), layer_ids, sin, cos, attn_mask, cache_index)
     return self.final_norm(x), new_cache
 
   def logits(self, hidden: Array) -> Array:

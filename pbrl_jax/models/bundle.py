@@ -1,0 +1,95 @@
+"""ModelBundle: a loaded policy (config, params, tokenizer) and `from_pretrained`."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from pbrl_jax.models import decoder, sharding
+from pbrl_jax.models.config import DecoderConfig
+from pbrl_jax.models.gguf_loader import GGUFFile, gguf_config, load_gguf_params
+from pbrl_jax.models.hf import LoadError, load_hf_params, read_hf_config
+from pbrl_jax.models.tokenizer import load_hf_tokenizer, tokenizer_from_gguf_metadata
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _logits(params: Any, config: DecoderConfig, tokens: jax.Array, valid: jax.Array
+            ) -> jax.Array:
+  return decoder.logits_fn(params, config, tokens, valid)
+
+
+@dataclasses.dataclass
+class ModelBundle:
+  """A decoder with everything needed to run it on text.
+
+  Attributes:
+    config: the architecture and dtypes.
+    params: the parameter pytree (possibly sharded).
+    tokenizer: a transformers fast tokenizer (with `chat_template`), or None.
+  """
+
+  config: DecoderConfig
+  params: Any
+  tokenizer: Any = None
+
+  @property
+  def chat_template(self) -> str | None:
+    return getattr(self.tokenizer, "chat_template", None)
+
+  def logits(self, token_ids: Any, valid: Any | None = None) -> jax.Array:
+    """float32 logits [B,T,V] for int token ids [B,T] (valid: [B,T] 1/0 for left padding)."""
+    tokens = jnp.asarray(np.asarray(token_ids, np.int32))
+    if tokens.ndim == 1:
+      tokens = tokens[None]
+    valid = jnp.ones(tokens.shape, jnp.int32) if valid is None else jnp.asarray(
+        np.asarray(valid, np.int32)).reshape(tokens.shape)
+    return _logits(self.params, self.config, tokens, valid)
+
+  def generate(self, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0,
+               seed: int = 0) -> list[str]:
+    """Completions of `prompts` (already chat-formatted text) via the jitted sampler."""
+    from pbrl_jax.sampling import generate_text  # the sampler imports this module
+    return generate_text(self, prompts, max_new_tokens=max_new_tokens,
+                         temperature=temperature, seed=seed)
+
+
+def from_pretrained(path: str, dtype: str = "float32", param_dtype: str | None = None,
+                    mesh: Mesh | None = None,
+                    rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES) -> ModelBundle:
+  """Loads an HF directory (config.json + safetensors) or a `.gguf` file.
+
+  Args:
+    path: the directory or file.
+    dtype: compute dtype.
+    param_dtype: stored parameter dtype (defaults to `dtype`).
+    mesh: with a mesh, each weight is placed straight into its NamedSharding.
+    rules: logical axis rules for the mesh.
+
+  Returns:
+    The bundle; nothing is returned half-loaded.
+
+  Raises:
+    LoadError: naming the file and the field or tensor at fault.
+  """
+  param_dtype = param_dtype or dtype
+  if os.path.isdir(path):
+    config = read_hf_config(path, param_dtype=param_dtype, dtype=dtype)
+    params = load_hf_params(path, config, mesh=mesh, rules=rules)
+    return ModelBundle(config, params, load_hf_tokenizer(path))
+  if os.path.isfile(path):
+    f = GGUFFile(path)
+    config = gguf_config(f, param_dtype=param_dtype, dtype=dtype)
+    # The tokenizer builds on a thread while numpy dequantises (which releases the GIL).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      tokenizer = pool.submit(tokenizer_from_gguf_metadata, f.metadata, path)
+      params = load_gguf_params(f, config, mesh=mesh, rules=rules)
+      return ModelBundle(config, params, tokenizer.result())
+  raise LoadError(f"{path}: no such model directory or GGUF file")

@@ -1,0 +1,63 @@
+"""Every shipped training config validates, and bad values fail naming the key."""
+
+import glob
+import importlib
+import os
+
+import pytest
+
+from pbrl_jax.config_schema import ConfigError
+from pbrl_jax.train_spec import TrainerSpec
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAINING_CONFIGS = sorted(
+    os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+    if not os.path.basename(p).startswith(("_", "common")) and "defaults" not in p)
+
+
+def test_the_shipped_configs_are_found():
+  assert {"tiny", "demo", "llama31_8b_grpo", "llama31_8b_ppo", "qwen3_32b_grpo"} <= set(
+      TRAINING_CONFIGS)
+
+
+@pytest.mark.parametrize("name", TRAINING_CONFIGS)
+def test_config_validates(name):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  for key in ("seed", "total_steps", "checkpoint_every"):
+    assert key in config
+  spec = TrainerSpec.from_config(config)
+  assert spec.run.total_steps >= 1
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("rl.beta", -1.0, "config.rl.beta"),
+    ("rl.advantage", "gae", "config.rl.advantage"),
+    ("rollout.top_p", 0.0, "config.rollout.top_p"),
+    ("total_steps", 0, "config.total_steps"),
+    ("optim.schedule", "linear", "config.optim.schedule"),
+])
+def test_bad_values_name_the_key(key, value, message):
+  config = importlib.import_module("configs.tiny").get_config()
+  node = config
+  *path, leaf = key.split(".")
+  for p in path:
+    node = node[p]
+  with node.unlocked() if hasattr(node, "unlocked") else _nullcontext():
+    node[leaf] = value
+  with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+    TrainerSpec.from_config(config)
+
+
+def test_unknown_key_is_named():
+  config = importlib.import_module("configs.tiny").get_config()
+  config.rl.betta = 0.1
+  with pytest.raises(ConfigError, match=r"config\.rl\.betta: unknown key"):
+    TrainerSpec.from_config(config)
+
+
+class _nullcontext:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *args):
+    return False
