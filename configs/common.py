@@ -33,6 +33,8 @@ def run_config(c: ml_collections.ConfigDict) -> None:
   c.max_nonfinite_in_row = 3
   # Test hook: poison the gradient at this optimizer update (-1: never).
   c.debug_nonfinite_at_step = -1
+  # ... and at this many consecutive updates from it (tests of max_nonfinite_in_row).
+  c.debug_nonfinite_count = 1
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -44,6 +46,8 @@ def model_config() -> ml_collections.ConfigDict:
   # float32 on CPU: XLA's CPU bf16 matmuls are no faster there. bfloat16 on TPU/GPU.
   c.dtype = "float32"
   c.param_dtype = "float32"
+  # Recompute each layer's activations in the backward pass: needed to fit full-size models.
+  c.remat = False
   # Tests: take the architecture and tokenizer from `path`, random weights, with `overrides`.
   c.random_init = False
   c.overrides = {}

@@ -17,7 +17,8 @@ from pbrl_jax import metrics as metrics_lib
 
 
 def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
-  pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+  pts = [(r["step"], r[key]) for r in rows
+         if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
   if not pts:
     return np.zeros(0), np.zeros(0)
   steps, vals = zip(*pts)
@@ -161,7 +162,8 @@ def write_report(workdir: str, title: str = "pbrl_jax run") -> str:
     lines.append("## Evaluation before and after training (greedy, held-out questions)")
     lines.append("")
     eval_metrics = sorted({m for d in (before_langs, after_langs) for v in d.values()
-                           for m in v if isinstance(v.get(m), (int, float))})
+                           for m in v if isinstance(v.get(m), (int, float))
+                           and not isinstance(v.get(m), bool)})
     lines.append("| lang | " + " | ".join(f"{m} before | {m} after" for m in eval_metrics)
                  + " |")
     lines.append("|---|" + "---|---|" * len(eval_metrics))

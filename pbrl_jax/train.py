@@ -20,6 +20,7 @@ skips nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -205,11 +206,12 @@ def load_policy(model: Any, seed: int):
   path = embedded.smollm2_gguf_path() if model.path == "embedded:smollm2" else model.path
   if model.random_init:
     cfg, tokenizer = _config_and_tokenizer(path)
-    cfg = cfg.replace(dtype=model.dtype, param_dtype=model.param_dtype, **model.overrides)
+    cfg = cfg.replace(dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat,
+                      **model.overrides)
     params = jax.jit(decoder.init_params, static_argnums=0)(cfg, jax.random.PRNGKey(seed))
     return cfg, params, tokenizer
   bundle = models.from_pretrained(path, dtype=model.dtype, param_dtype=model.param_dtype)
-  cfg = bundle.config
+  cfg = bundle.config.replace(remat=model.remat)
   if model.overrides:
     cfg = cfg.replace(**model.overrides)
   return cfg, bundle.params, bundle.tokenizer
@@ -263,6 +265,12 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
   if g < 2 and not spec.rl.is_ppo:
     raise config_schema.ConfigError(
         f"config.data.group_size: GRPO needs G >= 2 completions per prompt, got {g}")
+
+  # Trace every step under the mesh and the logical axis rules, so the decoder's activation
+  # constraints apply (without them FSDP gathers whole batches onto every device).
+  scope = contextlib.ExitStack()
+  scope.enter_context(jax.set_mesh(mesh))
+  scope.enter_context(shd.axis_rules())
 
   # ============================== Models ====================================================
   model_cfg, host_params, tokenizer = load_policy(spec.model, run.seed)
@@ -339,8 +347,9 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                                      embed_fn=embed_fn, policy_outputs=not on_policy)
   hook = None
   if run.debug_nonfinite_at_step >= 0:
-    poison_at = run.debug_nonfinite_at_step
-    hook = lambda step: step == poison_at
+    poison_from = run.debug_nonfinite_at_step
+    poison_to = poison_from + run.debug_nonfinite_count
+    hook = lambda step: (step >= poison_from) & (step < poison_to)
   update_fn = steps_lib.make_update_fn(model_cfg, hp, optimizer, mesh, state_fns.shardings,
                                        nonfinite_hook=hook)
   stop_ids = [tokenizer.encode(s, add_special_tokens=False) for s in spec.rollout.stop_strings]
@@ -517,6 +526,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     writer.close()
     stop.restore()
     manager.close()
+    scope.close()
 
   if stopped_by == "total_steps" and run.eval_before_after and eval_examples:
     evaluate("after")

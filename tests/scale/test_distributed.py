@@ -1,0 +1,86 @@
+"""Multi-host plumbing: cluster resolution, host shards, and a real 2-process CPU cluster."""
+
+import json
+
+import pytest
+
+from pbrl_jax import distributed
+
+
+def _check_lines(results):
+  out = []
+  for r in results:
+    lines = [l for l in r.stdout.splitlines() if l.startswith("PBRL_CHECK ")]
+    assert len(lines) == 1, (r.stdout, r.stderr[-2000:])
+    out.append(json.loads(lines[0][len("PBRL_CHECK "):]))
+  return out
+
+
+def test_single_host_needs_nothing():
+  assert distributed.resolve_cluster(env={}) is None
+  assert distributed.maybe_initialize(env={}) is False
+  # One process is single-host even when the variables are set.
+  env = {"PBRL_COORDINATOR": "h:1", "PBRL_NUM_PROCESSES": "1", "PBRL_PROCESS_ID": "0"}
+  assert distributed.resolve_cluster(env=env) is None
+  # A one-worker TPU VM lists one host name.
+  assert distributed.resolve_cluster(env={"TPU_WORKER_HOSTNAMES": "w0"}) is None
+
+
+def test_cluster_sources():
+  spec = distributed.resolve_cluster("10.0.0.1:1234", 4, 3, env={})
+  assert (spec.coordinator_address, spec.num_processes, spec.process_id) == (
+      "10.0.0.1:1234", 4, 3)
+  env = {"PBRL_COORDINATOR": "h:5", "PBRL_NUM_PROCESSES": "2", "PBRL_PROCESS_ID": "1"}
+  spec = distributed.resolve_cluster(env=env)
+  assert (spec.coordinator_address, spec.num_processes, spec.process_id) == ("h:5", 2, 1)
+  # Explicit arguments win over the environment.
+  assert distributed.resolve_cluster("a:1", 3, 0, env=env).num_processes == 3
+  for env in ({"PBRL_MULTIHOST": "1"}, {"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"},
+              {"JAX_COORDINATOR_ADDRESS": "h:9"}):
+    spec = distributed.resolve_cluster(env=env)
+    assert spec is not None and spec.num_processes is None, env  # JAX auto-detects.
+
+
+@pytest.mark.parametrize("kwargs,env,message", [
+    (dict(coordinator_address="h:1"), {}, "missing num_processes, process_id"),
+    ({}, {"PBRL_NUM_PROCESSES": "2"}, "missing PBRL_COORDINATOR, PBRL_PROCESS_ID"),
+    (dict(coordinator_address="h:1", num_processes=2, process_id=2), {}, "process_id"),
+    ({}, {"PBRL_COORDINATOR": "h:1", "PBRL_NUM_PROCESSES": "two", "PBRL_PROCESS_ID": "0"},
+     "PBRL_NUM_PROCESSES: expected an integer"),
+])
+def test_bad_settings_name_the_field(kwargs, env, message):
+  with pytest.raises(distributed.DistributedError, match=message):
+    distributed.resolve_cluster(env=env, **kwargs)
+
+
+def test_host_shard_rows():
+  shards = [distributed.HostShard(i, 4) for i in range(4)]
+  rows = [list(range(16))[s.rows(16)] for s in shards]
+  assert rows == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
+  with pytest.raises(distributed.DistributedError, match="not divisible by the process count"):
+    shards[0].local_batch_size(10)
+
+
+def test_two_processes_match_one_process():
+  two = _check_lines(distributed.launch_local_processes(
+      "pbrl_jax.distributed", num_processes=2, devices_per_process=2, timeout_s=150))
+  one = _check_lines(distributed.launch_local_processes(
+      "pbrl_jax.distributed", num_processes=1, devices_per_process=4, timeout_s=150))
+  assert [r["process_index"] for r in two] == [0, 1]
+  assert {r["process_count"] for r in two} == {2} and one[0]["process_count"] == 1
+  assert {r["global_devices"] for r in two + one} == {4}
+  assert {r["local_devices"] for r in two} == {2}
+  for r in two + one:
+    assert r["global_shape"] == [8, 3]
+    assert r["sum"] == r["numpy_sum"] == r["psum"]
+    assert r["mean"] == pytest.approx(r["numpy_mean"])
+  keys = ("sum", "mean", "sq", "psum")
+  assert [r[k] for k in keys for r in two] == [one[0][k] for k in keys for _ in two]
+
+
+def test_harness_kills_at_deadline():
+  # Starting JAX takes longer than 0.3 s, so the deadline passes and both are killed.
+  with pytest.raises(distributed.LocalClusterError, match="timed out") as info:
+    distributed.launch_local_processes(
+        "pbrl_jax.distributed", num_processes=2, timeout_s=0.3)
+  assert [r.returncode for r in info.value.results] == [None, None]

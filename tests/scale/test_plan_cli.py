@@ -1,0 +1,88 @@
+"""pbrl-plan: from a model config.json with flags, or from a training config file."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _plan(*args):
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run([sys.executable, "-m", "pbrl_jax.cli.plan_main", *args],
+                        capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
+                        check=False)
+  return proc
+
+
+def test_model_flags_json():
+  proc = _plan("--model", "configs/model_configs/qwen3_0p6b.json", "--device", "v5e-1",
+               "--group_size", "4", "--prompts_per_step", "2", "--lora_rank", "16",
+               "--remat", "--micro_batch", "2", "--json")
+  assert proc.returncode == 0, proc.stderr
+  out = json.loads(proc.stdout)
+  assert out["device"] == "v5e-1" and out["num_devices"] == 1 and out["fits"] is True
+  assert out["components"]["reference params"] == 0 and out["components"]["lora params"] > 0
+  assert out["update_peak"] <= out["budget"]
+
+
+def test_slice_defaults_to_fsdp_and_reports_table():
+  proc = _plan("--model", "configs/model_configs/llama31_8b.json", "--device", "v5e-8",
+               "--remat", "--micro_batch", "8")
+  assert proc.returncode == 0, proc.stderr
+  assert "mesh (data, fsdp, tensor) = (1, 8, 1)" in proc.stdout
+  assert "fits: " in proc.stdout and "kv cache" in proc.stdout
+
+
+def test_training_config_with_overrides(tmp_path):
+  cfg = tmp_path / "run.py"
+  cfg.write_text(textwrap.dedent(f"""
+      import sys
+      sys.path.insert(0, "{ROOT}")
+      from configs import tiny
+
+      def get_config():
+        c = tiny.get_config()
+        c.model.path = "{ROOT}/configs/model_configs/qwen3_1p7b.json"
+        c.model.dtype = "bfloat16"
+        c.model.param_dtype = "bfloat16"
+        c.data.group_size = 4
+        c.data.global_batch_size = 4
+        c.data.buckets = (128,)
+        c.rollout.max_new_tokens = 256
+        c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 8, 1
+        return c
+  """))
+  proc = _plan("--config", str(cfg), "--device", "v6e-8", "--json")
+  assert proc.returncode == 0, proc.stderr
+  base = json.loads(proc.stdout)
+  assert base["mesh"] == [1, 8, 1]
+  # 16 sequences of 384 tokens over 8 devices: 2 each, bf16 cache, 28 layers, 8 kv heads.
+  assert base["components"]["kv cache"] == 2 * 28 * 2 * 384 * 8 * 128 * 2
+  # A flag given on the command line overrides the config; the rest still comes from it.
+  proc = _plan("--config", str(cfg), "--device", "v6e-8", "--json", "--group_size", "8")
+  assert proc.returncode == 0, proc.stderr
+  assert json.loads(proc.stdout)["components"]["kv cache"] == 2 * base["components"]["kv cache"]
+
+
+def test_config_missing_field_is_named(tmp_path):
+  cfg = tmp_path / "bad.py"
+  cfg.write_text(textwrap.dedent(f"""
+      import ml_collections
+
+      def get_config():
+        return ml_collections.ConfigDict({{
+            "model": {{"hf_config": "{ROOT}/configs/model_configs/qwen3_1p7b.json"}},
+            "rl": {{"group_size": 4}},
+            "data": {{"max_prompt_len": 128, "max_completion_len": 256}}}})
+  """))
+  proc = _plan("--config", str(cfg), "--device", "v5e-1")
+  assert proc.returncode != 0
+  assert "missing field data.group_size" in proc.stderr
+
+
+def test_unknown_device_is_an_error():
+  proc = _plan("--model", "configs/model_configs/qwen3_0p6b.json", "--device", "v9-1")
+  assert proc.returncode != 0 and "device: unknown kind 'v9-1'" in proc.stderr
