@@ -55,7 +55,7 @@ class ModelBundle:
 
   def generate(self, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0,
                seed: int = 0) -> list[str]:
-    """Completions of `prompts` (already chat-formatted text) via the jitted sampler."""
+    """Completions of plain user `prompts`; the chat template is applied (instruct models)."""
     from pbrl_jax.sampling import generate_text  # the sampler imports this module
     return generate_text(self, prompts, max_new_tokens=max_new_tokens,
                          temperature=temperature, seed=seed)
