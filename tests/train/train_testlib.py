@@ -57,5 +57,5 @@ def run_train(workdir: str, *flags: str, timeout: float = 900) -> subprocess.Com
 
 
 def strip_times(rows):
-  """Metrics without wall-clock entries (those legitimately differ between runs)."""
-  return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+  """Metrics without wall-clock and host-memory entries (those legitimately differ)."""
+  return [{k: v for k, v in r.items() if not k.startswith(("time/", "host/"))} for r in rows]
