@@ -1,0 +1,204 @@
+"""`pbrl-compare --quick`: TRL 1.16 GRPOTrainer and pbrl_jax on a tiny random Llama.
+
+The quick comparison runs in-process (the same code path as the CLI): step-level parity on
+identical completions must hold within 1e-4 relative in fp32, on probes where the gradient,
+the KL term and the clipping all carry weight; both training loops must produce finite
+curves and timings, and the report files must be written.
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+trl = pytest.importorskip("trl")
+
+from pbrl_jax import compare  # pylint: disable=g-import-not-at-top
+from pbrl_jax import rl  # pylint: disable=g-import-not-at-top
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+  """The --quick comparison (tiny model, 4 prompts x 4, 16 tokens, 2 steps), run once."""
+  out = str(tmp_path_factory.mktemp("compare_quick"))
+  model = compare.write_tiny_model(os.path.join(out, "tiny_model"))
+  opts = compare.Options(model_dir=model, out_dir=out, steps=2, num_prompts=4,
+                         preset=compare.Preset(max_completion_length=16, seed=0))
+  return out, compare.run(opts, log=lambda _: None)
+
+
+@pytest.mark.slow
+def test_step_parity_within_tolerance(quick):
+  _, result = quick
+  par = result["parity"]
+  assert set(par["probes"]) == {"checkpoint", "perturbed"}
+  for name, pr in par["probes"].items():
+    for key in ("loss_rel_err", "logp_rel_err", "ref_logp_rel_err", "grad_rel_err",
+                "grad_norm_rel_err"):
+      assert pr[key] <= compare.PARITY_RTOL, (name, key, pr[key])
+    # Not a vacuous match: real gradients over every matched tensor.
+    assert pr["grad_norm_trl"] > 1e-4, (name, pr["grad_norm_trl"])
+    assert pr["grad_tensors"] >= 10 and pr["grad_tensors_unmatched"] == 0
+  pert = par["probes"]["perturbed"]
+  assert pert["kl_k3_mean"] > 1e-6  # the KL term carries weight
+  assert pert["ratio_outside_clip_frac"] > 0.05  # and so does the clipping
+  assert abs(pert["loss_trl"]) > 1e-4
+  # On a tiny model both fp32 implementations sit well within rtol of TRL's float64 result.
+  for pr in par["probes"].values():
+    assert pr["grad_rel_err_ours_vs_fp64"] <= compare.PARITY_RTOL
+    assert abs(pr["loss_fp64"] - pr["loss_trl"]) <= compare.PARITY_RTOL * max(
+        abs(pr["loss_trl"]), 1.0)
+  assert par["passed"] and par["max_rel_err"] <= compare.PARITY_RTOL
+  assert par["checks"] and all(c["passed"] for c in par["checks"].values())
+
+
+@pytest.mark.slow
+def test_curves_speed_and_reports(quick):
+  out, result = quick
+  for side in ("trl_steps", "jax_steps"):
+    steps = result[side]
+    assert [s["step"] for s in steps] == [1, 2], side
+    for s in steps:
+      for key in ("reward_mean", "kl", "loss", "grad_norm", "time_step"):
+        assert math.isfinite(s[key]), (side, key)
+      assert 0 < s["completion_tokens"] <= 4 * 4 * 16
+      phases = sum(v for k, v in s.items() if k.startswith("time_")
+                   and k not in ("time_step", "time_update"))
+      assert phases <= s["time_step"] * 1.001 + 1e-3, (side, s)
+  trl_last = result["trl_steps"][-1]
+  assert trl_last["time_generation"] > 0 and trl_last["time_policy_forward"] > 0
+  assert trl_last["time_reference_forward"] > 0  # beta > 0: TRL scores the reference
+  speed = result["speed"]
+  for side in ("trl", "jax"):
+    assert speed[side]["seconds_per_step"] > 0
+    assert speed[side]["completion_tokens_per_second"] > 0
+  assert speed["tokens_per_second_ratio"] > 0
+  with open(os.path.join(out, "results.json")) as f:
+    saved = json.load(f)
+  assert saved["parity"]["max_rel_err"] == result["parity"]["max_rel_err"]
+  assert saved["preset"]["beta"] == 0.04 and saved["preset"]["seed"] == 0
+  with open(os.path.join(out, "report.md")) as f:
+    report = f.read()
+  assert "PASS" in report and "| seed |" in report and "tokens / s" in report
+  with open(os.path.join(out, "curves.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_preset_sets_trl_config_and_our_hparams(loss_type, tmp_path):
+  preset = compare.Preset(beta=0.02, loss_type=loss_type, num_generations=3, temperature=0.7,
+                          learning_rate=3e-6, max_completion_length=48, epsilon=0.2,
+                          epsilon_high=0.28, seed=7)
+  args = trl.GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[],
+                        per_device_train_batch_size=6, **preset.trl_kwargs())
+  assert (args.beta, args.loss_type, args.num_generations) == (0.02, loss_type, 3)
+  assert (args.temperature, args.learning_rate, args.max_completion_length) == (0.7, 3e-6, 48)
+  assert (args.epsilon, args.epsilon_high, args.seed) == (0.2, 0.28, 7)
+  assert args.use_bias_correction_kl and args.scale_rewards == "group"
+  hp = preset.update_hparams()
+  assert hp.aggregation is rl.Aggregation.parse(loss_type)
+  assert (hp.eps_low, hp.eps_high, hp.kl_coef_in_loss) == (0.2, 0.28, 0.02)
+  assert hp.kl_estimator is rl.KLEstimator.K3 and hp.kl_ratio_correction
+  assert hp.temperature == 0.7 and hp.max_completion_length == 48
+  assert "| seed | `seed=7` |" in compare.preset_table(preset)
+
+
+def _probe_errors(**overrides):
+  probe = {"loss_rel_err": 1e-6, "logp_rel_err": 1e-6, "ref_logp_rel_err": 1e-6,
+           "grad_rel_err": 1e-6, "grad_norm_rel_err": 1e-6,
+           "grad_rel_err_ours_vs_fp64": 1e-6, "grad_rel_err_trl_vs_fp64": 1e-6,
+           "grad_norm_rel_err_ours_vs_fp64": 1e-6, "grad_norm_rel_err_trl_vs_fp64": 1e-6}
+  probe.update(overrides)
+  return {k: c["passed"] for k, c in compare.parity_checks(probe, 1e-4).items()}
+
+
+def test_parity_checks_bounds():
+  assert all(_probe_errors().values())
+  assert not _probe_errors(loss_rel_err=2e-4)["loss_rel_err"]
+  assert not _probe_errors(logp_rel_err=2e-4)["logp_rel_err"]
+  # A gradient error above rtol passes only if fp32 rounding explains it: TRL itself is that
+  # far from the float64 result and ours is no further than twice that.
+  assert _probe_errors(grad_rel_err=3e-2, grad_rel_err_ours_vs_fp64=2e-2,
+                       grad_rel_err_trl_vs_fp64=2e-2)["grad_rel_err"]
+  assert not _probe_errors(grad_rel_err=3e-2, grad_rel_err_ours_vs_fp64=3e-2,
+                           grad_rel_err_trl_vs_fp64=1e-6)["grad_rel_err"]
+  assert not _probe_errors(grad_norm_rel_err=2e-4, grad_norm_rel_err_ours_vs_fp64=5e-4,
+                           grad_norm_rel_err_trl_vs_fp64=2e-4)["grad_norm_rel_err"]
+
+
+def test_preset_rejects_unmatched_settings():
+  with pytest.raises(ValueError):
+    compare.Preset(loss_type="bnpo")
+  with pytest.raises(ValueError):
+    compare.Preset(num_generations=1)
+
+
+def test_reward_callables_take_trl_arguments():
+  plain = ["so 3 * 4 = 12. #### 12", "#### 11"]
+  chat = [[{"role": "assistant", "content": c}] for c in plain]
+  for completions in (plain, chat):
+    got = compare.verifiable_reward_func(prompts=["q", "q"], completions=completions,
+                                         answer=["12", "12"], lang=["en", "en"])
+    assert got == [1.0, 0.0]
+  from pbrl_jax.rewards import RewardSpec
+  semantic = compare.make_semantic_reward_func(RewardSpec(kind="verifiable"))
+  assert semantic.__name__ == "semantic_verifiable"
+  cols = compare.reward_columns(compare.select_prompts(1), 2)
+  got = semantic(prompts=["q", "q"], completions=chat, **cols)
+  assert got == [1.0, 0.0]
+
+
+def test_tiny_model_round_trips_text(tmp_path):
+  from pbrl_jax.models.tokenizer import load_hf_tokenizer
+  d = compare.write_tiny_model(str(tmp_path / "tiny"))
+  tok = load_hf_tokenizer(d)
+  text = compare.PROMPTS[6].question  # Chinese: multi-byte UTF-8
+  ids = tok(text)["input_ids"]
+  assert len(ids) == len(text.encode()) and tok.decode(ids) == text
+  assert not compare.uses_chat(tok)
+  tokens, valid = compare.prompt_arrays(tok, compare.select_prompts(3), tok.pad_token_id)
+  assert tokens.shape == valid.shape and np.all(valid[:, -1] == 1)
+
+
+def test_cli_quick_flags_and_outputs(tmp_path):
+  """The absl entry point in a subprocess (its flags stay out of this process): --quick
+  builds the tiny model, explicit flags override the quick defaults, reports are written."""
+  import subprocess
+  import sys
+  out = tmp_path / "cli"
+  proc = subprocess.run(
+      [sys.executable, "-m", "pbrl_jax.cli.compare_main", "--quick", f"--out={out}",
+       "--steps=0", "--noparity", "--prompts=3", "--loss_type=dapo", "--beta=0.0",
+       "--seed=5"], capture_output=True, text=True, timeout=600,
+      env={**os.environ, "XLA_FLAGS": ""})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(out / "results.json") as f:
+    saved = json.load(f)
+  assert saved["num_prompts"] == 3 and saved["steps"] == 0 and "parity" not in saved
+  assert saved["preset"]["max_completion_length"] == 16  # the --quick default
+  assert (saved["preset"]["loss_type"], saved["preset"]["beta"]) == ("dapo", 0.0)
+  assert saved["preset"]["seed"] == 5
+  assert os.path.isfile(out / "tiny_model" / "config.json")
+  assert "| seed | `seed=5` |" in proc.stdout
+
+
+def test_trl_loadable_dir_adds_missing_architecture(tmp_path):
+  src = tmp_path / "src"
+  src.mkdir()
+  (src / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 7}))
+  (src / "model.safetensors").write_bytes(b"weights")
+  view = compare.trl_loadable_dir(str(src), str(tmp_path / "work"))
+  assert view != str(src)
+  with open(os.path.join(view, "config.json")) as f:
+    config = json.load(f)
+  assert config == {"model_type": "llama", "vocab_size": 7,
+                    "architectures": ["LlamaForCausalLM"]}
+  with open(os.path.join(view, "model.safetensors"), "rb") as f:
+    assert f.read() == b"weights"
+  assert compare.trl_loadable_dir(view, str(tmp_path / "work2")) == view  # already loadable
+  (src / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+  with pytest.raises(ValueError, match="gpt2"):
+    compare.trl_loadable_dir(str(src), str(tmp_path / "work3"))
