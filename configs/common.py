@@ -51,6 +51,17 @@ def model_config() -> ml_collections.ConfigDict:
   # Tests: take the architecture and tokenizer from `path`, random weights, with `overrides`.
   c.random_init = False
   c.overrides = {}
+  # LoRA rank (0: full fine-tuning). With a rank, only the adapters (and the PPO value head)
+  # train; the base stays frozen and doubles as the reference, so no second copy of the
+  # weights. Adapters are merged into the targeted kernels inside each step (one merged copy
+  # of those kernels per step).
+  c.lora_rank = 0
+  # scale = alpha / rank; alpha = 2 * rank is the common PEFT choice (scale 2).
+  c.lora_alpha = 32.0
+  # Every attention and MLP projection: adapting all of them is what QLoRA found to match
+  # full fine-tuning; attention-only adapters learn less per step.
+  c.lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                    "down_proj")
   return c
 
 

@@ -38,6 +38,7 @@ from pbrl_jax import config_schema
 from pbrl_jax import metrics as metrics_lib
 from pbrl_jax import sampling
 from pbrl_jax.models import decoder
+from pbrl_jax.models import lora as lora_lib
 from pbrl_jax.models import sharding as shd
 from pbrl_jax.rl import advantages as adv_lib
 from pbrl_jax.rl import kl as kl_lib
@@ -253,7 +254,12 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     _write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
 
   # ============================== Mesh ======================================================
-  mesh = shd.make_mesh(spec.mesh.data, spec.mesh.fsdp, spec.mesh.tensor)
+  try:
+    mesh = shd.make_mesh(spec.mesh.data, spec.mesh.fsdp, spec.mesh.tensor)
+  except ValueError as e:
+    raise config_schema.ConfigError(
+        f"config.mesh: data={spec.mesh.data} fsdp={spec.mesh.fsdp} tensor={spec.mesh.tensor}"
+        f" does not fit the {jax.device_count()} devices: {e}") from e
   data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
   g = spec.pipeline.group_size
   global_batch = spec.pipeline.global_batch_size
@@ -317,7 +323,10 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
   hp = spec.rl.update_hparams(spec.rollout.temperature, m_len)
   updates_per_step = spec.rl.num_epochs * spec.rl.num_minibatches
   optimizer = spec.optim.make(run.total_steps * updates_per_step)
-  state_fns = steps_lib.make_state_fns(model_cfg, optimizer, mesh, spec.rl.is_ppo)
+  # LoRA: the state holds adapters only; `ref_params` is then also the frozen base.
+  lora = (lora_lib.LoraSpec(spec.model.lora_rank, spec.model.lora_alpha,
+                            spec.model.lora_targets) if spec.model.lora_rank else None)
+  state_fns = steps_lib.make_state_fns(model_cfg, optimizer, mesh, spec.rl.is_ppo, lora=lora)
   ref_params = jax.device_put(host_params, state_fns.policy_shardings)
   del host_params
   base_key = jax.random.PRNGKey(run.seed)
@@ -344,14 +353,24 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
   score_fn = steps_lib.make_score_fn(model_cfg, mesh,
                                      params_shardings=state_fns.shardings.params,
                                      temperature=spec.rollout.temperature,
-                                     embed_fn=embed_fn, policy_outputs=not on_policy)
+                                     embed_fn=embed_fn, policy_outputs=not on_policy,
+                                     lora=lora, ref_shardings=state_fns.policy_shardings)
   hook = None
   if run.debug_nonfinite_at_step >= 0:
     poison_from = run.debug_nonfinite_at_step
     poison_to = poison_from + run.debug_nonfinite_count
     hook = lambda step: (step >= poison_from) & (step < poison_to)
   update_fn = steps_lib.make_update_fn(model_cfg, hp, optimizer, mesh, state_fns.shardings,
-                                       nonfinite_hook=hook)
+                                       nonfinite_hook=hook, lora=lora,
+                                       base_shardings=state_fns.policy_shardings)
+  update_extra = (ref_params,) if lora is not None else ()  # the frozen base, with LoRA
+  merge_lora = jax.jit(lambda params, base: steps_lib.policy_params(params, base, lora),
+                       out_shardings=state_fns.policy_shardings)
+
+  def policy() -> Any:
+    """The decoder params the policy samples with (with LoRA: base + adapters, merged)."""
+    return state.params["policy"] if lora is None else merge_lora(state.params, ref_params)
+
   stop_ids = [tokenizer.encode(s, add_special_tokens=False) for s in spec.rollout.stop_strings]
   batch_sh = shd.batch_sharding(mesh, 1)
 
@@ -377,7 +396,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 
   def evaluate(tag: str) -> dict[str, Any]:
     result = eval_lib.evaluate(
-        state.params["policy"], model_cfg, tokenizer, eval_examples,
+        policy(), model_cfg, tokenizer, eval_examples,
         max_new_tokens=spec.eval.max_new_tokens, batch_size=spec.eval.batch_size,
         trained_langs=tuple(spec.data.langs), seed=spec.eval.seed, mesh=mesh)
     if jax.process_index() == 0:
@@ -388,7 +407,9 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     evaluate("before")
 
   # ============================== Loop ======================================================
+  import psutil  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  process_info = psutil.Process()
   progress = tqdm(total=run.total_steps, initial=start_step, desc="train", unit="step",
                   disable=jax.process_index() != 0, dynamic_ncols=True)
   stopped_by = "total_steps"
@@ -404,7 +425,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 
       # --- rollout -------------------------------------------------------------------------
       timer.start("rollout")
-      rollout = _run_rollout(state.params["policy"], model_cfg, batch,
+      rollout = _run_rollout(policy(), model_cfg, batch,
                              jax.random.fold_in(base_key, 2 * step), spec, mesh, tokenizer,
                              stop_ids)
       timer.stop("rollout")
@@ -465,7 +486,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 
       # --- update ------------------------------------------------------------------------
       timer.start("update")
-      state, upd_metrics = update_fn(state, jax.device_put(upd, batch_sh))
+      state, upd_metrics = update_fn(state, jax.device_put(upd, batch_sh), *update_extra)
       upd_metrics = jax.device_get(upd_metrics)
       timer.stop("update")
 
@@ -491,6 +512,9 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
       record.update(_per_language(langs, rows, LANG_LOG_KEYS))
       record.update(timer.pop())
       record["time/step"] = time.perf_counter() - step_start
+      # Resident host memory: a leak shows up here long before a multi-day run is killed.
+      # Like time/*, it differs between otherwise identical runs.
+      record["host/rss_mb"] = process_info.memory_info().rss / 2**20
       writer.write(step, record)
       if run.sample_every and step % run.sample_every == 0:
         sample_text = "\n\n".join(

@@ -24,6 +24,9 @@ class ModelSection:
   remat: bool  # recompute layer activations in the backward pass
   random_init: bool  # architecture (and tokenizer) from `path`, random weights (tests)
   overrides: dict  # DecoderConfig fields to override, e.g. a tiny num_layers for tests
+  lora_rank: int  # LoRA rank; 0 is full fine-tuning
+  lora_alpha: float  # LoRA scale = lora_alpha / lora_rank
+  lora_targets: tuple[str, ...]  # projections that get adapters (pbrl_jax.models.lora)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +149,14 @@ class TrainerSpec:
     if self.rollout.temperature <= 0.0:
       raise ConfigError("config.rollout.temperature: RL rollouts must sample (> 0); greedy "
                         "decoding gives G identical completions and zero advantages")
+    if self.model.lora_rank < 0:
+      raise ConfigError(f"config.model.lora_rank: must be >= 0, got {self.model.lora_rank}")
+    if self.model.lora_rank:
+      from pbrl_jax.models import lora  # pylint: disable=g-import-not-at-top
+      try:
+        lora.LoraSpec(self.model.lora_rank, self.model.lora_alpha, self.model.lora_targets)
+      except ValueError as e:
+        raise ConfigError(f"config.model.lora_targets: {e}") from e
     for name in ("data", "fsdp", "tensor"):
       v = getattr(self.mesh, name)
       if v < 1 and not (name == "data" and v == -1):

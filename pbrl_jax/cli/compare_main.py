@@ -15,30 +15,34 @@ import os
 from absl import app
 from absl import flags
 
-_QUICK = flags.DEFINE_bool("quick", False, "Tiny random model, a couple of steps (seconds).")
-_MODEL = flags.DEFINE_string("model", "", "HF model directory; default SmolLM2-135M-Instruct.")
-_OUT = flags.DEFINE_string("out", None, "Output directory.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Training steps per side (0: parity only).")
-_PROMPTS = flags.DEFINE_integer("prompts", 8, "Prompts per step.")
-_GENERATIONS = flags.DEFINE_integer("generations", 4, "Completions per prompt (G).")
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Completion token limit.")
-_BETA = flags.DEFINE_float("beta", 0.04, "KL coefficient (k3 in the loss).")
-_LOSS_TYPE = flags.DEFINE_enum("loss_type", "grpo", ["grpo", "dr_grpo", "dapo"],
-                               "TRL loss_type; ours: the matching aggregation.")
-_LR = flags.DEFINE_float("learning_rate", 1e-6, "Constant AdamW learning rate.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
-_EPSILON = flags.DEFINE_float("epsilon", 0.2, "Lower clip range.")
-_EPSILON_HIGH = flags.DEFINE_float("epsilon_high", None, "Upper clip range (default epsilon).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of both sides.")
-_REWARD = flags.DEFINE_enum("reward", "verifiable", ["verifiable", "embedding", "hybrid", "mt"],
-                            "Reward callable both sides call (semantic kinds need encoders).")
-_PARITY = flags.DEFINE_bool("parity", True, "Run the step-level parity check.")
-_TRL_BF16 = flags.DEFINE_bool("trl_bf16", False,
-                              "Train TRL under bf16 autocast (parity stays fp32).")
-_CACHE_DIR = flags.DEFINE_string(
-    "cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "pbrl_jax"),
-    "Where the default model's HF directory is cached.")
-flags.mark_flag_as_required("out")
+
+def define_flags() -> None:
+  """Defines this command's flags when it runs, so that importing the module defines none."""
+  global _QUICK, _MODEL, _OUT, _STEPS, _PROMPTS, _GENERATIONS, _MAX_NEW_TOKENS, _BETA, _LOSS_TYPE, _LR, _TEMPERATURE, _EPSILON, _EPSILON_HIGH, _SEED, _REWARD, _PARITY, _TRL_BF16, _CACHE_DIR
+  _QUICK = flags.DEFINE_bool("quick", False, "Tiny random model, a couple of steps (seconds).")
+  _MODEL = flags.DEFINE_string("model", "", "HF model directory; default SmolLM2-135M-Instruct.")
+  _OUT = flags.DEFINE_string("out", None, "Output directory.")
+  _STEPS = flags.DEFINE_integer("steps", 5, "Training steps per side (0: parity only).")
+  _PROMPTS = flags.DEFINE_integer("prompts", 8, "Prompts per step.")
+  _GENERATIONS = flags.DEFINE_integer("generations", 4, "Completions per prompt (G).")
+  _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Completion token limit.")
+  _BETA = flags.DEFINE_float("beta", 0.04, "KL coefficient (k3 in the loss).")
+  _LOSS_TYPE = flags.DEFINE_enum("loss_type", "grpo", ["grpo", "dr_grpo", "dapo"],
+                                 "TRL loss_type; ours: the matching aggregation.")
+  _LR = flags.DEFINE_float("learning_rate", 1e-6, "Constant AdamW learning rate.")
+  _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+  _EPSILON = flags.DEFINE_float("epsilon", 0.2, "Lower clip range.")
+  _EPSILON_HIGH = flags.DEFINE_float("epsilon_high", None, "Upper clip range (default epsilon).")
+  _SEED = flags.DEFINE_integer("seed", 0, "Seed of both sides.")
+  _REWARD = flags.DEFINE_enum("reward", "verifiable", ["verifiable", "embedding", "hybrid", "mt"],
+                              "Reward callable both sides call (semantic kinds need encoders).")
+  _PARITY = flags.DEFINE_bool("parity", True, "Run the step-level parity check.")
+  _TRL_BF16 = flags.DEFINE_bool("trl_bf16", False,
+                                "Train TRL under bf16 autocast (parity stays fp32).")
+  _CACHE_DIR = flags.DEFINE_string(
+      "cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "pbrl_jax"),
+      "Where the default model's HF directory is cached.")
+  flags.mark_flag_as_required("out")
 
 # --quick defaults, used for flags the command line does not set.
 QUICK_DEFAULTS = {"steps": 2, "prompts": 4, "max_new_tokens": 16}
@@ -91,6 +95,7 @@ def main(argv):
 
 
 def run():
+  define_flags()
   app.run(main)
 
 

@@ -84,6 +84,24 @@ ALL_TARGETS = tuple(TARGETS)
 _MERGE_EINSUM = {1: {2: "LDR,LRNH->LDNH", 1: "LDR,LRF->LDF"}, 2: {1: "LNHR,LRD->LNHD"}}
 
 
+@dataclasses.dataclass(frozen=True)
+class LoraSpec:
+  """Static LoRA settings: which kernels are adapted, R, and alpha (scale = alpha / R).
+
+  Attributes:
+    rank: R, >= 1.
+    alpha: LoRA alpha.
+    targets: names from `ALL_TARGETS`.
+  """
+
+  rank: int
+  alpha: float
+  targets: tuple[str, ...] = ALL_TARGETS
+
+  def __post_init__(self):
+    _check(self.targets, self.rank)
+
+
 def _check(targets: Sequence[str], rank: int) -> tuple[str, ...]:
   targets = tuple(targets)
   unknown = [t for t in targets if t not in TARGETS]

@@ -4,7 +4,11 @@ Axis letters: B sequences, P prompt tokens (left-padded), M completion tokens (r
 T = P + M, V vocab, D model dim, E encoder embedding dim.
 
 The train state is a plain pytree (`TrainState`); reference parameters live outside it, are
-never donated and never differentiated. Both steps are `jax.jit`s with explicit
+never donated and never differentiated. With LoRA (`lora: LoraSpec`), the state's trainable
+params are {'lora': adapters[, 'value_head']}; the frozen base decoder is passed to each step
+next to the state, and it is also the reference (the base without adapters), so the weights
+are held once. The policy then runs on `lora.apply_lora(base, adapters)`: a merged copy of the
+adapted kernels per step (see `pbrl_jax.models.lora`). Both steps are `jax.jit`s with explicit
 `NamedSharding`s on the ('data', 'fsdp', 'tensor') mesh. Shapes come first: `jax.eval_shape`
 of the init gives the state's structure, the sharding tree is built from it, and the init is
 jitted with those `out_shardings`, so no full model is ever materialised on one host.
@@ -13,6 +17,7 @@ jitted with those `out_shardings`, so no full model is ever materialised on one 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax
@@ -23,6 +28,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pbrl_jax.models import decoder
+from pbrl_jax.models import lora as lora_lib
 from pbrl_jax.models import sharding as shd
 from pbrl_jax.models.config import DecoderConfig
 from pbrl_jax.rl import kl as kl_lib
@@ -40,7 +46,8 @@ class TrainState:
 
   Attributes:
     step: int32, update() calls so far (each may hold several optimizer updates).
-    params: {'policy': decoder params} plus {'value_head': ...} for PPO.
+    params: {'policy': decoder params} (or, with LoRA, {'lora': adapters}) plus
+      {'value_head': ...} for PPO.
     opt_state: optax state of `params`.
     rng: PRNG key for minibatch shuffling.
     nonfinite_consecutive: int32, optimizer updates skipped in a row for a non-finite loss or
@@ -109,8 +116,18 @@ class UpdateHParams:
 # ---------------------------------------------------------------------------------------------
 
 
+def policy_params(params: dict[str, Params], base: Params | None,
+                  lora: lora_lib.LoraSpec | None) -> Params:
+  """The decoder params the policy runs with: params['policy'], or with LoRA the frozen base
+  merged with params['lora']."""
+  if lora is None:
+    return params["policy"]
+  return lora_lib.apply_lora(base, params["lora"], lora.alpha, lora.rank)
+
+
 def completion_outputs(params: dict[str, Params], config: DecoderConfig, tokens: Array,
-                       valid: Array, completion_len: int, temperature: float
+                       valid: Array, completion_len: int, temperature: float,
+                       base: Params | None = None, lora: lora_lib.LoraSpec | None = None
                        ) -> tuple[Array, Array, Array | None]:
   """Per-token log-probs, entropies and values (if a value head is present) of completions.
 
@@ -119,17 +136,19 @@ def completion_outputs(params: dict[str, Params], config: DecoderConfig, tokens:
   token comes from the same position (TRL's old PPOTrainer convention).
 
   Args:
-    params: {'policy': ..., optional 'value_head': ...}.
+    params: {'policy': ..., optional 'value_head': ...}, or {'lora': ..., ...} with `lora`.
     config: decoder architecture and dtype policy.
     tokens: [B,T] prompt (left-padded) then completion (right-padded).
     valid: [B,T] 1 for real tokens.
     completion_len: M.
     temperature: sampling temperature.
+    base: the frozen base decoder params (LoRA only).
+    lora: LoRA settings, or None for full fine-tuning.
 
   Returns:
     (logp [B,M] float32, entropy [B,M] float32, values [B,M] float32 or None).
   """
-  pol = params["policy"]
+  pol = policy_params(params, base, lora)
   hidden, _ = decoder.forward(pol, config, tokens, decoder.positions_from_mask(valid),
                               decoder.causal_mask(valid))
   h = hidden[:, -completion_len - 1:-1]  # [B,M,D]
@@ -159,9 +178,14 @@ def init_value_head(config: DecoderConfig, rng: Array) -> Params:
   return nn.unbox(variables["params"])
 
 
-def _build_state(policy_params: Params, rng: Array, config: DecoderConfig,
-                 optimizer: optax.GradientTransformation, with_value_head: bool) -> TrainState:
-  params = {"policy": policy_params}
+def _build_state(policy: Params, rng: Array, config: DecoderConfig,
+                 optimizer: optax.GradientTransformation, with_value_head: bool,
+                 lora: lora_lib.LoraSpec | None = None) -> TrainState:
+  if lora is None:
+    params = {"policy": policy}
+  else:  # the base (`policy`) stays outside the state
+    rng, lora_rng = jax.random.split(rng)
+    params = {"lora": lora_lib.init_lora(config, lora.targets, lora.rank, lora_rng)}
   rng, vh_rng = jax.random.split(rng)
   if with_value_head:
     params["value_head"] = init_value_head(config, vh_rng)
@@ -178,9 +202,11 @@ class StateFns:
   Attributes:
     shardings: TrainState of NamedSharding.
     policy_shardings: NamedSharding tree of the decoder params (also for the reference).
-    init_random: rng -> TrainState with random policy params (tests, benchmarks).
+    init_random: rng -> TrainState with random policy params (tests, benchmarks); with
+      LoRA, fresh adapters only.
     from_params: (policy_params, rng) -> TrainState; the input is not donated (it is
-      usually also the reference).
+      usually also the reference). With LoRA the input is the base, which the state does not
+      hold: the state gets fresh adapters (B = 0, so the policy starts as the base).
   """
 
   shardings: TrainState
@@ -190,16 +216,25 @@ class StateFns:
 
 
 def make_state_fns(config: DecoderConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
-                   with_value_head: bool) -> StateFns:
-  """Shapes first (`jax.eval_shape`), then shardings, then the jitted initialisers."""
+                   with_value_head: bool, lora: lora_lib.LoraSpec | None = None) -> StateFns:
+  """Shapes first (`jax.eval_shape`), then shardings, then the jitted initialisers.
+
+  With `lora`, the state's params are {'lora': adapters[, 'value_head']} and
+  `policy_shardings` is the sharding of the frozen base (which is also the reference).
+  """
   policy_shapes = decoder.param_shapes(config)
   policy_sh = shd.param_shardings(decoder.param_logical_axes(config), policy_shapes, mesh)
   key_shape = jax.eval_shape(lambda: jax.random.PRNGKey(0))
   abstract = jax.eval_shape(
-      lambda p, r: _build_state(p, r, config, optimizer, with_value_head), policy_shapes,
+      lambda p, r: _build_state(p, r, config, optimizer, with_value_head, lora), policy_shapes,
       key_shape)
   rep = shd.replicated(mesh)
-  params_sh = {"policy": policy_sh}
+  if lora is None:
+    params_sh = {"policy": policy_sh}
+  else:
+    params_sh = {"lora": shd.param_shardings(
+        lora_lib.lora_logical_axes(config, lora.targets, lora.rank), abstract.params["lora"],
+        mesh)}
   if with_value_head:
     params_sh["value_head"] = shd.param_shardings(
         value_head_logical_axes(config), abstract.params["value_head"], mesh)
@@ -210,11 +245,11 @@ def make_state_fns(config: DecoderConfig, optimizer: optax.GradientTransformatio
 
   def init_random(rng: Array) -> TrainState:
     model_rng, rng = jax.random.split(rng)
-    return _build_state(decoder.init_params(config, model_rng), rng, config, optimizer,
-                        with_value_head)
+    policy = None if lora is not None else decoder.init_params(config, model_rng)
+    return _build_state(policy, rng, config, optimizer, with_value_head, lora)
 
-  def from_params(policy_params: Params, rng: Array) -> TrainState:
-    return _build_state(policy_params, rng, config, optimizer, with_value_head)
+  def from_params(policy: Params, rng: Array) -> TrainState:
+    return _build_state(policy, rng, config, optimizer, with_value_head, lora)
 
   return StateFns(
       shardings=shardings, policy_shardings=policy_sh,
@@ -237,7 +272,8 @@ def cosine_similarity(a: Array, b: Array, eps: float = 1e-8) -> Array:
 
 def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[str, Params],
                   temperature: float = 1.0, embed_fn: EmbedFn | None = None,
-                  policy_outputs: bool = True) -> Callable[..., dict[str, Array]]:
+                  policy_outputs: bool = True, lora: lora_lib.LoraSpec | None = None,
+                  ref_shardings: Params | None = None) -> Callable[..., dict[str, Array]]:
   """Builds `score(params, ref_params, batch[, enc_params]) -> dict` under one jit.
 
   Batch: tokens [B,T], valid [B,T], completion_mask [B,M]; with `embed_fn`, also
@@ -250,7 +286,13 @@ def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[s
   `policy_outputs=False` skips the policy forward: on-policy GRPO with one optimizer update
   per batch can take the sampler's log-probs as old log-probs (the same model code, so they
   agree up to float rounding), which saves a third of the scoring FLOPs.
+
+  With `lora`, `ref_params` is the frozen base: the reference is the base as it is, the policy
+  the base with `params['lora']` merged in; `ref_shardings` (the base's shardings) is then
+  required, since `params_shardings` holds no 'policy' entry.
   """
+  if lora is not None and ref_shardings is None:
+    raise ValueError("make_score_fn: LoRA needs ref_shardings (the base's shardings)")
   batch_sh = shd.batch_sharding(mesh, 1)  # prefix: leading axis of every leaf
   rep = shd.replicated(mesh)
 
@@ -262,7 +304,8 @@ def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[s
     with shd.axis_rules():
       if policy_outputs:
         logp, entropy, values = completion_outputs(params, config, batch["tokens"],
-                                                   batch["valid"], completion_len, temperature)
+                                                   batch["valid"], completion_len, temperature,
+                                                   ref_params, lora)
         out.update(logp=logp * m, entropy=entropy * m)
         if values is not None:
           out["values"] = values * m
@@ -276,7 +319,8 @@ def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[s
         out["cosine"] = cosine_similarity(emb, batch["ref_embeddings"])
     return out
 
-  in_sh = (params_shardings, params_shardings["policy"], batch_sh)
+  in_sh = (params_shardings,
+           params_shardings["policy"] if ref_shardings is None else ref_shardings, batch_sh)
   if embed_fn is not None:
     in_sh = in_sh + (rep,)
   return jax.jit(score, in_shardings=in_sh, out_shardings=batch_sh)
@@ -329,25 +373,26 @@ def policy_objective(logp: Array, old_logp: Array, ref_logp: Array, advantages: 
                       "ratio": ratio}
 
 
-def make_loss_fn(config: DecoderConfig, hp: UpdateHParams
-                 ) -> Callable[[dict[str, Params], Batch, dict[str, Array]],
-                               tuple[Array, dict[str, Array]]]:
-  """loss(params, micro_batch, denominators) -> (loss, metric sums).
+def make_loss_fn(config: DecoderConfig, hp: UpdateHParams,
+                 lora: lora_lib.LoraSpec | None = None
+                 ) -> Callable[..., tuple[Array, dict[str, Array]]]:
+  """loss(params, micro_batch, denominators[, base]) -> (loss, metric sums).
 
   The loss of a micro-batch is  sum_policy / den_policy + value_coef sum_v / den_tok
   - entropy_coef sum_H / den_tok,  with denominators of the whole minibatch (computed from
   masks before the micro-batch loop), so summing micro-batch losses and gradients gives the
   minibatch loss and gradient exactly. The policy term is per token
   pg_t + kl_coef_in_loss * kl_t, aggregated by `hp.aggregation` (TRL adds beta * k3 the same
-  way before aggregating).
+  way before aggregating). With `lora`, `params` holds the adapters and `base` (the frozen
+  decoder, never differentiated) is required.
   """
 
-  def loss_fn(params: dict[str, Params], mb: Batch, dens: dict[str, Array]
-              ) -> tuple[Array, dict[str, Array]]:
+  def loss_fn(params: dict[str, Params], mb: Batch, dens: dict[str, Array],
+              base: Params | None = None) -> tuple[Array, dict[str, Array]]:
     m = mb["completion_mask"].astype(jnp.float32)
     with shd.axis_rules():
       logp, entropy, values = completion_outputs(params, config, mb["tokens"], mb["valid"],
-                                                 m.shape[1], hp.temperature)
+                                                 m.shape[1], hp.temperature, base, lora)
     advantages = mb["advantages"]
     policy_sum, _, t = policy_objective(logp, mb["old_logp"], mb["ref_logp"], advantages, m,
                                         hp)
@@ -405,9 +450,14 @@ NonfiniteHook = Callable[[Array], Array]
 def make_update_fn(config: DecoderConfig, hp: UpdateHParams,
                    optimizer: optax.GradientTransformation, mesh: Mesh,
                    state_shardings: TrainState,
-                   nonfinite_hook: NonfiniteHook | None = None
-                   ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
+                   nonfinite_hook: NonfiniteHook | None = None,
+                   lora: lora_lib.LoraSpec | None = None, base_shardings: Params | None = None
+                   ) -> Callable[..., tuple[TrainState, dict[str, Array]]]:
   """Builds the jitted `update(state, batch) -> (state, metrics)`; `state` is donated.
+
+  With `lora` it is `update(state, batch, base)`: the state's params are the adapters (and
+  value head), `base` is the frozen decoder (sharded by `base_shardings`, never donated and
+  never differentiated).
 
   Batch (leading B, split over ('data', 'fsdp')): tokens [B,T], valid [B,T],
   completion_mask [B,M], old_logp [B,M], ref_logp [B,M], advantages [B,M] (or [B]);
@@ -425,13 +475,16 @@ def make_update_fn(config: DecoderConfig, hp: UpdateHParams,
   update_norm, param_norm, loss, the skip counters, and the token-level mean and std of the
   advantages (reward spread within groups: `advantages.group_spread_metrics`).
   """
-  loss_fn = make_loss_fn(config, hp)
+  if lora is not None and base_shardings is None:
+    raise ValueError("make_update_fn: LoRA needs base_shardings")
+  loss_fn = make_loss_fn(config, hp, lora)
   batch_sh = shd.batch_sharding(mesh, 1)
   rep = shd.replicated(mesh)
   micro_spec = P(None, None, None, shd.BATCH_AXES)
   data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
 
-  def optimizer_update(carry: tuple[dict[str, Params], Any, Array, Array, Array],
+  def optimizer_update(base: Params | None,
+                       carry: tuple[dict[str, Params], Any, Array, Array, Array],
                        mb_batch: Batch):
     params, opt_state, consecutive, total, step = carry
     m = mb_batch["completion_mask"].astype(jnp.float32)  # [n_micro, micro, M]
@@ -441,7 +494,8 @@ def make_update_fn(config: DecoderConfig, hp: UpdateHParams,
             flat_m, hp.aggregation, hp.max_completion_length), 1.0),
         "tokens": jnp.maximum(jnp.sum(flat_m), 1.0),
     }
-    loss, grads, sums = accumulate_gradients(loss_fn, params, mb_batch, dens)
+    loss, grads, sums = accumulate_gradients(
+        lambda p, mb, d: loss_fn(p, mb, d, base), params, mb_batch, dens)
     if nonfinite_hook is not None:
       poison = nonfinite_hook(step)
       grads = jax.tree.map(lambda g: jnp.where(poison, jnp.nan, g), grads)
@@ -478,7 +532,8 @@ def make_update_fn(config: DecoderConfig, hp: UpdateHParams,
                      explained_variance=1.0 - var_d / jnp.maximum(var_r, 1e-12))
     return (params, opt_state, consecutive, total, step), metrics
 
-  def update(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Array]]:
+  def update(state: TrainState, batch: Batch, base: Params | None = None
+             ) -> tuple[TrainState, dict[str, Array]]:
     batch = dict(batch)
     m_len = batch["completion_mask"].shape[1]
     if batch["advantages"].ndim == 1:
@@ -496,7 +551,7 @@ def make_update_fn(config: DecoderConfig, hp: UpdateHParams,
     carry = (state.params, state.opt_state, state.nonfinite_consecutive,
              state.nonfinite_total, state.step)
     (params, opt_state, consecutive, total, _), metrics = jax.lax.scan(
-        optimizer_update, carry, split)
+        functools.partial(optimizer_update, base), carry, split)
     metrics = jax.tree.map(jnp.mean, metrics)
     cm = batch["completion_mask"].astype(jnp.float32)
     n_tok = jnp.maximum(jnp.sum(cm), 1.0)
@@ -510,7 +565,11 @@ def make_update_fn(config: DecoderConfig, hp: UpdateHParams,
                            nonfinite_consecutive=consecutive, nonfinite_total=total)
     return new_state, metrics
 
-  return jax.jit(update, in_shardings=(state_shardings, batch_sh),
+  if lora is not None:
+    return jax.jit(update, in_shardings=(state_shardings, batch_sh, base_shardings),
+                   out_shardings=(state_shardings, rep), donate_argnums=(0,))
+  return jax.jit(lambda state, batch: update(state, batch),
+                 in_shardings=(state_shardings, batch_sh),
                  out_shardings=(state_shardings, rep), donate_argnums=(0,))
 
 

@@ -3,7 +3,6 @@
 import importlib
 import json
 import os
-import subprocess
 
 import pytest
 
@@ -30,14 +29,13 @@ def test_lora_keys_validate():
 
 
 @pytest.mark.slow
-def test_lora_grpo_trains_and_restores(tmp_path):
+def test_lora_grpo_trains(tmp_path):
   pivot = str(tmp_path / "pivot_src")
   tl.build_tiny_pivot(pivot)
   workdir = str(tmp_path / "lora")
   tl.copy_pivot(pivot, workdir)
-  flags = ("--config.model.lora_rank=4", "--config.model.lora_alpha=8.0",
-           "--config.eval_before_after=False")
-  proc = tl.run_train(workdir, "--config.total_steps=2", *flags)
+  proc = tl.run_train(workdir, "--config.total_steps=2", "--config.model.lora_rank=4",
+                      "--config.model.lora_alpha=8.0", "--config.eval_before_after=False")
   assert proc.returncode == 0, proc.stderr[-4000:]
   rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   assert [r["step"] for r in rows] == [1, 2]
@@ -45,9 +43,3 @@ def test_lora_grpo_trains_and_restores(tmp_path):
   assert rows[0]["kl"] == 0.0 and rows[1]["kl"] > 0.0
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["model"]["lora_rank"] == 4
-  # The (adapters-only) checkpoint restores.
-  proc = tl.run_train(workdir, "--config.total_steps=3", *flags)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  assert "resumed from step 2" in proc.stderr
-  assert [r["step"] for r in metrics_lib.read_jsonl(
-      os.path.join(workdir, "metrics.jsonl"))] == [1, 2, 3]
