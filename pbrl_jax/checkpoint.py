@@ -8,18 +8,31 @@ One checkpoint step directory holds three items:
 
 Orbax writes into a temporary directory and renames it when the save is complete, so a save
 that is killed never looks finished. A newest checkpoint that still fails to restore
-(truncated or deleted file) is reported with a warning and the previous one is used.
+(truncated or deleted file) is reported with a warning and the previous one is used; the
+unusable one is moved to `<directory>.unusable/` so the recomputed step can be saved again.
+
+Fault-injection hooks (tests only; unset in normal runs, and then Orbax's own temporary-path
+class is used unchanged):
+  PBRL_DEBUG_CHECKPOINT_DELAY_S=SECONDS  every save sleeps after its data is written and
+      before the temporary directory is renamed, so a kill can land mid-save;
+  PBRL_DEBUG_CHECKPOINT_FAIL=STEP:ERRNO  the save of STEP raises OSError(ERRNO): ENOSPC
+      after the data is written (a disk that fills up mid-save), any other errno name
+      (EROFS, EACCES) when the temporary directory is created (an unwritable workdir).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import errno
 import os
-from typing import Any
+import time
+from typing import Any, Sequence
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 
 class CheckpointError(RuntimeError):
@@ -34,12 +47,52 @@ class Restored:
   meta: dict[str, Any]
 
 
+DEBUG_DELAY_ENV = "PBRL_DEBUG_CHECKPOINT_DELAY_S"
+DEBUG_FAIL_ENV = "PBRL_DEBUG_CHECKPOINT_FAIL"
+
+
+def _debug_failure() -> tuple[int, int] | None:
+  """(step, errno) of the PBRL_DEBUG_CHECKPOINT_FAIL hook, or None."""
+  value = os.environ.get(DEBUG_FAIL_ENV)
+  if not value:
+    return None
+  step, _, name = value.partition(":")
+  code = getattr(errno, name, None)
+  if not step.isdigit() or not isinstance(code, int):
+    raise ValueError(f"{DEBUG_FAIL_ENV}={value!r}: expected STEP:ERRNO_NAME, e.g. 4:ENOSPC")
+  return int(step), code
+
+
+class _FaultInjectingPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
+  """Orbax's atomic-rename temporary directory with the fault hooks of the module docstring."""
+
+  def _injected(self, phase: str) -> None:
+    failure = _debug_failure()
+    if failure is None or self._final_path.name != str(failure[0]):
+      return
+    at_finalize = failure[1] == errno.ENOSPC
+    if (phase == "finalize") == at_finalize:
+      raise OSError(failure[1], f"{os.strerror(failure[1])} (injected by {DEBUG_FAIL_ENV})",
+                    str(self._tmp_path))
+
+  async def create(self, *args, **kwargs):
+    self._injected("create")
+    return await super().create(*args, **kwargs)
+
+  async def finalize(self, *args, **kwargs):
+    await asyncio.sleep(float(os.environ.get(DEBUG_DELAY_ENV) or 0.0))
+    self._injected("finalize")
+    return await super().finalize(*args, **kwargs)
+
+
 def make_manager(directory: str, *, max_to_keep: int = 3, async_save: bool = True
                  ) -> ocp.CheckpointManager:
   """A CheckpointManager over `directory` with items 'state', 'data' and 'meta'."""
+  hooked = os.environ.get(DEBUG_DELAY_ENV) or _debug_failure() is not None
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
-      cleanup_tmp_directories=True)
+      cleanup_tmp_directories=True,
+      temporary_path_class=_FaultInjectingPath if hooked else None)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                item_names=("state", "data", "meta"))
 
@@ -51,6 +104,8 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any,
   Raises:
     CheckpointError: the workdir is not writable or the disk is full; the previous
       checkpoints are untouched because Orbax only renames a finished temporary directory.
+      An asynchronous write that failed in the background surfaces here, at the next save
+      (its temporary directory, named in the message, says which step it was).
   """
   try:
     manager.save(step, args=ocp.args.Composite(
@@ -59,8 +114,8 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: Any,
         meta=ocp.args.JsonSave(meta)), force=True)
   except OSError as e:
     raise CheckpointError(
-        f"saving checkpoint {step} in {manager.directory} failed: {e}. The previous"
-        " checkpoints are intact.") from e
+        f"step {step}: writing a checkpoint in {manager.directory} failed: {e}. The"
+        f" checkpoints already on disk are intact: {sorted(manager.all_steps())}.") from e
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
@@ -69,8 +124,8 @@ def wait(manager: ocp.CheckpointManager) -> None:
     manager.wait_until_finished()
   except OSError as e:
     raise CheckpointError(
-        f"writing a checkpoint in {manager.directory} failed: {e}. The previous"
-        " checkpoints are intact.") from e
+        f"writing a checkpoint in {manager.directory} failed: {e}. The checkpoints already"
+        f" on disk are intact: {sorted(manager.all_steps())}.") from e
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> Restored | None:
@@ -101,8 +156,10 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> Resto
       errors.append(f"step {step}: {type(e).__name__}: {e}")
       continue
     if errors:
-      logging.warning("resumed from checkpoint %d after skipping %d unusable newer one(s)",
-                      step, len(errors))
+      aside = _set_aside(manager, [s for s in steps if s > step])
+      logging.warning("resumed from checkpoint %d after skipping %d unusable newer one(s);"
+                      " moved them to %s so that the recomputed steps can be saved again",
+                      step, len(errors), aside)
     return Restored(step=step, state=out["state"], data_state=out["data"]["iterator"],
                     meta=dict(out["meta"]))
   if steps:
@@ -110,6 +167,27 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> Resto
         f"no usable checkpoint in {manager.directory}; tried steps {steps}:\n"
         + "\n".join(errors))
   return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: Sequence[int]) -> str:
+  """Moves unusable step directories out of the manager's way (kept for inspection).
+
+  Left in place, an unusable step would block the resumed run from saving that step again
+  (Orbax refuses to overwrite a step). Moved rather than deleted: a checkpoint that failed to
+  restore because of a transient read error is still there to recover by hand.
+  """
+  root = epath.Path(manager.directory)
+  target = root.parent / f"{root.name}.unusable"
+  if jax.process_index() == 0:
+    target.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for step in steps:
+      (root / str(step)).rename(target / f"{step}-{stamp}")
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("pbrl_jax.checkpoint.set_aside")
+  manager.reload()
+  return str(target)
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

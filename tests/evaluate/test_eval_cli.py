@@ -23,6 +23,8 @@ LANGS = ("en", "de", "th")
 
 def _run(argv):
   fl = flags.FLAGS
+  if "checkpoint_step" not in fl:  # the CLI defines its flags when it runs
+    eval_main.define_flags()
   fl.unparse_flags()
   try:
     fl(["pbrl-eval"] + argv)
