@@ -123,10 +123,15 @@ def write_report(workdir: str, title: str = "pbrl_jax run") -> str:
   lines.append("")
 
   plots = []
+  main_terms = ["reward_mean", "reward/answer_precision", "reward/reasoning_coherence",
+                "reward/similarity", "reward/mt_similarity", "reward/verifiable", "reward/gate"]
   if _plot_lines(os.path.join(workdir, "reward.png"), rows,
-                 ["reward_mean"] + [k for k in keys if k.startswith("reward/")],
-                 "Reward and its components", "value"):
+                 [k for k in main_terms if k in keys], "Reward and its components", "value"):
     plots.append(("Reward and its components", "reward.png"))
+  if _plot_lines(os.path.join(workdir, "guards.png"), rows,
+                 [k for k in keys if k.startswith("reward/gate_")],
+                 "Guard gates (1 = no penalty)", "gate"):
+    plots.append(("Guard gates", "guards.png"))
   lang_cons = [k for k in keys if k.startswith("lang/") and k.endswith("/language_consistent")]
   if _plot_lines(os.path.join(workdir, "language_consistency.png"), rows, lang_cons,
                  "Language consistency of rollouts", "fraction"):

@@ -240,6 +240,14 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
   Returns:
     {'last_step', 'stopped_by', 'workdir', ...}.
   """
+  # The mesh and axis-rule contexts entered while training are left on every exit, also
+  # when a bad config or a missing file raises half-way (tests call train() in-process).
+  with contextlib.ExitStack() as scope:
+    return _train(config, workdir, scope)
+
+
+def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, Any]:
+  """The body of `train`; the contexts it enters go on `scope`."""
   from pbrl_jax import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
   from pbrl_jax.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
   from pbrl_jax.data import pivot as pivot_lib  # pylint: disable=g-import-not-at-top
@@ -274,7 +282,6 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 
   # Trace every step under the mesh and the logical axis rules, so the decoder's activation
   # constraints apply (without them FSDP gathers whole batches onto every device).
-  scope = contextlib.ExitStack()
   scope.enter_context(jax.set_mesh(mesh))
   scope.enter_context(shd.axis_rules())
 
@@ -550,7 +557,6 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     writer.close()
     stop.restore()
     manager.close()
-    scope.close()
 
   if stopped_by == "total_steps" and run.eval_before_after and eval_examples:
     evaluate("after")
