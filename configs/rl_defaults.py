@@ -26,6 +26,12 @@ def grpo() -> ml_collections.ConfigDict:
   c.std_floor = 0.05
   # Masked whitening of the advantages over the whole batch (PPO keeps it on).
   c.whiten_advantages = False
+  # DAPO's soft overlong punishment: a completion longer than max_new_tokens - overlong_buffer
+  # tokens loses up to overlong_penalty reward, linearly, the full amount at the length cap.
+  # 0: off. The reward then says nothing about stopping, and a policy that rambles into the
+  # cap is never told to stop (pbrl_jax.rl.shaping).
+  c.overlong_buffer = 0
+  c.overlong_penalty = 1.0
   # 'k1', 'k2', 'k3' (Schulman's estimators). k3: unbiased and non-negative in the loss.
   c.kl_estimator = "k3"
   # 'loss' (GRPO), 'reward' (PPO: -beta * kl per token in the reward), 'none'.

@@ -950,9 +950,9 @@ def parity_checks(probe: Mapping[str, float], rtol: float) -> dict[str, dict[str
 
 
 def _steady(records: Sequence[Mapping[str, float]], key: str) -> float:
-  """Mean over steps after the first (compilation / warm-up), or the only step."""
+  """Median over steps after the first (compilation / warm-up), or the only step."""
   vals = [r[key] for r in records[1:]] or [r[key] for r in records]
-  return float(np.mean(vals)) if vals else math.nan
+  return float(np.median(vals)) if vals else math.nan
 
 
 def speed_summary(records: Sequence[Mapping[str, float]], phases: Sequence[str]
@@ -1044,7 +1044,7 @@ def markdown_report(result: Mapping[str, Any]) -> str:
   speed = result.get("speed")
   if speed:
     t, j = speed["trl"], speed["jax"]
-    lines += ["## Speed (steady state: mean of steps after the first)", "",
+    lines += ["## Speed (steady state: median of steps after the first)", "",
               "| | TRL | pbrl_jax |", "|---|---|---|",
               f"| seconds / step | {_fmt(t['seconds_per_step'], '.3f')} |"
               f" {_fmt(j['seconds_per_step'], '.3f')} |",
@@ -1196,7 +1196,7 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
     jax_speed = speed_summary(result["jax_steps"], JAX_PHASES)
     ratio = jax_speed["completion_tokens_per_second"] / trl_speed["completion_tokens_per_second"]
     result["speed"] = {"trl": trl_speed, "jax": jax_speed, "tokens_per_second_ratio": ratio,
-                       "timing_note": "steady state = mean of steps after the first; TRL "
+                       "timing_note": "steady state = median of steps after the first; TRL "
                        "backward_optimizer = step - (generation + reward + reference_forward "
                        "+ policy_forward)"}
     plot_curves(result, os.path.join(opts.out_dir, "curves.png"))

@@ -15,9 +15,14 @@ any JAX computation, and calls `jax.distributed.initialize()` only in multi-host
 Anything else is single-host and nothing is called: a v5e-1 Colab or a laptop never waits
 for a coordinator.
 
-Data is loaded per host: `host_shard` says which slice of the global batch this process
-reads, and `global_batch_from_local` assembles the per-host pieces into one global
-`jax.Array` with `jax.make_array_from_process_local_data`.
+Two ways to feed a global batch. Per-host data: `host_shard` says which slice of the global
+batch this process reads, and `global_batch_from_local` assembles the per-host pieces into one
+global `jax.Array` with `jax.make_array_from_process_local_data`. Replicated host data (what
+the trainer does with its small text batches, so that every host sees the same bucket shapes
+and a run does not depend on the host count): every host holds the same numpy value and
+`global_from_host` places each device's slice of it. `host_value` is the way back: the full
+value of global arrays on every host. `any_host` agrees on a flag (a SIGTERM that reached one
+worker only) so every host leaves the loop at the same step.
 
 `launch_local_processes` runs N local processes of one Python module wired into one JAX
 cluster (CPU devices, gloo collectives), with a deadline that kills them all: the harness
@@ -229,6 +234,46 @@ def global_batch_from_local(local_arrays: Any, mesh: Mesh,
   elif isinstance(sharding, jax.sharding.Sharding):
     sharding = jax.tree.map(lambda _: sharding, local_arrays)
   return jax.make_array_from_process_local_data(sharding, local_arrays)
+
+
+def global_from_host(tree: Any, shardings: Any) -> Any:
+  """Global `jax.Array`s from host values that are the same on every host.
+
+  Each device receives its own slice (`make_array_from_callback`), so nothing crosses hosts
+  and nothing checks equality: the caller guarantees it (the trainer's batches come from the
+  same seeded pipeline and the same all-gathered samples on every host).
+
+  Args:
+    tree: pytree of numpy-convertible arrays with their global shapes.
+    shardings: one sharding for every leaf, or a matching pytree of shardings.
+  """
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, tree)
+
+  def place(x, sharding):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jax.device_put(x, sharding)  # already global: at most a reshard
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(place, tree, shardings)
+
+
+def host_value(tree: Any) -> Any:
+  """The full numpy value of (possibly non-fully-addressable) arrays, on every host."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def any_host(flag: bool) -> bool:
+  """True on every host when `flag` is true on at least one (a collective on multi-host)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  flags_ = multihost_utils.process_allgather(np.asarray(flag, np.int32))
+  return bool(np.any(flags_))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from pbrl_jax import config_schema
+from pbrl_jax import distributed
 from pbrl_jax import sampling
 from pbrl_jax.data import tokenize as tokenize_lib
 from pbrl_jax.data.records import Example
@@ -303,7 +304,7 @@ def generate(params: Params, config: DecoderConfig, tokenizer: Any, prompts: Seq
                           num_samples=g, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_p=top_p, eos_ids=eos,
                           prompt_buckets=(bucket,), mesh=mesh)
-    toks, lens, finished = jax.device_get((out.tokens, out.lengths, out.finished))
+    toks, lens, finished = distributed.host_value((out.tokens, out.lengths, out.finished))
     for i in range(len(chunk)):
       rows_i = range(i * g, (i + 1) * g)
       texts.append([tokenizer.decode(toks[r, :lens[r]].tolist(), skip_special_tokens=True)

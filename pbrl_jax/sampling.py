@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from pbrl_jax import distributed
 from pbrl_jax.models import decoder
 from pbrl_jax.models import sharding as sharding_lib
 from pbrl_jax.models.config import DecoderConfig
@@ -527,8 +528,9 @@ def sample(params: Params, config: DecoderConfig, prompt_tokens: Array, prompt_v
     params = jax.device_put(params, _param_shardings(config, mesh))
     batch_size = int(np.prod([mesh.shape[a] for a in sharding_lib.BATCH_AXES]))
     if prompt_tokens.shape[0] % batch_size == 0:
-      prompt_tokens = jax.device_put(prompt_tokens, sharding_lib.batch_sharding(mesh, 2))
-      prompt_valid = jax.device_put(prompt_valid, sharding_lib.batch_sharding(mesh, 2))
+      # Each device takes its rows of the (host-replicated) prompts: also right on multi-host.
+      prompt_tokens, prompt_valid = distributed.global_from_host(
+          (prompt_tokens, prompt_valid), sharding_lib.batch_sharding(mesh, 2))
   return _sample_program(params, prompt_tokens, prompt_valid, rng, knobs,
                          jnp.asarray(eos), jnp.asarray(stops), config=config,
                          num_samples=num_samples, max_len=max_len, mesh=mesh)
@@ -610,7 +612,7 @@ def generate_text(bundle: Any, prompts: Sequence[str], max_new_tokens: int = 128
                max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                top_p=top_p, eos_ids=sorted(eos),
                stop_token_sequences=[s for s in stop_seqs if s], mesh=mesh)
-  toks, lengths = jax.device_get((out.tokens, out.lengths))
+  toks, lengths = distributed.host_value((out.tokens, out.lengths))
   texts = []
   for i in range(len(ids)):
     text = tokenizer.decode(toks[i, :lengths[i]].tolist(), skip_special_tokens=True)

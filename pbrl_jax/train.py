@@ -35,6 +35,7 @@ from absl import logging
 
 from pbrl_jax import checkpoint as ckpt_lib
 from pbrl_jax import config_schema
+from pbrl_jax import distributed
 from pbrl_jax import metrics as metrics_lib
 from pbrl_jax import sampling
 from pbrl_jax.models import decoder
@@ -42,6 +43,7 @@ from pbrl_jax.models import lora as lora_lib
 from pbrl_jax.models import sharding as shd
 from pbrl_jax.rl import advantages as adv_lib
 from pbrl_jax.rl import kl as kl_lib
+from pbrl_jax.rl import shaping
 from pbrl_jax.rl import steps as steps_lib
 from pbrl_jax.train_spec import TrainerSpec
 
@@ -100,12 +102,13 @@ def _run_rollout(params, model_cfg, batch, rng, spec: TrainerSpec, mesh, tokeniz
                  stop_ids: Sequence[Sequence[int]]) -> Rollout:
   g = int(batch["group_size"])
   out = sampling.sample(
-      params, model_cfg, jnp.asarray(batch["prompt_tokens"]), jnp.asarray(batch["prompt_valid"]),
+      params, model_cfg, np.asarray(batch["prompt_tokens"], np.int32),
+      np.asarray(batch["prompt_valid"], bool),
       rng, num_samples=g, max_new_tokens=spec.rollout.max_new_tokens,
       temperature=spec.rollout.temperature, top_k=spec.rollout.top_k, top_p=spec.rollout.top_p,
       stop_token_sequences=stop_ids, max_len=spec.rollout.max_new_tokens,
       prompt_buckets=(batch["prompt_tokens"].shape[1],), mesh=mesh)
-  out = jax.device_get(out)
+  out = distributed.host_value(out)  # every host: all rows (multi-host: all-gathered)
   prompt_tokens = np.repeat(np.asarray(batch["prompt_tokens"]), g, axis=0)
   prompt_valid = np.repeat(np.asarray(batch["prompt_valid"]), g, axis=0).astype(bool)
   comp_valid = np.asarray(out.valid, bool)
@@ -122,6 +125,34 @@ def _run_rollout(params, model_cfg, batch, rng, spec: TrainerSpec, mesh, tokeniz
                  sampler_logp=np.asarray(out.sample_logprobs),
                  texts=texts, finished=np.asarray(out.finished),
                  lengths=np.asarray(out.lengths))
+
+
+def make_advantage_fn(spec: TrainerSpec) -> Any:
+  """Jitted advantages (and PPO returns) of one batch, from global arrays on the mesh.
+
+  GRPO: group-relative advantages of the sequence rewards, broadcast over completion tokens.
+  PPO: sequence reward at the last token (minus beta * KL per token when the KL goes into the
+  reward), then GAE with the value head's values.
+  """
+  rl = spec.rl
+  g = spec.pipeline.group_size
+
+  def advantages(rewards, completion_mask, old_logp, ref_logp, values):
+    mask = completion_mask.astype(jnp.float32)
+    returns = None
+    if rl.is_ppo:
+      kl_tok = kl_lib.kl_estimate(rl.kl_estimator, old_logp, ref_logp)
+      beta = rl.beta if rl.kl_placement is kl_lib.KLPlacement.REWARD else 0.0
+      token_rewards = kl_lib.kl_penalized_rewards(rewards, kl_tok, mask, beta)
+      adv, returns = adv_lib.gae(token_rewards, values, mask, rl.gamma, rl.lam)
+    else:
+      adv = adv_lib.compute_group_advantages(rl.advantage, rewards, g, std_floor=rl.std_floor)
+      adv = jnp.broadcast_to(adv[:, None], mask.shape) * mask
+    if rl.whiten_advantages:
+      adv = adv_lib.masked_whiten(adv, mask)
+    return adv, returns
+
+  return jax.jit(advantages)
 
 
 def _reward_items(batch: dict[str, Any], texts: Sequence[str], g: int, encoder_name: str
@@ -316,9 +347,10 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
   elements, join_stats = pipeline_lib.join(source.targets, references,
                                            spec.data.missing_reference)
   logging.info("training prompts: %d joined (%s)", len(elements), join_stats)
-  loader = pipeline_lib.make_loader(elements, tokenizer, spec.pipeline,
-                                    shard_index=jax.process_index(),
-                                    shard_count=jax.process_count())
+  # Every host iterates the same global stream and holds the whole (small, text) batch: the
+  # bucket shapes then agree across hosts, and a run gives the same batches on any number of
+  # hosts. Device arrays are built from it slice by slice (distributed.global_from_host).
+  loader = pipeline_lib.make_loader(elements, tokenizer, spec.pipeline)
   data_iter = iter(loader)
   eval_examples = []
   if run.eval_before_after or run.eval_every:
@@ -334,7 +366,7 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
   lora = (lora_lib.LoraSpec(spec.model.lora_rank, spec.model.lora_alpha,
                             spec.model.lora_targets) if spec.model.lora_rank else None)
   state_fns = steps_lib.make_state_fns(model_cfg, optimizer, mesh, spec.rl.is_ppo, lora=lora)
-  ref_params = jax.device_put(host_params, state_fns.policy_shardings)
+  ref_params = distributed.global_from_host(host_params, state_fns.policy_shardings)
   del host_params
   base_key = jax.random.PRNGKey(run.seed)
 
@@ -350,7 +382,7 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
   encoder_in_jit = encoder is not None and encoder.params is not None
   embed_fn = None
   if encoder_in_jit:
-    enc_params = jax.device_put(encoder.params, shd.replicated(mesh))
+    enc_params = distributed.global_from_host(encoder.params, shd.replicated(mesh))
 
     def embed_fn(params, enc_batch):  # leaves [BG, S, ...] -> embeddings [BG, S, E]
       rows, segs = jax.tree.leaves(enc_batch)[0].shape[:2]
@@ -378,6 +410,7 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
     """The decoder params the policy samples with (with LoRA: base + adapters, merged)."""
     return state.params["policy"] if lora is None else merge_lora(state.params, ref_params)
 
+  advantage_fn = make_advantage_fn(spec)
   stop_ids = [tokenizer.encode(s, add_special_tokens=False) for s in spec.rollout.stop_strings]
   batch_sh = shd.batch_sharding(mesh, 1)
 
@@ -445,14 +478,14 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
                    "completion_mask": rollout.completion_mask}
       if encoder_in_jit:
         dev_batch["enc_batch"] = _encoder_batch(encoder, segments, score_lib.SEGMENTS)
-      dev_batch = jax.device_put(dev_batch, batch_sh)
+      dev_batch = distributed.global_from_host(dev_batch, batch_sh)
       timer.stop("host_text")
 
       # --- scoring (one jit): reference (and policy) log-probs, values, embeddings --------
       timer.start("scoring")
       if encoder_in_jit:
         scored = score_fn(state.params, ref_params, dev_batch, enc_params)
-        policy_emb = np.asarray(jax.device_get(scored["embeddings"]))  # [BG, S, E]
+        policy_emb = np.asarray(distributed.host_value(scored["embeddings"]))  # [BG, S, E]
       else:
         scored = score_fn(state.params, ref_params, dev_batch)
       jax.block_until_ready(scored)
@@ -466,35 +499,31 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
           item["response_embeddings"] = dict(zip(score_lib.SEGMENTS, emb))
       rows = score_lib.score_batch(spec.reward, reward_models, items)
       rewards = np.asarray([r["reward"] for r in rows], np.float32)
+      # Shaping terms join the reward the advantages see; `reward_mean` stays the reward.
+      overlong = np.asarray(shaping.overlong_penalty(
+          rollout.lengths, spec.rollout.max_new_tokens, spec.rl.overlong_buffer,
+          spec.rl.overlong_penalty))
+      shaped = rewards + overlong
       timer.stop("reward")
 
       # --- advantages --------------------------------------------------------------------
-      mask = jnp.asarray(rollout.completion_mask, jnp.float32)
       upd = {k: dev_batch[k] for k in ("tokens", "valid", "completion_mask")}
-      old_logp = (jax.device_put(rollout.sampler_logp * rollout.completion_mask, batch_sh)
+      old_logp = (distributed.global_from_host(rollout.sampler_logp * rollout.completion_mask,
+                                               batch_sh)
                   if on_policy else scored["logp"])
       upd["old_logp"] = old_logp
       upd["ref_logp"] = scored["ref_logp"]
+      upd["advantages"], returns = advantage_fn(
+          distributed.global_from_host(shaped, batch_sh), dev_batch["completion_mask"],
+          old_logp, scored["ref_logp"], scored.get("values"))
       if spec.rl.is_ppo:
-        kl_tok = kl_lib.kl_estimate(spec.rl.kl_estimator, old_logp, scored["ref_logp"])
-        beta = spec.rl.beta if spec.rl.kl_placement is kl_lib.KLPlacement.REWARD else 0.0
-        token_rewards = kl_lib.kl_penalized_rewards(jnp.asarray(rewards), kl_tok, mask, beta)
-        adv, returns = adv_lib.gae(token_rewards, scored["values"], mask, spec.rl.gamma,
-                                   spec.rl.lam)
         upd["returns"] = returns
         upd["old_values"] = scored["values"]
-      else:
-        adv = adv_lib.compute_group_advantages(spec.rl.advantage, jnp.asarray(rewards), g,
-                                               std_floor=spec.rl.std_floor)
-        adv = jnp.broadcast_to(adv[:, None], mask.shape) * mask
-      if spec.rl.whiten_advantages:
-        adv = adv_lib.masked_whiten(adv, mask)
-      upd["advantages"] = adv
 
       # --- update ------------------------------------------------------------------------
       timer.start("update")
       state, upd_metrics = update_fn(state, jax.device_put(upd, batch_sh), *update_extra)
-      upd_metrics = jax.device_get(upd_metrics)
+      upd_metrics = distributed.host_value(upd_metrics)
       timer.stop("update")
 
       # --- metrics -----------------------------------------------------------------------
@@ -504,6 +533,9 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
         r["language_consistent"] = float(r.get("gate_language", 0.0) >= 1.0)
       record = {k: float(v) for k, v in upd_metrics.items()}
       record.update(jax.device_get(adv_lib.group_spread_metrics(jnp.asarray(rewards), g)))
+      if spec.rl.overlong_buffer:
+        record["reward_shaped_mean"] = float(np.mean(shaped))
+        record["reward/overlong_penalty"] = float(np.mean(overlong))
       for k in REWARD_LOG_KEYS:
         vals = [float(r[k]) for r in rows if isinstance(r.get(k), (int, float))]
         if vals:
@@ -543,13 +575,15 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
             " or gradient and were skipped; stopping. The last checkpoint holds the last good"
             " state.")
       last = step == run.total_steps
-      if step % run.checkpoint_every == 0 or last or stop.signal is not None:
+      # A signal may reach some workers only: every host must leave at the same step.
+      stopping = distributed.any_host(stop.signal is not None)
+      if step % run.checkpoint_every == 0 or last or stopping:
         timer.start("checkpoint")
         ckpt_lib.save(manager, step, state, data_iter.get_state().decode(),
                       {"step": step, "time": time.time()})
         timer.stop("checkpoint")
-      if stop.signal is not None:
-        stopped_by = f"signal {stop.signal}"
+      if stopping:
+        stopped_by = f"signal {stop.signal}" if stop.signal is not None else "signal (peer)"
         break
   finally:
     progress.close()

@@ -144,6 +144,10 @@ class TrainerSpec:
       raise ConfigError("config.debug_nonfinite_count: must be >= 1")
     if self.rollout.max_new_tokens < 1:
       raise ConfigError("config.rollout.max_new_tokens: must be >= 1")
+    if self.rl.overlong_buffer > self.rollout.max_new_tokens:
+      raise ConfigError(
+          f"config.rl.overlong_buffer: {self.rl.overlong_buffer} exceeds the length cap"
+          f" config.rollout.max_new_tokens = {self.rollout.max_new_tokens}")
     if not 0.0 < self.rollout.top_p <= 1.0:
       raise ConfigError(f"config.rollout.top_p: must be in (0, 1], got {self.rollout.top_p}")
     if self.rollout.temperature <= 0.0:

@@ -25,6 +25,8 @@ class _RLSection:
   advantage: str
   std_floor: float
   whiten_advantages: bool
+  overlong_buffer: int
+  overlong_penalty: float
   kl_estimator: str
   kl_placement: str
   beta: float
@@ -53,6 +55,8 @@ class RLSpec:
   advantage: AdvantageEstimator
   std_floor: float
   whiten_advantages: bool
+  overlong_buffer: int
+  overlong_penalty: float
   kl_estimator: KLEstimator
   kl_placement: KLPlacement
   beta: float
@@ -94,7 +98,8 @@ class RLSpec:
       raise ConfigError(f"config.rl.kl_clamp: expected (lo, hi) with lo <= hi, got {s.kl_clamp}")
     if s.dual_clip is not None and s.dual_clip <= 1.0:
       raise ConfigError(f"config.rl.dual_clip: must be > 1, got {s.dual_clip}")
-    for key in ("eps_low", "eps_high", "beta", "std_floor", "entropy_coef", "value_coef"):
+    for key in ("eps_low", "eps_high", "beta", "std_floor", "entropy_coef", "value_coef",
+                "overlong_buffer", "overlong_penalty"):
       if getattr(s, key) < 0:
         raise ConfigError(f"config.rl.{key}: must be >= 0, got {getattr(s, key)}")
     for key in ("num_epochs", "num_minibatches", "num_microbatches"):
@@ -104,7 +109,8 @@ class RLSpec:
       raise ConfigError(f"config.rl.gamma/lam: must lie in [0, 1], got {s.gamma}, {s.lam}")
     return cls(
         is_ppo=is_ppo, advantage=advantage, std_floor=s.std_floor,
-        whiten_advantages=s.whiten_advantages,
+        whiten_advantages=s.whiten_advantages, overlong_buffer=s.overlong_buffer,
+        overlong_penalty=s.overlong_penalty,
         kl_estimator=parse("kl_estimator", KLEstimator.parse, s.kl_estimator),
         kl_placement=placement, beta=s.beta,
         kl_clamp=None if s.kl_clamp is None else (float(s.kl_clamp[0]), float(s.kl_clamp[1])),
