@@ -53,8 +53,8 @@ def model_config() -> ml_collections.ConfigDict:
   c.overrides = {}
   # LoRA rank (0: full fine-tuning). With a rank, only the adapters (and the PPO value head)
   # train; the base stays frozen and doubles as the reference, so no second copy of the
-  # weights. Adapters are merged into the targeted kernels inside each step (one merged copy
-  # of those kernels per step).
+  # weights. Adapters run unmerged (x W + s (x A) B in each projection): no merged copy of
+  # the weights is ever built.
   c.lora_rank = 0
   # scale = alpha / rank; alpha = 2 * rank is the common PEFT choice (scale 2).
   c.lora_alpha = 32.0

@@ -105,11 +105,27 @@ def optim() -> ml_collections.ConfigDict:
   return c
 
 
+def sft() -> ml_collections.ConfigDict:
+  """SFT on the pivot references (the paper's SFT baseline): token-mean NLL, no KL term.
+
+  The trainer feeds the reference completions to the same update with unit advantages: at
+  ratio 1 the gradient of -ratio * A is exactly -grad log p, the SFT gradient, so SFT shares
+  the sharded, rematerialised, LoRA-aware update step.
+  """
+  c = grpo()
+  c.algorithm = "sft"
+  c.kl_placement = "none"
+  c.beta = 0.0
+  c.loss_aggregation = "token_mean"
+  return c
+
+
 def get_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
-  """{'rl': grpo() or ppo(), 'optim': optim()}."""
-  if algorithm not in ("grpo", "ppo"):
-    raise ValueError(f"algorithm {algorithm!r}; expected 'grpo' or 'ppo'")
+  """{'rl': grpo(), ppo() or sft(), 'optim': optim()}."""
+  sections = {"grpo": grpo, "ppo": ppo, "sft": sft}
+  if algorithm not in sections:
+    raise ValueError(f"algorithm {algorithm!r}; expected one of {sorted(sections)}")
   c = ml_collections.ConfigDict()
-  c.rl = ppo() if algorithm == "ppo" else grpo()
+  c.rl = sections[algorithm]()
   c.optim = optim()
   return c

@@ -3,6 +3,7 @@
   pbrl-pivot --config configs/tiny.py --workdir /tmp/tiny --oracle
   pbrl-train --config configs/tiny.py --workdir /tmp/tiny
   pbrl-train --config configs/tiny.py:ppo --workdir /tmp/tiny_ppo
+  pbrl-train --config configs/tiny.py:sft --workdir /tmp/tiny_sft
 """
 
 from configs import common
@@ -22,7 +23,7 @@ def get_config(arg: str = "grpo"):
   c.optim.learning_rate = 1e-3
   c.data.langs = ("de", "fr")
   c.data.global_batch_size = 4
-  c.data.group_size = 2
+  c.data.group_size = 1 if algorithm == "sft" else 2  # SFT: one reference per prompt
   c.data.buckets = (256, 512)
   c.data.gsm_symbolic.templates = (0, 1, 2, 3, 4, 5, 6, 7)
   c.eval.datasets = [dict(kind="gsm_symbolic", path="", langs=["de", "fr"], limit=2, seed=1,

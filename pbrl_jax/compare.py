@@ -469,17 +469,23 @@ def one_device_mesh() -> Any:
   return shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
 
 
-def build_jax_side(model_dir: str, preset: Preset) -> JaxSide:
+def build_jax_side(model_dir: str, preset: Preset, num_microbatches: int = 1) -> JaxSide:
   """Loads the checkpoint; the reference is the loaded params (never donated), the policy
-  starts from a copy of them inside the train state."""
+  starts from a copy of them inside the train state.
+
+  `num_microbatches` splits our update's forward/backward into accumulated chunks: the same
+  gradient (tests/rl/test_rl_steps.py), a quarter of the activation memory at 4. SmolLM2 with
+  32 rows of ~170 tokens peaks at 18.4 GB RSS in one chunk (which, beside TRL's process
+  memory, exhausted a 24 GB host) and at 7.6 GB in four, and runs faster (52 s vs 72 s).
+  """
   bundle = bundle_lib.from_pretrained(model_dir, dtype="float32")
   mesh = one_device_mesh()
   optimizer = preset.optimizer()
   fns = rl.make_state_fns(bundle.config, optimizer, mesh, with_value_head=False)
   ref_params = jax.device_put(bundle.params, fns.policy_shardings)
   state = fns.from_params(ref_params, jax.random.PRNGKey(preset.seed))
-  update = rl.make_update_fn(bundle.config, preset.update_hparams(), optimizer, mesh,
-                             fns.shardings)
+  hp = dataclasses.replace(preset.update_hparams(), num_microbatches=num_microbatches)
+  update = rl.make_update_fn(bundle.config, hp, optimizer, mesh, fns.shardings)
   ref_logp = make_ref_logp_fn(bundle.config, preset.temperature, mesh, fns.policy_shardings)
   return JaxSide(bundle=bundle, preset=preset, mesh=mesh, fns=fns, update=update,
                  ref_logp=ref_logp, ref_params=ref_params, state=state)
@@ -1117,6 +1123,8 @@ class Options:
     parity: run the step-level parity check.
     trl_bf16: run TRL's training in bf16 autocast (parity stays fp32).
     cache_dir: where the default model directory is cached.
+    jax_microbatches: gradient-accumulation chunks of our update (memory only: the gradient
+      is the same); must divide prompts x G.
   """
 
   model_dir: str
@@ -1128,6 +1136,13 @@ class Options:
   parity: bool = True
   trl_bf16: bool = False
   cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "pbrl_jax")
+  jax_microbatches: int = 1
+
+  def __post_init__(self):
+    rows = self.num_prompts * self.preset.num_generations
+    if self.jax_microbatches < 1 or rows % self.jax_microbatches:
+      raise ValueError(f"jax_microbatches {self.jax_microbatches} must divide prompts x G ="
+                       f" {rows}")
 
 
 def make_reward_func(kind: str) -> RewardFunc:
@@ -1160,6 +1175,7 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
       "model": os.path.abspath(source_dir),
       "model_name": os.path.basename(os.path.abspath(source_dir)),
       "num_prompts": len(prompts), "steps": opts.steps, "reward": opts.reward,
+      "jax_microbatches": opts.jax_microbatches,
       "trl_dtype": "bfloat16 autocast" if opts.trl_bf16 else "float32",
       "preset": dataclasses.asdict(preset), "preset_table": preset_table(preset),
       "prompts": [dataclasses.asdict(p) for p in prompts],
@@ -1171,7 +1187,7 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
   log(f"model {source_dir}; {len(prompts)} prompts x {preset.num_generations}; seed {preset.seed}")
   log(preset_table(preset))
 
-  side = build_jax_side(model_dir, preset)
+  side = build_jax_side(model_dir, preset, opts.jax_microbatches)
   torch.manual_seed(preset.seed)
   trainer = build_trl_trainer(model_dir, preset, prompts, reward_func, max(opts.steps, 1),
                               os.path.join(opts.out_dir, "trl_output"), bf16=False)

@@ -261,8 +261,11 @@ def _eos_ids(config: DecoderConfig, tokenizer: Any) -> list[int]:
 def generate(params: Params, config: DecoderConfig, tokenizer: Any, prompts: Sequence[str], *,
              max_new_tokens: int, batch_size: int, num_samples: int = 1,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-             mesh: Mesh | None = None) -> Completions:
+             mesh: Mesh | None = None, lora: Params | None = None,
+             lora_scale: float = 1.0) -> Completions:
   """Runs the sampler over `prompts` in fixed-size batches with one prompt bucket.
+
+  With `lora`, `params` is the base and the adapters are applied unmerged.
 
   Args:
     params: decoder parameters.
@@ -303,7 +306,8 @@ def generate(params: Params, config: DecoderConfig, tokenizer: Any, prompts: Seq
     out = sampling.sample(params, config, tokens, valid, jax.random.fold_in(key, b),
                           num_samples=g, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_p=top_p, eos_ids=eos,
-                          prompt_buckets=(bucket,), mesh=mesh)
+                          prompt_buckets=(bucket,), mesh=mesh, lora=lora,
+                          lora_scale=lora_scale)
     toks, lens, finished = distributed.host_value((out.tokens, out.lengths, out.finished))
     for i in range(len(chunk)):
       rows_i = range(i * g, (i + 1) * g)
@@ -512,6 +516,7 @@ def evaluate(params: Params, config: DecoderConfig, tokenizer: Any,
              prompt_fn: PromptFn = default_prompt, num_samples: int = 1,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
              trained_langs: Sequence[str] = (), mesh: Mesh | None = None,
+             lora: Params | None = None, lora_scale: float = 1.0,
              n_boot: int = N_BOOT, language_threshold: float = LANGUAGE_THRESHOLD,
              repetition_threshold: float = REPETITION_THRESHOLD) -> dict[str, Any]:
   """Generates answers to `examples` and scores them per language.
@@ -548,7 +553,7 @@ def evaluate(params: Params, config: DecoderConfig, tokenizer: Any,
   prompts = [prompt_fn(ex) for ex in examples]
   gen = generate(params, config, tokenizer, prompts, max_new_tokens=max_new_tokens,
                  batch_size=batch_size, num_samples=num_samples, temperature=temperature,
-                 top_p=top_p, seed=seed, mesh=mesh)
+                 top_p=top_p, seed=seed, mesh=mesh, lora=lora, lora_scale=lora_scale)
   records = score_examples(examples, prompts, gen.texts, gen.lengths, gen.capped,
                            language_threshold=language_threshold,
                            repetition_threshold=repetition_threshold)

@@ -60,6 +60,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pbrl_jax.models import decoder
+from pbrl_jax.models import lora as lora_lib
 from pbrl_jax.models import sharding as sharding_lib
 from pbrl_jax.models.config import DecoderConfig
 
@@ -189,7 +190,8 @@ class PlanInputs:
     return self.max_prompt_len + self.max_completion_len
 
   def model_config(self) -> DecoderConfig:
-    return self.model.replace(param_dtype=self.param_dtype, dtype=self.compute_dtype)
+    return self.model.replace(param_dtype=self.param_dtype, dtype=self.compute_dtype,
+                              remat=self.remat)
 
 
 class _MeshShape:
@@ -435,22 +437,31 @@ def _abstract(tree: Any, shardings: Any) -> Any:
 
 def abstract_update_step(inputs: PlanInputs, mesh: Mesh
                          ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-  """A minimal full-fine-tuning GRPO update and its abstract, sharded arguments.
+  """A minimal GRPO update and its abstract, sharded arguments.
 
   The loss is the clipped-ratio policy-gradient term over completion tokens with a k3 KL
   to given reference log-probs (the reference policy is scored in the scoring step, so its
-  params are not an argument here). The state (params, AdamW moments) is donated.
+  params are not an argument here). The state (trainable params, AdamW moments) is donated.
+  Full fine-tuning trains the decoder; with `lora_rank` the state holds the adapters of every
+  projection and the frozen base is a separate, non-donated argument, run unmerged exactly as
+  the trainer does (`decoder.forward(base, ..., lora=adapters)`). `remat` comes from the
+  inputs' model config.
 
   Returns:
     (jitted function, abstract args) ready for `.lower(*args).compile()`.
   """
   import optax  # Only the checks need it.
 
-  if inputs.lora_rank:
-    raise PlanError("lora_rank: the abstract update step covers full fine-tuning only")
   c = inputs.model_config()
-  shapes = decoder.param_shapes(c)
-  p_shard = sharding_lib.param_shardings(decoder.param_logical_axes(c), shapes, mesh)
+  base_shapes = decoder.param_shapes(c)
+  base_shard = sharding_lib.param_shardings(decoder.param_logical_axes(c), base_shapes, mesh)
+  rank = inputs.lora_rank
+  if rank:
+    shapes = lora_lib.lora_shapes(c, lora_lib.ALL_TARGETS, rank)
+    p_shard = sharding_lib.param_shardings(
+        lora_lib.lora_logical_axes(c, lora_lib.ALL_TARGETS, rank), shapes, mesh)
+  else:
+    shapes, p_shard = base_shapes, base_shard
   tx = optax.adamw(1e-6)
   opt_shapes = jax.eval_shape(tx.init, shapes)
   odt = jnp.dtype(inputs.optimizer_dtype)
@@ -472,12 +483,17 @@ def abstract_update_step(inputs: PlanInputs, mesh: Mesh
   }
   state = {"params": _abstract(shapes, p_shard), "opt": _abstract(opt_shapes, o_shard)}
   state_shard = {"params": p_shard, "opt": o_shard}
+  base = _abstract(base_shapes, base_shard) if rank else None
 
-  def loss_fn(params, batch):
+  def loss_fn(params, base, batch):
     valid = batch["valid"]
-    hidden, _ = decoder.forward(params, c, batch["tokens"], decoder.positions_from_mask(valid),
-                                decoder.causal_mask(valid))
-    logits = decoder.unembed(params, c, hidden[:, :-1])
+    if rank:
+      model, adapters = jax.lax.stop_gradient(base), params
+    else:
+      model, adapters = params, None
+    hidden, _ = decoder.forward(model, c, batch["tokens"], decoder.positions_from_mask(valid),
+                                decoder.causal_mask(valid), lora=adapters, lora_scale=2.0)
+    logits = decoder.unembed(model, c, hidden[:, :-1])
     logp = decoder.token_logprobs(logits, batch["tokens"][:, 1:])  # [B,T-1]
     mask = batch["completion_mask"][:, 1:]
     ratio = jnp.exp(logp - batch["old_logprobs"][:, 1:])
@@ -487,16 +503,17 @@ def abstract_update_step(inputs: PlanInputs, mesh: Mesh
     kl = jnp.exp(d) - d - 1.0
     return jnp.sum((pg + 0.04 * kl) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
-  def update(state, batch):
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch)
+  def update(state, batch, base):
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], base, batch)
     updates, opt = tx.update(grads, state["opt"], state["params"])
     opt = jax.tree.map(lambda new, old: new.astype(old.dtype), opt, state["opt"])
     params = optax.apply_updates(state["params"], updates)
     return {"params": params, "opt": opt}, loss
 
-  fn = jax.jit(update, in_shardings=(state_shard, jax.tree.map(lambda s: s.sharding, batch)),
+  fn = jax.jit(update, in_shardings=(state_shard, jax.tree.map(lambda s: s.sharding, batch),
+                                     base_shard if rank else None),
                out_shardings=(state_shard, rep), donate_argnums=(0,))
-  return fn, (state, batch)
+  return fn, (state, batch, base)
 
 
 def _opt_tree_shardings(opt_shapes: Any, param_shapes: Any, p_shard: Any, rep: Any) -> Any:
@@ -514,7 +531,8 @@ def abstract_decode_step(inputs: PlanInputs, mesh: Mesh
                          ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
   """One sampling step over the full rollout batch: a token in, fp32 logits out.
 
-  The KV cache [L, B*G, S, K, H] is donated and updated in place.
+  The KV cache [L, B*G, S, K, H] is donated and updated in place. With `lora_rank` the
+  adapters ride along unmerged, as in the trainer's sampler.
 
   Returns:
     (jitted function, abstract args).
@@ -522,6 +540,12 @@ def abstract_decode_step(inputs: PlanInputs, mesh: Mesh
   c = inputs.model_config()
   shapes = decoder.param_shapes(c)
   p_shard = sharding_lib.param_shardings(decoder.param_logical_axes(c), shapes, mesh)
+  rank = inputs.lora_rank
+  lora_shapes = lora_sh = None
+  if rank:
+    lora_shapes = lora_lib.lora_shapes(c, lora_lib.ALL_TARGETS, rank)
+    lora_sh = sharding_lib.param_shardings(
+        lora_lib.lora_logical_axes(c, lora_lib.ALL_TARGETS, rank), lora_shapes, mesh)
   b, s = inputs.sequences, inputs.seq_len
   cache_shape = (c.num_layers, b, s, c.num_kv_heads, c.head_dim)
   spec = sharding_lib.logical_to_mesh_spec(
@@ -537,16 +561,19 @@ def abstract_decode_step(inputs: PlanInputs, mesh: Mesh
   valid = jax.ShapeDtypeStruct((b, s), jnp.bool_, sharding=bs2)
   index = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
 
-  def step(params, cache, tokens, positions, valid, index):
+  def step(params, cache, tokens, positions, valid, index, adapters):
     mask = valid[:, None, :]  # [B,1,S]
-    hidden, cache = decoder.forward(params, c, tokens, positions, mask, cache, index)
+    hidden, cache = decoder.forward(params, c, tokens, positions, mask, cache, index,
+                                    lora=adapters, lora_scale=2.0)
     return decoder.unembed(params, c, hidden)[:, 0], cache
 
-  fn = jax.jit(step, in_shardings=(p_shard, {"k": cache_sh, "v": cache_sh}, bs2, bs2, bs2, rep),
+  fn = jax.jit(step, in_shardings=(p_shard, {"k": cache_sh, "v": cache_sh}, bs2, bs2, bs2, rep,
+                                   lora_sh),
                out_shardings=(sharding_lib.batch_sharding(mesh, 2),
                               {"k": cache_sh, "v": cache_sh}),
                donate_argnums=(1,))
-  return fn, (_abstract(shapes, p_shard), cache, tokens, positions, valid, index)
+  adapters = _abstract(lora_shapes, lora_sh) if rank else None
+  return fn, (_abstract(shapes, p_shard), cache, tokens, positions, valid, index, adapters)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -583,14 +610,14 @@ def xla_memory(fn: Callable[..., Any], args: Sequence[Any], mesh: Mesh) -> XlaMe
 def planned_update_bytes(p: MemoryPlan) -> int:
   """The planner's update-step peak without components that the abstract step lacks."""
   c = p.components
-  return (c["params"] + c["optimizer state"] + c["gathered weights"] + c["grads"]
-          + c["activations"] + c["logits"])
+  return (c["params"] + c.get("lora params", 0) + c["optimizer state"]
+          + c["gathered weights"] + c["grads"] + c["activations"] + c["logits"])
 
 
 def planned_decode_bytes(p: MemoryPlan) -> int:
   c = p.components
-  return (c["params"] + c["gathered weights"] + c["kv cache"] + c["kv cache work"]
-          + c["sampling logits"])
+  return (c["params"] + c.get("lora params", 0) + c["gathered weights"] + c["kv cache"]
+          + c["kv cache work"] + c["sampling logits"])
 
 
 def compare_with_xla(inputs: PlanInputs, devices: Sequence[jax.Device] | None = None,

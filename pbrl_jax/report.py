@@ -115,7 +115,8 @@ def write_report(workdir: str, title: str = "pbrl_jax run") -> str:
   lines.append("")
   lines.append("| metric | first 20% | last 20% | change |")
   lines.append("|---|---|---|---|")
-  summary_keys = ["reward_mean"] + [k for k in keys if k.startswith(("reward/", "rollout/"))]
+  summary_keys = (["reward_mean", "reward_shaped_mean", "sft/nll", "kl"]
+                  + [k for k in keys if k.startswith(("reward/", "rollout/"))])
   for key in summary_keys:
     a, b = first_last_fraction(rows, key)
     if np.isfinite(a):

@@ -216,7 +216,8 @@ def stop_table(sequences: Sequence[Sequence[int]]) -> np.ndarray:
 
 
 def prefill(params: Params, config: DecoderConfig, tokens: Array, valid: Array,
-            cache_length: int) -> tuple[Array, decoder.Cache]:
+            cache_length: int, lora: Params | None = None, lora_scale: float = 1.0
+            ) -> tuple[Array, decoder.Cache]:
   """Runs left-padded prompts into a fresh cache; returns next-token logits.
 
   Args:
@@ -225,6 +226,8 @@ def prefill(params: Params, config: DecoderConfig, tokens: Array, valid: Array,
     tokens: [B,P] left-padded prompt ids.
     valid: [B,P] bool, True on real tokens (a suffix of each row).
     cache_length: S >= P, static.
+    lora: LoRA adapters applied unmerged (`decoder.forward`), or None.
+    lora_scale: alpha / rank.
 
   Returns:
     (float32 logits [B,V] for the first completion token, cache [L,B,S,K,H] with the
@@ -238,14 +241,15 @@ def prefill(params: Params, config: DecoderConfig, tokens: Array, valid: Array,
   mask = jnp.pad(decoder.causal_mask(valid), ((0, 0), (0, 0), (0, cache_length - p)))  # [B,P,S]
   cache = decoder.init_cache(config, b, cache_length)
   hidden, cache = decoder.forward(params, config, tokens, positions, mask, cache,
-                                  jnp.zeros((), jnp.int32))
+                                  jnp.zeros((), jnp.int32), lora=lora, lora_scale=lora_scale)
   # Left padding puts every prompt's last token at P-1: unembed that position only.
   logits = decoder.unembed(params, config, hidden[:, -1:])[:, 0]  # [B,V]
   return logits, cache
 
 
 def decode_step(params: Params, config: DecoderConfig, token: Array, position: Array,
-                slot: Array, key_valid: Array, cache: decoder.Cache
+                slot: Array, key_valid: Array, cache: decoder.Cache,
+                lora: Params | None = None, lora_scale: float = 1.0
                 ) -> tuple[Array, decoder.Cache]:
   """Feeds one token per row, writing its key/value at cache `slot`.
 
@@ -257,12 +261,15 @@ def decode_step(params: Params, config: DecoderConfig, token: Array, position: A
     slot: int32 scalar cache slot (the same for every row, thanks to left padding).
     key_valid: [B,S] bool, which cache slots (this one included) the token may attend to.
     cache: KV cache [L,B,S,K,H].
+    lora: LoRA adapters applied unmerged, or None.
+    lora_scale: alpha / rank.
 
   Returns:
     (float32 logits [B,V] for the next token, updated cache).
   """
   hidden, cache = decoder.forward(params, config, token[:, None], position[:, None],
-                                  key_valid[:, None, :], cache, slot)
+                                  key_valid[:, None, :], cache, slot, lora=lora,
+                                  lora_scale=lora_scale)
   return decoder.unembed(params, config, hidden)[:, 0], cache
 
 
@@ -384,16 +391,17 @@ def _constrain_batch(x: Array, mesh: Mesh | None, axis: int) -> Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "num_samples", "max_len", "mesh"))
+@functools.partial(jax.jit, static_argnames=("config", "num_samples", "max_len", "mesh",
+                                             "lora_scale"))
 def _sample_program(params: Params, prompt_tokens: Array, prompt_valid: Array, rng: Array,
-                    knobs: SamplingKnobs, eos_ids: Array, stop_seqs: Array, *,
-                    config: DecoderConfig, num_samples: int, max_len: int,
-                    mesh: Mesh | None) -> SampleOutput:
+                    knobs: SamplingKnobs, eos_ids: Array, stop_seqs: Array,
+                    lora: Params | None, *, config: DecoderConfig, num_samples: int,
+                    max_len: int, mesh: Mesh | None, lora_scale: float) -> SampleOutput:
   b, p = prompt_tokens.shape
   g, m = num_samples, max_len
   rows = b * g
   prompt_valid = prompt_valid.astype(bool)
-  logits, cache = prefill(params, config, prompt_tokens, prompt_valid, p + m)
+  logits, cache = prefill(params, config, prompt_tokens, prompt_valid, p + m, lora, lora_scale)
   if g > 1:
     # Share each prompt's prefill across its G samples: row i*G + j <- prompt i.
     logits = jnp.repeat(logits, g, axis=0)  # [BG,V]
@@ -426,7 +434,7 @@ def _sample_program(params: Params, prompt_tokens: Array, prompt_valid: Array, r
     key_valid = jnp.concatenate(
         [prompt_valid, jnp.broadcast_to(jnp.arange(m) < t, (rows, m))], axis=1)  # [BG,S]
     logits, new_cache = decode_step(params, config, s.last_token, prompt_len + t - 1,
-                                    p + t - 1, key_valid, s.cache)
+                                    p + t - 1, key_valid, s.cache, lora, lora_scale)
     return emit(dataclasses.replace(s, cache=new_cache), logits)
 
   state = jax.lax.while_loop(cond, body, state)
@@ -462,7 +470,8 @@ def sample(params: Params, config: DecoderConfig, prompt_tokens: Array, prompt_v
            eos_ids: Sequence[int] | None = None,
            stop_token_sequences: Sequence[Sequence[int]] = (),
            max_len: int | None = None, prompt_buckets: Sequence[int] = PROMPT_BUCKETS,
-           mesh: Mesh | None = None) -> SampleOutput:
+           mesh: Mesh | None = None, lora: Params | None = None,
+           lora_scale: float = 1.0) -> SampleOutput:
   """Samples `num_samples` completions per left-padded prompt.
 
   Args:
@@ -483,6 +492,9 @@ def sample(params: Params, config: DecoderConfig, prompt_tokens: Array, prompt_v
     prompt_buckets: allowed prompt lengths.
     mesh: when given, rows are split over ('data', 'fsdp') and params are placed by the
       model's logical axis rules.
+    lora: LoRA adapters (`pbrl_jax.models.lora`), applied unmerged on top of `params` (the
+      base): the adapted kernels are never materialised. None: `params` alone.
+    lora_scale: alpha / rank of the adapters.
 
   Returns:
     SampleOutput with [B*G, M] arrays.
@@ -532,8 +544,9 @@ def sample(params: Params, config: DecoderConfig, prompt_tokens: Array, prompt_v
       prompt_tokens, prompt_valid = distributed.global_from_host(
           (prompt_tokens, prompt_valid), sharding_lib.batch_sharding(mesh, 2))
   return _sample_program(params, prompt_tokens, prompt_valid, rng, knobs,
-                         jnp.asarray(eos), jnp.asarray(stops), config=config,
-                         num_samples=num_samples, max_len=max_len, mesh=mesh)
+                         jnp.asarray(eos), jnp.asarray(stops), lora, config=config,
+                         num_samples=num_samples, max_len=max_len, mesh=mesh,
+                         lora_scale=float(lora_scale))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import signal
 import time
@@ -98,8 +99,8 @@ class Rollout:
   lengths: np.ndarray  # [BG]
 
 
-def _run_rollout(params, model_cfg, batch, rng, spec: TrainerSpec, mesh, tokenizer,
-                 stop_ids: Sequence[Sequence[int]]) -> Rollout:
+def _run_rollout(params, adapters, lora_scale, model_cfg, batch, rng, spec: TrainerSpec, mesh,
+                 tokenizer, stop_ids: Sequence[Sequence[int]]) -> Rollout:
   g = int(batch["group_size"])
   out = sampling.sample(
       params, model_cfg, np.asarray(batch["prompt_tokens"], np.int32),
@@ -107,7 +108,8 @@ def _run_rollout(params, model_cfg, batch, rng, spec: TrainerSpec, mesh, tokeniz
       rng, num_samples=g, max_new_tokens=spec.rollout.max_new_tokens,
       temperature=spec.rollout.temperature, top_k=spec.rollout.top_k, top_p=spec.rollout.top_p,
       stop_token_sequences=stop_ids, max_len=spec.rollout.max_new_tokens,
-      prompt_buckets=(batch["prompt_tokens"].shape[1],), mesh=mesh)
+      prompt_buckets=(batch["prompt_tokens"].shape[1],), mesh=mesh, lora=adapters,
+      lora_scale=lora_scale)
   out = distributed.host_value(out)  # every host: all rows (multi-host: all-gathered)
   prompt_tokens = np.repeat(np.asarray(batch["prompt_tokens"]), g, axis=0)
   prompt_valid = np.repeat(np.asarray(batch["prompt_valid"]), g, axis=0).astype(bool)
@@ -127,12 +129,36 @@ def _run_rollout(params, model_cfg, batch, rng, spec: TrainerSpec, mesh, tokeniz
                  lengths=np.asarray(out.lengths))
 
 
+def _reference_rollout(batch: dict[str, Any], tokenizer: Any, model_cfg: Any, max_new: int
+                       ) -> Rollout:
+  """SFT: the pivot references as completions (EOS appended when it fits), no sampling."""
+  eos = tokenizer.eos_token_id
+  eos = int(eos) if eos is not None else int(model_cfg.eos_token_ids[0])
+  prompt_tokens = np.asarray(batch["prompt_tokens"], np.int32)
+  prompt_valid = np.asarray(batch["prompt_valid"], bool)
+  b = prompt_tokens.shape[0]
+  comp = np.full((b, max_new), model_cfg.pad_token_id, np.int32)
+  comp_valid = np.zeros((b, max_new), bool)
+  finished = np.zeros((b,), bool)
+  for i, text in enumerate(batch["reference"]):
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [eos]
+    finished[i] = len(ids) <= max_new  # a reference cut at the cap teaches no stopping
+    ids = ids[:max_new]
+    comp[i, :len(ids)] = ids
+    comp_valid[i, :len(ids)] = True
+  return Rollout(tokens=np.concatenate([prompt_tokens, comp], axis=1),
+                 valid=np.concatenate([prompt_valid, comp_valid], axis=1),
+                 completion_mask=comp_valid, sampler_logp=np.zeros(comp.shape, np.float32),
+                 texts=list(batch["reference"]), finished=finished,
+                 lengths=comp_valid.sum(axis=1))
+
+
 def make_advantage_fn(spec: TrainerSpec) -> Any:
   """Jitted advantages (and PPO returns) of one batch, from global arrays on the mesh.
 
   GRPO: group-relative advantages of the sequence rewards, broadcast over completion tokens.
   PPO: sequence reward at the last token (minus beta * KL per token when the KL goes into the
-  reward), then GAE with the value head's values.
+  reward), then GAE with the value head's values. SFT: 1 on every reference token.
   """
   rl = spec.rl
   g = spec.pipeline.group_size
@@ -140,6 +166,8 @@ def make_advantage_fn(spec: TrainerSpec) -> Any:
   def advantages(rewards, completion_mask, old_logp, ref_logp, values):
     mask = completion_mask.astype(jnp.float32)
     returns = None
+    if rl.is_sft:
+      return mask, None
     if rl.is_ppo:
       kl_tok = kl_lib.kl_estimate(rl.kl_estimator, old_logp, ref_logp)
       beta = rl.beta if rl.kl_placement is kl_lib.KLPlacement.REWARD else 0.0
@@ -153,6 +181,35 @@ def make_advantage_fn(spec: TrainerSpec) -> Any:
     return adv, returns
 
   return jax.jit(advantages)
+
+
+def _reward_record(rows: list[dict[str, Any]], rewards: np.ndarray, shaped: np.ndarray,
+                   overlong: np.ndarray, rollout: Rollout, langs: Sequence[str], g: int,
+                   shaping_on: bool) -> dict[str, float]:
+  """The reward side of one step's metrics: means, components, guards, per language."""
+  capped = ~rollout.finished
+  for r, c in zip(rows, capped):
+    r["length_capped"] = float(c)
+    r["language_consistent"] = float(r.get("gate_language", 0.0) >= 1.0)
+  record = {k: float(v) for k, v in
+            jax.device_get(adv_lib.group_spread_metrics(jnp.asarray(rewards), g)).items()}
+  if shaping_on:
+    record["reward_shaped_mean"] = float(np.mean(shaped))
+    record["reward/overlong_penalty"] = float(np.mean(overlong))
+  for k in REWARD_LOG_KEYS:
+    vals = [float(r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+    if vals:
+      record[f"reward/{k}"] = float(np.mean(vals))
+  record.update({
+      "rollout/length_capped_frac": float(np.mean(capped)),
+      "rollout/repetition_frac": float(np.mean([r.get("gate_repetition", 1.0) < 1.0
+                                                for r in rows])),
+      "rollout/mean_length": float(np.mean(rollout.lengths)),
+      "rollout/language_consistent_frac": float(np.mean([r["language_consistent"]
+                                                         for r in rows])),
+  })
+  record.update(_per_language(langs, rows, LANG_LOG_KEYS))
+  return record
 
 
 def _reward_items(batch: dict[str, Any], texts: Sequence[str], g: int, encoder_name: str
@@ -307,7 +364,10 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
         f"config.data.global_batch_size: {global_batch} prompts x group_size {g} ="
         f" {global_batch * g} sequences do not split over the mesh's {data_devices}"
         " data-parallel devices (mesh.data x mesh.fsdp)")
-  if g < 2 and not spec.rl.is_ppo:
+  if spec.rl.is_sft and g != 1:
+    raise config_schema.ConfigError(
+        f"config.data.group_size: SFT trains on one reference per prompt, set 1 (got {g})")
+  if g < 2 and not spec.rl.is_ppo and not spec.rl.is_sft:
     raise config_schema.ConfigError(
         f"config.data.group_size: GRPO needs G >= 2 completions per prompt, got {g}")
 
@@ -318,7 +378,8 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
 
   # ============================== Models ====================================================
   model_cfg, host_params, tokenizer = load_policy(spec.model, run.seed)
-  reward_models = score_lib.load_reward_models(spec.reward)
+  reward_models = (score_lib.RewardModels(encoder=None) if spec.rl.is_sft
+                   else score_lib.load_reward_models(spec.reward))
   encoder_name = spec.reward.encoder
   logging.info("policy: %s, %d layers, %.1fM params", model_cfg.model_type,
                model_cfg.num_layers, decoder.count_params(host_params) / 1e6)
@@ -373,13 +434,14 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
   # ============================== Step functions ============================================
   # On-policy GRPO (one optimizer update per batch) takes the sampler's log-probs as the old
   # log-probs: same model code, so they agree up to rounding, and scoring skips a forward.
-  on_policy = (not spec.rl.is_ppo and spec.rl.num_epochs == 1
+  on_policy = (not spec.rl.is_ppo and not spec.rl.is_sft and spec.rl.num_epochs == 1
                and spec.rl.num_minibatches == 1 and spec.rollout.top_k == 0
                and spec.rollout.top_p == 1.0)
   # The reward encoder runs in the same jit as the policy scoring, on the same mesh; its
   # parameters are replicated (USE-m3 is 30 MB). Host-side engines embed on the host.
   encoder = reward_models.encoder
-  encoder_in_jit = encoder is not None and encoder.params is not None
+  encoder_in_jit = (encoder is not None and encoder.params is not None
+                    and not spec.rl.is_sft)  # SFT scores nothing
   embed_fn = None
   if encoder_in_jit:
     enc_params = distributed.global_from_host(encoder.params, shd.replicated(mesh))
@@ -403,12 +465,15 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
                                        nonfinite_hook=hook, lora=lora,
                                        base_shardings=state_fns.policy_shardings)
   update_extra = (ref_params,) if lora is not None else ()  # the frozen base, with LoRA
-  merge_lora = jax.jit(lambda params, base: steps_lib.policy_params(params, base, lora),
-                       out_shardings=state_fns.policy_shardings)
 
-  def policy() -> Any:
-    """The decoder params the policy samples with (with LoRA: base + adapters, merged)."""
-    return state.params["policy"] if lora is None else merge_lora(state.params, ref_params)
+  def policy() -> tuple[Any, Any, float]:
+    """(decoder params, adapters or None, LoRA scale) the policy samples with.
+
+    With LoRA the base is the reference's params and the adapters ride along unmerged.
+    """
+    if lora is None:
+      return state.params["policy"], None, 1.0
+    return ref_params, state.params["lora"], lora.alpha / lora.rank
 
   advantage_fn = make_advantage_fn(spec)
   stop_ids = [tokenizer.encode(s, add_special_tokens=False) for s in spec.rollout.stop_strings]
@@ -435,10 +500,12 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
   stop.install()
 
   def evaluate(tag: str) -> dict[str, Any]:
+    params, adapters, scale = policy()
     result = eval_lib.evaluate(
-        policy(), model_cfg, tokenizer, eval_examples,
+        params, model_cfg, tokenizer, eval_examples,
         max_new_tokens=spec.eval.max_new_tokens, batch_size=spec.eval.batch_size,
-        trained_langs=tuple(spec.data.langs), seed=spec.eval.seed, mesh=mesh)
+        trained_langs=tuple(spec.data.langs), seed=spec.eval.seed, mesh=mesh, lora=adapters,
+        lora_scale=scale)
     if jax.process_index() == 0:
       _write_json_atomic(os.path.join(workdir, f"eval_{tag}.json"), result)
     return result
@@ -465,18 +532,21 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
 
       # --- rollout -------------------------------------------------------------------------
       timer.start("rollout")
-      rollout = _run_rollout(policy(), model_cfg, batch,
-                             jax.random.fold_in(base_key, 2 * step), spec, mesh, tokenizer,
-                             stop_ids)
+      if spec.rl.is_sft:
+        rollout = _reference_rollout(batch, tokenizer, model_cfg, m_len)
+      else:
+        rollout = _run_rollout(*policy(), model_cfg, batch,
+                               jax.random.fold_in(base_key, 2 * step), spec, mesh, tokenizer,
+                               stop_ids)
       timer.stop("rollout")
 
       # --- host text work: split responses, tokens for the reward encoder ---------------
       timer.start("host_text")
       langs = [batch["langs"][i // g] for i in range(len(rollout.texts))]
-      segments = [score_lib.segments(t, lang) for t, lang in zip(rollout.texts, langs)]
       dev_batch = {"tokens": rollout.tokens, "valid": rollout.valid,
                    "completion_mask": rollout.completion_mask}
       if encoder_in_jit:
+        segments = [score_lib.segments(t, lang) for t, lang in zip(rollout.texts, langs)]
         dev_batch["enc_batch"] = _encoder_batch(encoder, segments, score_lib.SEGMENTS)
       dev_batch = distributed.global_from_host(dev_batch, batch_sh)
       timer.stop("host_text")
@@ -493,12 +563,16 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
 
       # --- rewards: final answers, guards, similarity to the cached pivot embeddings ------
       timer.start("reward")
-      items = _reward_items(batch, rollout.texts, g, encoder_name)
-      if encoder_in_jit:
-        for item, emb in zip(items, policy_emb):
-          item["response_embeddings"] = dict(zip(score_lib.SEGMENTS, emb))
-      rows = score_lib.score_batch(spec.reward, reward_models, items)
-      rewards = np.asarray([r["reward"] for r in rows], np.float32)
+      if spec.rl.is_sft:
+        rows = []  # nothing is sampled, nothing is scored
+        rewards = np.zeros((len(rollout.texts),), np.float32)
+      else:
+        items = _reward_items(batch, rollout.texts, g, encoder_name)
+        if encoder_in_jit:
+          for item, emb in zip(items, policy_emb):
+            item["response_embeddings"] = dict(zip(score_lib.SEGMENTS, emb))
+        rows = score_lib.score_batch(spec.reward, reward_models, items)
+        rewards = np.asarray([r["reward"] for r in rows], np.float32)
       # Shaping terms join the reward the advantages see; `reward_mean` stays the reward.
       overlong = np.asarray(shaping.overlong_penalty(
           rollout.lengths, spec.rollout.max_new_tokens, spec.rl.overlong_buffer,
@@ -527,41 +601,31 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
       timer.stop("update")
 
       # --- metrics -----------------------------------------------------------------------
-      capped = ~rollout.finished
-      for r, c in zip(rows, capped):
-        r["length_capped"] = float(c)
-        r["language_consistent"] = float(r.get("gate_language", 0.0) >= 1.0)
       record = {k: float(v) for k, v in upd_metrics.items()}
-      record.update(jax.device_get(adv_lib.group_spread_metrics(jnp.asarray(rewards), g)))
-      if spec.rl.overlong_buffer:
-        record["reward_shaped_mean"] = float(np.mean(shaped))
-        record["reward/overlong_penalty"] = float(np.mean(overlong))
-      for k in REWARD_LOG_KEYS:
-        vals = [float(r[k]) for r in rows if isinstance(r.get(k), (int, float))]
-        if vals:
-          record[f"reward/{k}"] = float(np.mean(vals))
-      record.update({
-          "rollout/length_capped_frac": float(np.mean(capped)),
-          "rollout/repetition_frac": float(np.mean([r.get("gate_repetition", 1.0) < 1.0
-                                                    for r in rows])),
-          "rollout/mean_length": float(np.mean(rollout.lengths)),
-          "rollout/language_consistent_frac": float(np.mean([r["language_consistent"]
-                                                             for r in rows])),
-      })
-      record.update(_per_language(langs, rows, LANG_LOG_KEYS))
+      if spec.rl.is_sft:
+        # The update's own loss is -1 by construction (unit advantages at ratio 1); the SFT
+        # loss is the reference tokens' NLL under the policy before this update.
+        logp = np.asarray(distributed.host_value(scored["logp"]))
+        record["loss"] = record["sft/nll"] = float(
+            -np.sum(logp * rollout.completion_mask) / max(rollout.completion_mask.sum(), 1))
+        record["rollout/mean_length"] = float(np.mean(rollout.lengths))
+      else:
+        record.update(_reward_record(rows, rewards, shaped, overlong, rollout, langs, g,
+                                     spec.rl.overlong_buffer > 0))
       record.update(timer.pop())
       record["time/step"] = time.perf_counter() - step_start
       # Resident host memory: a leak shows up here long before a multi-day run is killed.
       # Like time/*, it differs between otherwise identical runs.
       record["host/rss_mb"] = process_info.memory_info().rss / 2**20
       writer.write(step, record)
-      if run.sample_every and step % run.sample_every == 0:
+      if run.sample_every and step % run.sample_every == 0 and rows:
         sample_text = "\n\n".join(
             f"[{langs[i]}] reward={rows[i]['reward']:.3f}\n{rollout.texts[i][:600]}"
             for i in range(0, len(rows), g))
         writer.write_text(step, "samples", sample_text)
-      progress.set_postfix(reward=f"{record['reward_mean']:.3f}", loss=f"{record['loss']:.3f}",
-                           kl=f"{record['kl']:.4f}", refresh=False)
+      progress.set_postfix(reward=f"{record.get('reward_mean', math.nan):.3f}",
+                           loss=f"{record['loss']:.3f}", kl=f"{record['kl']:.4f}",
+                           refresh=False)
       progress.update(1)
 
       if run.eval_every and step % run.eval_every == 0 and eval_examples:

@@ -18,7 +18,7 @@ from absl import flags
 
 def define_flags() -> None:
   """Defines this command's flags when it runs, so that importing the module defines none."""
-  global _QUICK, _MODEL, _OUT, _STEPS, _PROMPTS, _GENERATIONS, _MAX_NEW_TOKENS, _BETA, _LOSS_TYPE, _LR, _TEMPERATURE, _EPSILON, _EPSILON_HIGH, _SEED, _REWARD, _PARITY, _TRL_BF16, _CACHE_DIR
+  global _QUICK, _MODEL, _OUT, _STEPS, _PROMPTS, _GENERATIONS, _MAX_NEW_TOKENS, _BETA, _LOSS_TYPE, _LR, _TEMPERATURE, _EPSILON, _EPSILON_HIGH, _SEED, _REWARD, _PARITY, _TRL_BF16, _CACHE_DIR, _JAX_MICROBATCHES
   _QUICK = flags.DEFINE_bool("quick", False, "Tiny random model, a couple of steps (seconds).")
   _MODEL = flags.DEFINE_string("model", "", "HF model directory; default SmolLM2-135M-Instruct.")
   _OUT = flags.DEFINE_string("out", None, "Output directory.")
@@ -42,6 +42,9 @@ def define_flags() -> None:
   _CACHE_DIR = flags.DEFINE_string(
       "cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "pbrl_jax"),
       "Where the default model's HF directory is cached.")
+  _JAX_MICROBATCHES = flags.DEFINE_integer(
+      "jax_microbatches", 4, "Gradient-accumulation chunks of pbrl_jax's update (the same "
+      "gradient, less activation memory); must divide prompts x generations.")
   flags.mark_flag_as_required("out")
 
 # --quick defaults, used for flags the command line does not set.
@@ -71,7 +74,8 @@ def options_from_flags():
   return compare.Options(model_dir=model, out_dir=out, steps=_value(_STEPS, quick),
                          num_prompts=_value(_PROMPTS, quick), preset=preset,
                          reward=_REWARD.value, parity=_PARITY.value,
-                         trl_bf16=_TRL_BF16.value, cache_dir=_CACHE_DIR.value)
+                         trl_bf16=_TRL_BF16.value, cache_dir=_CACHE_DIR.value,
+                         jax_microbatches=_JAX_MICROBATCHES.value)
 
 
 def main(argv):

@@ -81,17 +81,19 @@ def checkpoint_steps(workdir: str) -> list[int]:
                 if d.isdigit() and os.path.isdir(os.path.join(directory, d, "state")))
 
 
-def restore_policy_params(workdir: str, step: int, abstract_params: Any) -> Any:
-  """Restores only `state.params['policy']` of one trainer checkpoint.
+def restore_policy_params(workdir: str, step: int, abstract_params: Any,
+                          item: str = "policy") -> Any:
+  """Restores only `state.params[item]` of one trainer checkpoint.
 
   Args:
     workdir: run directory holding checkpoints/<step>/state.
     step: the checkpoint step.
-    abstract_params: pytree of jax.ShapeDtypeStruct (the base model's params): the restored
-      arrays take these shapes and dtypes.
+    abstract_params: pytree of jax.ShapeDtypeStruct: the restored arrays take these shapes
+      and dtypes.
+    item: 'policy' (full fine-tuning) or 'lora' (the adapters of a LoRA run).
 
   Returns:
-    The policy parameter pytree.
+    The restored parameter pytree.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
@@ -99,14 +101,14 @@ def restore_policy_params(workdir: str, step: int, abstract_params: Any) -> Any:
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{path}: no 'state' item of checkpoint {step}")
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = {"params": {"policy": abstract_params}}
+  target = {"params": {item: abstract_params}}
   restore_args = jax.tree.map(
       lambda x: ocp.ArrayRestoreArgs(dtype=x.dtype, sharding=sharding, global_shape=x.shape),
       target)
   with ocp.PyTreeCheckpointer() as ckptr:
     out = ckptr.restore(path, args=ocp.args.PyTreeRestore(
         item=target, restore_args=restore_args, partial_restore=True))
-  return out["params"]["policy"]
+  return out["params"][item]
 
 
 def load_model(config: Any, workdir: str, dtype: str) -> tuple[Any, str, int | None]:
@@ -119,7 +121,13 @@ def load_model(config: Any, workdir: str, dtype: str) -> tuple[Any, str, int | N
     return bundle, name, None
   if config is None:
     raise app.UsageError("--config is required unless --model or --compare is given")
-  bundle = from_pretrained(resolve_model_path(config.model.path), dtype=dtype)
+  if config.model.get("random_init", False):
+    # A test config's random policy: the same initial weights the trainer started from.
+    from pbrl_jax.models.bundle import ModelBundle  # pylint: disable=g-import-not-at-top
+    from pbrl_jax.train import load_policy  # pylint: disable=g-import-not-at-top
+    bundle = ModelBundle(*load_policy(config.model, config.seed))
+  else:
+    bundle = from_pretrained(resolve_model_path(config.model.path), dtype=dtype)
   if _PARAMS_FROM.value:
     other = from_pretrained(_PARAMS_FROM.value, dtype=dtype)
     want = jax.tree.map(lambda x: (x.shape, x.dtype), bundle.params)
@@ -138,6 +146,17 @@ def load_model(config: Any, workdir: str, dtype: str) -> tuple[Any, str, int | N
   if step not in steps:
     raise ValueError(f"--checkpoint_step={step}: not among the checkpoints {steps} in "
                      f"{workdir}/checkpoints")
+  rank = int(config.model.get("lora_rank", 0) or 0)
+  if rank:
+    # A LoRA run checkpoints the adapters only: restore them and merge into the base.
+    from pbrl_jax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
+    targets = tuple(config.model.lora_targets)
+    adapters = restore_policy_params(workdir, step,
+                                     lora_lib.lora_shapes(bundle.config, targets, rank), "lora")
+    bundle.params = lora_lib.apply_lora(bundle.params, adapters, float(config.model.lora_alpha),
+                                        rank)
+    logging.info("restored the LoRA adapters of checkpoint %d (merged for evaluation)", step)
+    return bundle, f"step_{step}", step
   abstract = decoder.param_shapes(bundle.config)
   abstract = jax.tree.map(lambda a, p: jax.ShapeDtypeStruct(a.shape, p.dtype), abstract,
                           bundle.params)

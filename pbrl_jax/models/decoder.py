@@ -86,6 +86,21 @@ class RMSNorm(nn.Module):
     return scale.astype(self.dtype) * xf.astype(self.dtype)
 
 
+def _with_lora(module: nn.Module, name: str, y: Array, x: Array, eq_in: str, eq_out: str,
+               dtype: Any) -> Array:
+  """y + ((x A) B) with the adapter of kernel `name` in the 'lora' collection, else y as is.
+
+  The unmerged LoRA path: the adapted kernel W + s A B is never built, so LoRA adds no copy
+  of the weights (the scale s is folded into B by `forward`). Without an adapter nothing is
+  added (not even a zero: `y + 0.0` is an elementwise pass XLA may not fold away).
+  """
+  if not module.has_variable("lora", name):
+    return y
+  adapter = module.get_variable("lora", name)
+  xa = jnp.einsum(eq_in, x, adapter["a"].astype(dtype))
+  return y + jnp.einsum(eq_out, xa, adapter["b"].astype(dtype))
+
+
 class Attention(nn.Module):
   """Grouped-query attention with RoPE, optional q/k/v biases and q/k RMSNorm."""
 
@@ -108,12 +123,16 @@ class Attention(nn.Module):
                ) -> tuple[Array, Cache | None]:
     c = self.config
     d, n, k, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+    dt = c.jnp_dtype
     q = jnp.einsum("BTD,DNH->BTNH", x, self._proj("q_proj", (d, n, h),
                                                   ("embed", "q_heads", "head_dim")))
+    q = _with_lora(self, "q_proj", q, x, "BTD,DR->BTR", "BTR,RNH->BTNH", dt)
     key = jnp.einsum("BTD,DKH->BTKH", x, self._proj("k_proj", (d, k, h),
                                                     ("embed", "kv_heads", "head_dim")))
+    key = _with_lora(self, "k_proj", key, x, "BTD,DR->BTR", "BTR,RKH->BTKH", dt)
     val = jnp.einsum("BTD,DKH->BTKH", x, self._proj("v_proj", (d, k, h),
                                                     ("embed", "kv_heads", "head_dim")))
+    val = _with_lora(self, "v_proj", val, x, "BTD,DR->BTR", "BTR,RKH->BTKH", dt)
     if c.attention_bias:
       q = q + self._bias("q_bias", (n, h), ("q_heads", "head_dim"))
       key = key + self._bias("k_bias", (k, h), ("kv_heads", "head_dim"))
@@ -146,9 +165,10 @@ class Attention(nn.Module):
     logits = jnp.where(attn_mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(c.jnp_dtype)
     out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, val).reshape(b, t, n, h)
-    out = jnp.einsum("BTNH,NHD->BTD", out, self._proj("o_proj", (n, h, d),
-                                                      ("q_heads", "head_dim", "embed")))
-    return out, new_cache
+    proj = jnp.einsum("BTNH,NHD->BTD", out, self._proj("o_proj", (n, h, d),
+                                                       ("q_heads", "head_dim", "embed")))
+    proj = _with_lora(self, "o_proj", proj, out, "BTNH,NHR->BTR", "BTR,RD->BTD", dt)
+    return proj, new_cache
 
 
 class MLP(nn.Module):
@@ -166,8 +186,14 @@ class MLP(nn.Module):
                     c.jnp_param_dtype).astype(c.jnp_dtype)
     down = self.param("down_proj", init(("mlp", "embed")), (c.intermediate_size, c.hidden_size),
                       c.jnp_param_dtype).astype(c.jnp_dtype)
-    hidden = jax.nn.silu(jnp.einsum("BTD,DF->BTF", x, gate)) * jnp.einsum("BTD,DF->BTF", x, up)
-    return jnp.einsum("BTF,FD->BTD", hidden, down)
+    dt = c.jnp_dtype
+    g = _with_lora(self, "gate_proj", jnp.einsum("BTD,DF->BTF", x, gate), x, "BTD,DR->BTR",
+                   "BTR,RF->BTF", dt)
+    u = _with_lora(self, "up_proj", jnp.einsum("BTD,DF->BTF", x, up), x, "BTD,DR->BTR",
+                   "BTR,RF->BTF", dt)
+    hidden = jax.nn.silu(g) * u
+    return _with_lora(self, "down_proj", jnp.einsum("BTF,FD->BTD", hidden, down), hidden,
+                      "BTF,FR->BTR", "BTR,RD->BTD", dt)
 
 
 class DecoderLayer(nn.Module):
@@ -219,7 +245,7 @@ class Decoder(nn.Module):
              if c.remat else DecoderLayer)
     stack = nn.scan(
         layer,
-        variable_axes={"params": 0},
+        variable_axes={"params": 0, "lora": 0},
         split_rngs={"params": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=c.num_layers,
@@ -323,7 +349,8 @@ def init_cache(config: DecoderConfig, batch: int, length: int,
 
 
 def forward(params: Params, config: DecoderConfig, tokens: Array, positions: Array,
-            attn_mask: Array, cache: Cache | None = None, cache_index: Array | None = None
+            attn_mask: Array, cache: Cache | None = None, cache_index: Array | None = None,
+            lora: Params | None = None, lora_scale: float = 1.0
             ) -> tuple[Array, Cache | None]:
   """Final hidden states [B,T,D] and the updated cache.
 
@@ -335,9 +362,18 @@ def forward(params: Params, config: DecoderConfig, tokens: Array, positions: Arr
     attn_mask: [B,T,S] bool; S = T without a cache, the cache length with one.
     cache: KV cache from `init_cache`, or None.
     cache_index: int32 scalar, the cache slot where this call's first token is written.
+    lora: LoRA adapters (`pbrl_jax.models.lora.init_lora`), applied unmerged: each adapted
+      projection adds lora_scale * ((x A) B) to x W.
+    lora_scale: alpha / rank.
   """
-  return Decoder(config).apply({"params": params}, tokens, positions, attn_mask, cache,
-                               cache_index)
+  variables = {"params": params}
+  if lora is not None:
+    # The scale is folded into B; the collection mirrors the module tree (layers/attn/...).
+    variables["lora"] = jax.tree.map(
+        lambda ad: {"a": ad["a"], "b": ad["b"] * lora_scale}, lora["layers"],
+        is_leaf=lambda x: isinstance(x, dict) and "a" in x)
+    variables["lora"] = {"layers": variables["lora"]}
+  return Decoder(config).apply(variables, tokens, positions, attn_mask, cache, cache_index)
 
 
 def unembed(params: Params, config: DecoderConfig, hidden: Array) -> Array:

@@ -28,12 +28,12 @@ product of the HF `nn.Linear` layout (`hf.tensor_specs` flattens heads the same 
 The adapter tree mirrors the decoder tree: `{'layers': {'attn': {'q_proj': {'a': A, 'b': B}},
 'mlp': {...}}}`.
 
-Memory trade-off: `apply_lora` merges the adapters into a full copy of the targeted kernels,
-so the forward with adapters is the unchanged `decoder.forward(apply_lora(base, lora), ...)`.
-Inside a jitted step this costs one merged copy of the targeted weights (live while the step
-runs, and kept for the backward pass unless rematerialised) but no extra FLOPs per token. An
-unmerged path (x W + ((x A) B) scale, which never builds W') would avoid that copy; it is not
-implemented.
+Two ways to run the adapted model. Training, scoring, sampling and evaluation pass the
+adapters to `decoder.forward(base, ..., lora=adapters, lora_scale=alpha / rank)`, which adds
+scale * ((x A) B) inside each targeted projection: the adapted kernel W' is never built, so
+LoRA costs the adapters, their optimizer state and per-token (x A) activations, no copy of the
+weights. `apply_lora` builds W' = W + scale A B explicitly, for export
+(`merge_and_export`) and for the parity tests of the unmerged path.
 """
 
 from __future__ import annotations

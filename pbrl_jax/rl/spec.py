@@ -21,7 +21,7 @@ from pbrl_jax.rl.steps import UpdateHParams
 
 @dataclasses.dataclass(frozen=True)
 class _RLSection:
-  algorithm: Literal["grpo", "ppo"]
+  algorithm: Literal["grpo", "ppo", "sft"]
   advantage: str
   std_floor: float
   whiten_advantages: bool
@@ -52,6 +52,7 @@ class RLSpec:
   """The validated `rl` section (see configs/rl_defaults.py for what each key means)."""
 
   is_ppo: bool
+  is_sft: bool
   advantage: AdvantageEstimator
   std_floor: float
   whiten_advantages: bool
@@ -87,9 +88,10 @@ class RLSpec:
         raise ConfigError(f"config.rl.{key}: {e}") from e
 
     is_ppo = s.algorithm == "ppo"
+    is_sft = s.algorithm == "sft"
     advantage = parse("advantage", AdvantageEstimator.parse, s.advantage)
     placement = parse("kl_placement", KLPlacement.parse, s.kl_placement)
-    if is_ppo != (advantage is AdvantageEstimator.GAE):
+    if not is_sft and is_ppo != (advantage is AdvantageEstimator.GAE):
       raise ConfigError(f"config.rl.advantage: {s.advantage!r} does not fit algorithm "
                         f"{s.algorithm!r} (PPO uses 'gae'; GRPO a group estimator)")
     if placement is KLPlacement.REWARD and not is_ppo:
@@ -107,8 +109,12 @@ class RLSpec:
         raise ConfigError(f"config.rl.{key}: must be >= 1, got {getattr(s, key)}")
     if not (0.0 <= s.gamma <= 1.0 and 0.0 <= s.lam <= 1.0):
       raise ConfigError(f"config.rl.gamma/lam: must lie in [0, 1], got {s.gamma}, {s.lam}")
+    if is_sft and (s.num_epochs != 1 or s.num_minibatches != 1):
+      raise ConfigError("config.rl.num_epochs/num_minibatches: SFT takes one update per batch"
+                        f" (unit advantages need ratio 1), got {s.num_epochs} and"
+                        f" {s.num_minibatches}")
     return cls(
-        is_ppo=is_ppo, advantage=advantage, std_floor=s.std_floor,
+        is_ppo=is_ppo, is_sft=is_sft, advantage=advantage, std_floor=s.std_floor,
         whiten_advantages=s.whiten_advantages, overlong_buffer=s.overlong_buffer,
         overlong_penalty=s.overlong_penalty,
         kl_estimator=parse("kl_estimator", KLEstimator.parse, s.kl_estimator),

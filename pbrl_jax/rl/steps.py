@@ -7,8 +7,9 @@ The train state is a plain pytree (`TrainState`); reference parameters live outs
 never donated and never differentiated. With LoRA (`lora: LoraSpec`), the state's trainable
 params are {'lora': adapters[, 'value_head']}; the frozen base decoder is passed to each step
 next to the state, and it is also the reference (the base without adapters), so the weights
-are held once. The policy then runs on `lora.apply_lora(base, adapters)`: a merged copy of the
-adapted kernels per step (see `pbrl_jax.models.lora`). Both steps are `jax.jit`s with explicit
+are held once. The policy runs the base with the adapters unmerged (x W + s (x A) B inside
+each projection, `decoder.forward(..., lora=...)`), so no merged copy of the weights is ever
+built. Both steps are `jax.jit`s with explicit
 `NamedSharding`s on the ('data', 'fsdp', 'tensor') mesh. Shapes come first: `jax.eval_shape`
 of the init gives the state's structure, the sharding tree is built from it, and the init is
 jitted with those `out_shardings`, so no full model is ever materialised on one host.
@@ -148,9 +149,12 @@ def completion_outputs(params: dict[str, Params], config: DecoderConfig, tokens:
   Returns:
     (logp [B,M] float32, entropy [B,M] float32, values [B,M] float32 or None).
   """
-  pol = policy_params(params, base, lora)
+  if lora is None:
+    pol, adapters, scale = params["policy"], None, 1.0
+  else:  # unmerged: the base is frozen, gradients reach the adapters only
+    pol, adapters, scale = jax.lax.stop_gradient(base), params["lora"], lora.alpha / lora.rank
   hidden, _ = decoder.forward(pol, config, tokens, decoder.positions_from_mask(valid),
-                              decoder.causal_mask(valid))
+                              decoder.causal_mask(valid), lora=adapters, lora_scale=scale)
   h = hidden[:, -completion_len - 1:-1]  # [B,M,D]
   logits = decoder.unembed(pol, config, h) / temperature  # [B,M,V] float32
   logp = decoder.token_logprobs(logits, tokens[:, -completion_len:])

@@ -137,8 +137,10 @@ def test_unknown_device():
 # XLA agreement. Compiles run on the 8 fake CPU devices of the test process; nothing is
 # allocated. fp32 throughout: CPU XLA upcasts bf16 math and keeps extra copies, TPU does not.
 XLA_CASES = [
-    # (model overrides, mesh, sequences, prompt + completion)
+    # (model overrides, mesh, sequences, prompt + completion[, run options])
     (dict(model_type="qwen3", num_layers=6), (1, 4, 2), 16, (128, 128)),
+    # LoRA (unmerged, base frozen, as the trainer runs it).
+    (dict(), (1, 1, 1), 8, (128, 128), dict(lora_rank=8)),
 ]
 XLA_CASES_SLOW = [
     (dict(), (1, 1, 1), 8, (128, 128)),
@@ -146,14 +148,18 @@ XLA_CASES_SLOW = [
     (dict(), (1, 8, 1), 16, (128, 128)),
     (dict(model_type="qwen3", num_layers=6), (1, 1, 1), 8, (256, 256)),
     (dict(intermediate_size=3072, hidden_size=1024, num_heads=16), (1, 1, 1), 32, (64, 64)),
+    (dict(), (8, 1, 1), 16, (128, 128), dict(remat=True)),
+    # Not here: remat and LoRA on meshes that split both fsdp and tensor, where the planner
+    # over-estimates the update by 19-43% (docs/scaling.md, known limits).
 ]
 
 
-def _check_against_xla(overrides, mesh, sequences, lengths):
+def _check_against_xla(overrides, mesh, sequences, lengths, options=None):
   inputs = plan.PlanInputs(
       model=_small(**overrides), group_size=sequences, prompts_per_step=1,
       max_prompt_len=lengths[0], max_completion_len=lengths[1], param_dtype="float32",
-      compute_dtype="float32", kv_dtype="float32", reference=False, mesh=mesh)
+      compute_dtype="float32", kv_dtype="float32", reference=False, mesh=mesh,
+      **(options or {}))
   result = plan.compare_with_xla(inputs)
   for step in ("update", "decode"):
     r = result[step]
@@ -163,16 +169,18 @@ def _check_against_xla(overrides, mesh, sequences, lengths):
   # The resident state is exact: params + AdamW moments are the update's arguments, minus
   # the small batch arrays.
   p = plan.plan(inputs, plan.DeviceSpec("x", 1 << 50, math.prod(mesh)))
-  resident = p.components["params"] + p.components["optimizer state"]
+  trainable = p.components.get("lora params", p.components["params"])
+  resident = trainable + p.components["optimizer state"]
   assert result["update"]["xla_alias"] == pytest.approx(resident, rel=1e-3)
+  return result
 
 
-@pytest.mark.parametrize("overrides,mesh,sequences,lengths", XLA_CASES)
-def test_planner_within_15_percent_of_xla(overrides, mesh, sequences, lengths):
-  _check_against_xla(overrides, mesh, sequences, lengths)
+@pytest.mark.parametrize("case", XLA_CASES)
+def test_planner_within_15_percent_of_xla(case):
+  _check_against_xla(*case)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides,mesh,sequences,lengths", XLA_CASES_SLOW)
-def test_planner_within_15_percent_of_xla_more_shapes(overrides, mesh, sequences, lengths):
-  _check_against_xla(overrides, mesh, sequences, lengths)
+@pytest.mark.parametrize("case", XLA_CASES_SLOW)
+def test_planner_within_15_percent_of_xla_more_shapes(case):
+  _check_against_xla(*case)

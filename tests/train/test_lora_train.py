@@ -43,3 +43,13 @@ def test_lora_grpo_trains(tmp_path):
   assert rows[0]["kl"] == 0.0 and rows[1]["kl"] > 0.0
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["model"]["lora_rank"] == 4
+  # pbrl-eval restores the adapters of the LoRA checkpoint (merged into the base).
+  proc = tl.subprocess.run(
+      [tl.sys.executable, "-m", "pbrl_jax.cli.eval_main", f"--config={tl.TINY}",
+       f"--workdir={workdir}", "--config.model.lora_rank=4", "--config.model.lora_alpha=8.0",
+       "--name=lora_final"],
+      env=tl.cli_env(), capture_output=True, text=True, timeout=900, cwd=tl.REPO)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "restored the LoRA adapters of checkpoint 2" in proc.stderr
+  with open(os.path.join(workdir, "eval", "lora_final.json")) as f:
+    assert json.load(f)["model"]["checkpoint_step"] == 2

@@ -1,0 +1,88 @@
+"""The paper's comparison in miniature: every method on the same budget, one command each.
+
+  python -m pbrl_jax.data.arith --out runs/miniature/data          # the problems (seconds)
+  pbrl-pivot --config configs/miniature.py:METHOD --workdir runs/miniature/METHOD-s0 \
+      --references runs/miniature/data/train_references.jsonl
+  pbrl-train --config configs/miniature.py:METHOD --workdir runs/miniature/METHOD-s0 \
+      [--config.seed=1]
+
+METHOD is one of
+  sft             SFT on the English pivot references (the paper's SFT baseline)
+  rlvr_grpo       GRPO with the verifiable 0/1 reward on the gold answer (RLVR)
+  rlvr_ppo        PPO with the verifiable reward
+  pbrl_embedding  PB-RLSVR, embedding-similarity reward (USE-m3) to the pivot reference
+  pbrl_hybrid     PB-RLSVR, hybrid: answer precision vs the pivot's answer + coherence
+  pbrl_mt         PB-RLSVR, translate-then-compare; Portuguese only (the one shipped MT pair)
+experiments/miniature/run.py runs them all, evaluates base and each method, writes the page.
+
+Data: our one-step arithmetic word problems (pbrl_jax.data.arith), parallel in eight
+languages, chosen because SmolLM2-135M-Instruct scores 0% on GSM-Symbolic (the base row of the
+study says whether it is above zero here). Training languages de, fr, ru, zh; held out (never trained on) es, ja, pt;
+English is the pivot. Every method sees the same prompts per step (4) and steps; the RL
+methods sample G = 4 completions per prompt, SFT reads one reference per prompt.
+"""
+
+from configs import common
+
+METHODS = ("sft", "rlvr_grpo", "rlvr_ppo", "pbrl_embedding", "pbrl_hybrid", "pbrl_mt")
+TRAIN_LANGS = ("de", "fr", "ru", "zh")
+HELD_OUT_LANGS = ("es", "ja", "pt")
+MT_LANGS = ("pt",)
+DATA_DIR = "runs/miniature/data"
+
+
+def _parse_arg(arg: str) -> tuple[str, dict[str, str]]:
+  """'METHOD[,data_dir=DIR][,smoke=1]' -> (method, options)."""
+  method, *rest = (arg or "pbrl_hybrid").split(",")
+  options = {}
+  for item in rest:
+    key, sep, value = item.partition("=")
+    if not sep or key not in ("data_dir", "smoke"):
+      raise ValueError(f"configs/miniature.py: bad option {item!r} in {arg!r}; expected"
+                       " data_dir=DIR or smoke=1")
+    options[key] = value
+  if method not in METHODS:
+    raise ValueError(f"configs/miniature.py: unknown method {method!r}; one of {METHODS}")
+  return method, options
+
+
+def get_config(arg: str = "pbrl_hybrid"):
+  """arg: 'METHOD[,data_dir=DIR][,smoke=1]'; smoke=1 swaps in a tiny random policy (tests)."""
+  method, options = _parse_arg(arg)
+  data_dir = options.get("data_dir", DATA_DIR)
+  algorithm = {"sft": "sft", "rlvr_ppo": "ppo"}.get(method, "grpo")
+  c = common.base_config(algorithm)
+  c.total_steps = 24
+  c.checkpoint_every = 12
+  c.sample_every = 6
+  c.eval_before_after = False  # run.py evaluates base and every method on one test set
+  c.rollout.max_new_tokens = 64  # the worked solutions take 25-45 tokens
+  c.optim.learning_rate = 1e-5
+  c.data.source = "jsonl"
+  c.data.path = f"{data_dir}/train.jsonl"
+  c.data.langs = MT_LANGS if method == "pbrl_mt" else TRAIN_LANGS
+  c.data.global_batch_size = 4
+  c.data.group_size = 1 if method == "sft" else 4
+  c.data.buckets = (128, 256)
+  if algorithm != "sft":
+    # DAPO's soft overlong punishment over the last 16 tokens, the same for every RL method.
+    c.rl.overlong_buffer = 16
+    c.rl.overlong_penalty = 0.5
+  c.reward.kind = {"rlvr_grpo": "verifiable", "rlvr_ppo": "verifiable",
+                   "pbrl_embedding": "embedding", "pbrl_mt": "mt"}.get(method, "hybrid")
+  c.eval.datasets = [dict(kind="jsonl", path=f"{data_dir}/test.jsonl",
+                          langs=["en", *TRAIN_LANGS, *HELD_OUT_LANGS], limit=24, seed=0,
+                          name="arith")]
+  c.eval.max_new_tokens = 64
+  c.eval.batch_size = 16
+  c.eval.n_boot = 1000
+  if options.get("smoke") == "1":
+    c.model.random_init = True
+    c.model.overrides = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                             num_kv_heads=2, head_dim=16)
+    c.total_steps = 1
+    c.rollout.max_new_tokens = 16
+    c.rl.overlong_buffer = min(c.rl.overlong_buffer, 8)
+    c.eval.max_new_tokens = 8
+    c.eval.n_boot = 50
+  return c

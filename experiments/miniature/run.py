@@ -1,0 +1,233 @@
+"""The paper's comparison in miniature: base, SFT, RLVR (GRPO, PPO) and PB-RLSVR variants.
+
+  python experiments/miniature/run.py --out runs/miniature            # everything (hours)
+  python experiments/miniature/run.py --out /tmp/mini --methods sft,pbrl_hybrid --seeds 0,1
+  python experiments/miniature/run.py --out /tmp/smoke --smoke        # tiny random model
+
+For each method (configs/miniature.py) and seed: `pbrl-pivot --references` (the English
+oracle references of the training problems, embedded once), `pbrl-train`, then `pbrl-eval`
+of the final checkpoint on the held-out test problems in every language. The base model is
+evaluated once. Each finished stage leaves its output file, so a rerun skips it (delete the
+file to redo a stage). Writes OUT/results.json and OUT/results.md (the page), and, without
+--smoke, copies the page and its plots to experiments/miniature/ for the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+from configs import miniature  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+CONFIG = os.path.join(REPO, "configs", "miniature.py")
+DATASET = "arith"
+
+
+def _log(msg: str) -> None:
+  print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _run(cmd: Sequence[str], log_path: str) -> None:
+  """Runs a stage; its output goes to a log file, whose tail is shown when it fails."""
+  _log(" ".join(cmd))
+  env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+  with open(log_path, "w", encoding="utf-8") as log:
+    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                          check=False)
+  if proc.returncode:
+    with open(log_path, encoding="utf-8") as f:
+      tail = f.read()[-3000:]
+    raise RuntimeError(f"stage failed (exit {proc.returncode}), log {log_path}:\n{tail}")
+
+
+def _config_arg(method: str, data_dir: str, smoke: bool) -> str:
+  arg = f"{CONFIG}:{method},data_dir={data_dir}"
+  return arg + ",smoke=1" if smoke else arg
+
+
+def _eval_result(path: str) -> dict[str, Any]:
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)["datasets"][DATASET]
+
+
+def run_method(method: str, seed: int, out: str, data_dir: str, steps: int | None,
+               smoke: bool) -> dict[str, Any]:
+  """Pivot, train and evaluate one method with one seed; returns the evaluation result."""
+  workdir = os.path.join(out, f"{method}-s{seed}")
+  os.makedirs(workdir, exist_ok=True)
+  cfg = _config_arg(method, data_dir, smoke)
+  overrides = [f"--config.seed={seed}"] + ([f"--config.total_steps={steps}"] if steps else [])
+  py = sys.executable
+  if not os.path.exists(os.path.join(workdir, "pivot", "manifest.json")):
+    _run([py, "-m", "pbrl_jax.cli.pivot_main", f"--config={cfg}", f"--workdir={workdir}",
+          f"--references={os.path.join(data_dir, 'train_references.jsonl')}"],
+         os.path.join(workdir, "pivot.log"))
+  result = os.path.join(workdir, "eval", "final.json")
+  if not os.path.exists(result):
+    t0 = time.time()
+    _run([py, "-m", "pbrl_jax.cli.train_main", f"--config={cfg}", f"--workdir={workdir}",
+          *overrides], os.path.join(workdir, "train.log"))
+    _log(f"{method} seed {seed}: trained in {time.time() - t0:.0f}s")
+    _run([py, "-m", "pbrl_jax.cli.eval_main", f"--config={cfg}", f"--workdir={workdir}",
+          "--name=final", f"--config.seed={seed}"], os.path.join(workdir, "eval.log"))
+  return _eval_result(result)
+
+
+def run_base(out: str, data_dir: str, smoke: bool) -> dict[str, Any]:
+  workdir = os.path.join(out, "base")
+  os.makedirs(workdir, exist_ok=True)
+  result = os.path.join(workdir, "eval", "base.json")
+  if not os.path.exists(result):
+    # The trained languages are the RL methods' (the SFT config has the same data.langs).
+    _run([sys.executable, "-m", "pbrl_jax.cli.eval_main",
+          f"--config={_config_arg('pbrl_hybrid', data_dir, smoke)}", f"--workdir={workdir}",
+          "--base", "--name=base"], os.path.join(workdir, "eval.log"))
+  return _eval_result(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# The page.
+# ---------------------------------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+  return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _langs(results: dict[str, Any]) -> list[str]:
+  langs = set()
+  for r in results.values():
+    langs |= set(r["per_language"])
+  return ["en"] + sorted(langs - {"en"})
+
+
+def results_table(results: dict[str, dict[str, Any]]) -> list[str]:
+  """Accuracy (%) per language, English, non-English mean, gap, trained / held-out means."""
+  langs = _langs(results)
+  head = (["run"] + langs + ["non-en mean", "gap (en - non-en)", "trained", "held-out",
+                             "lang. consistent"])
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name, r in results.items():
+    s = r["summary"]
+    pl = r["per_language"]
+    cons = [pl[x]["language_consistent"] for x in pl if x != "en"]
+    row = [name] + [_pct(pl[x]["accuracy"]) if x in pl else "-" for x in langs]
+    row += [_pct(s.get("non_english_mean")),
+            f"{_pct(s.get('gap'))} [{_pct(s.get('gap_ci_low'))}, {_pct(s.get('gap_ci_high'))}]",
+            _pct(s.get("trained_mean")), _pct(s.get("held_out_mean")),
+            _pct(sum(cons) / len(cons) if cons else None)]
+    lines.append("| " + " | ".join(row) + " |")
+  return lines
+
+
+def plot(results: dict[str, dict[str, Any]], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  langs = _langs(results)
+  names = list(results)
+  fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(langs) * len(names) / 3), 4.5))
+  width = 0.8 / len(names)
+  x = np.arange(len(langs))
+  for i, name in enumerate(names):
+    pl = results[name]["per_language"]
+    acc = [100 * pl[l]["accuracy"] if l in pl else 0.0 for l in langs]
+    lo = [100 * (pl[l]["accuracy"] - pl[l]["ci_low"]) if l in pl else 0.0 for l in langs]
+    hi = [100 * (pl[l]["ci_high"] - pl[l]["accuracy"]) if l in pl else 0.0 for l in langs]
+    ax.bar(x + i * width - 0.4 + width / 2, acc, width, yerr=[lo, hi], capsize=2, label=name)
+  ax.set_xticks(x, langs)
+  ax.set_ylabel("exact-match accuracy (%), 95% bootstrap CI")
+  ax.set_title("Miniature study: accuracy per language (held-out test problems)")
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def write_page(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
+  lines = [
+      "# The paper's comparison in miniature", "",
+      f"Command: `{meta['command']}`", "",
+      f"Policy SmolLM2-135M-Instruct; data: one-step arithmetic word problems in eight languages"
+      f" (pbrl_jax/data/arith.py), {meta['n_train']} training problems, {meta['n_test']} test"
+      f" problems per language (greedy, {meta['eval_tokens']} new tokens). Trained languages"
+      f" {', '.join(miniature.TRAIN_LANGS)} (pbrl_mt: {', '.join(miniature.MT_LANGS)}); held"
+      f" out {', '.join(miniature.HELD_OUT_LANGS)}. Steps per method: {meta['steps']}; seeds:"
+      f" {meta['seeds']}. Wall time: {meta['wall_minutes']:.0f} min on {meta['machine']}.", "",
+      "Accuracy in % (exact match of the final number); gap = English minus the non-English"
+      " mean, with its 95% bootstrap interval.", "",
+      *results_table(results), "",
+      "![accuracy per language](accuracy.png)", "",
+  ]
+  path = os.path.join(out, "results.md")
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  os.replace(tmp, path)
+  return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--out", required=True)
+  ap.add_argument("--methods", default=",".join(miniature.METHODS))
+  ap.add_argument("--seeds", default="0")
+  ap.add_argument("--steps", type=int, default=0, help="0: the config's total_steps")
+  ap.add_argument("--n_train", type=int, default=64)
+  ap.add_argument("--n_test", type=int, default=24)
+  ap.add_argument("--smoke", action="store_true", help="tiny random policy, 1 step (tests)")
+  args = ap.parse_args(argv)
+  methods = [m for m in args.methods.split(",") if m]
+  unknown = sorted(set(methods) - set(miniature.METHODS))
+  if unknown:
+    ap.error(f"--methods: unknown {unknown}; choose from {list(miniature.METHODS)}")
+  seeds = [int(s) for s in args.seeds.split(",") if s]
+  out = os.path.abspath(args.out)
+  os.makedirs(out, exist_ok=True)
+  t0 = time.time()
+
+  from pbrl_jax.data import arith  # pylint: disable=g-import-not-at-top
+  data_dir = os.path.join(out, "data")
+  langs = ("en", *miniature.TRAIN_LANGS, *miniature.HELD_OUT_LANGS)
+  arith.write_split(data_dir, langs=langs, n_train=args.n_train, n_test=args.n_test, seed=0)
+
+  results = {"base": run_base(out, data_dir, args.smoke)}
+  for method in methods:
+    for seed in seeds:
+      results[f"{method} (seed {seed})"] = run_method(method, seed, out, data_dir,
+                                                      args.steps or None, args.smoke)
+  meta = {"command": " ".join(["python", "experiments/miniature/run.py",
+                               *(argv if argv is not None else sys.argv[1:])]),
+          "n_train": args.n_train, "n_test": args.n_test, "seeds": seeds,
+          "steps": args.steps or miniature.get_config(methods[0]).total_steps,
+          "eval_tokens": miniature.get_config().eval.max_new_tokens,
+          "wall_minutes": (time.time() - t0) / 60, "machine": os.environ.get(
+              "PBRL_MACHINE", f"{os.cpu_count()} CPU cores")}
+  tmp = os.path.join(out, "results.json.tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump({"meta": meta, "results": results}, f, indent=1)
+  os.replace(tmp, os.path.join(out, "results.json"))
+  plot(results, os.path.join(out, "accuracy.png"))
+  page = write_page(out, results, meta)
+  _log(f"wrote {page}")
+  if not args.smoke:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in ("results.json", "accuracy.png"):
+      shutil.copy(os.path.join(out, name), os.path.join(here, name))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,41 @@
+"""The miniature study's script end to end on a tiny random policy, so it cannot rot."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_smoke_run_writes_the_page(tmp_path):
+  out = str(tmp_path / "mini")
+  env = dict(os.environ, HF_HUB_OFFLINE="1")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "miniature", "run.py"), "--out", out,
+       "--smoke", "--methods", "sft,rlvr_ppo,pbrl_hybrid", "--n_train", "8", "--n_test", "2"],
+      capture_output=True, text=True, timeout=1500, env=env, cwd=REPO)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  with open(os.path.join(out, "results.json")) as f:
+    results = json.load(f)["results"]
+  assert list(results) == ["base", "sft (seed 0)", "rlvr_ppo (seed 0)", "pbrl_hybrid (seed 0)"]
+  for r in results.values():
+    assert set(r["per_language"]) == {"en", "de", "fr", "ru", "zh", "es", "ja", "pt"}
+    assert all(v["n"] == 2 for v in r["per_language"].values())
+  assert results["base"]["summary"]["trained_langs"] == ["de", "fr", "ru", "zh"]
+  with open(os.path.join(out, "results.md")) as f:
+    page = f.read()
+  assert "| base |" in page and "| pbrl_hybrid (seed 0) |" in page
+  assert os.path.getsize(os.path.join(out, "accuracy.png")) > 1000
+  # Finished stages are skipped on a rerun.
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "miniature", "run.py"), "--out", out,
+       "--smoke", "--methods", "sft", "--n_train", "8", "--n_test", "2"],
+      capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "pbrl_jax.cli" not in proc.stdout  # no stage ran again
