@@ -1172,7 +1172,8 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
   preset = opts.preset
   reward_func = make_reward_func(opts.reward)
   result: dict[str, Any] = {
-      "model": os.path.abspath(source_dir),
+      # Home shortened to '~': the results are shared, this machine's paths are not.
+      "model": os.path.abspath(source_dir).replace(os.path.expanduser("~"), "~", 1),
       "model_name": os.path.basename(os.path.abspath(source_dir)),
       "num_prompts": len(prompts), "steps": opts.steps, "reward": opts.reward,
       "jax_microbatches": opts.jax_microbatches,

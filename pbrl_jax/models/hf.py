@@ -28,6 +28,7 @@ is `device_put` straight into its NamedSharding, so no device ever holds more th
 
 from __future__ import annotations
 
+import abc
 import concurrent.futures
 import dataclasses
 import json
@@ -152,14 +153,19 @@ _ST_DTYPES: dict[str, Any] = {
 _ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
 
 
-class TensorSource:
-  """HF-named tensors in HF layout, read lazily; every error names the file and the tensor."""
+class TensorSource(abc.ABC):
+  """HF-named tensors in HF layout, read lazily; every error names the file and the tensor.
 
+  An interface: the safetensors and GGUF readers implement `names` and `get`.
+  """
+
+  @abc.abstractmethod
   def names(self) -> set[str]:
-    raise NotImplementedError
+    """Every tensor name the source holds."""
 
+  @abc.abstractmethod
   def get(self, name: str) -> np.ndarray:
-    raise NotImplementedError
+    """Tensor `name` as a numpy array in HF layout."""
 
   def shape(self, name: str) -> tuple[int, ...]:
     """The HF-layout shape of `name`, from the header (no data read)."""
