@@ -51,6 +51,10 @@ ENV_COORDINATOR = "PBRL_COORDINATOR"
 ENV_NUM_PROCESSES = "PBRL_NUM_PROCESSES"
 ENV_PROCESS_ID = "PBRL_PROCESS_ID"
 ENV_MULTIHOST = "PBRL_MULTIHOST"
+# Seconds without heartbeats after which the coordination service declares a process dead
+# and the others fail instead of waiting. JAX's default is 100 s; a preemptible slice may want
+# less, so a restart begins sooner.
+ENV_HEARTBEAT_TIMEOUT = "PBRL_HEARTBEAT_TIMEOUT_S"
 
 
 class DistributedError(RuntimeError):
@@ -142,6 +146,7 @@ def resolve_cluster(coordinator_address: str | None = None, num_processes: int |
 
 def maybe_initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                      process_id: int | None = None, *, timeout_s: int = 300,
+                     heartbeat_timeout_s: int | None = None,
                      env: Mapping[str, str] | None = None) -> bool:
   """Calls `jax.distributed.initialize()` in multi-host mode only; call it first.
 
@@ -151,6 +156,8 @@ def maybe_initialize(coordinator_address: str | None = None, num_processes: int 
     num_processes: total number of processes.
     process_id: index of this process.
     timeout_s: how long to wait for every process to reach the coordinator.
+    heartbeat_timeout_s: how long a silent process may go before the others fail; None reads
+      PBRL_HEARTBEAT_TIMEOUT_S, or keeps JAX's default (100 s) when that is unset.
     env: environment to read (os.environ by default).
 
   Returns:
@@ -165,10 +172,19 @@ def maybe_initialize(coordinator_address: str | None = None, num_processes: int 
     return False
   if jax.distributed.is_initialized():
     return True
+  env = os.environ if env is None else env
+  if heartbeat_timeout_s is None and env.get(ENV_HEARTBEAT_TIMEOUT):
+    heartbeat_timeout_s = _parse_int(env[ENV_HEARTBEAT_TIMEOUT], ENV_HEARTBEAT_TIMEOUT)
+  heartbeat = {}
+  if heartbeat_timeout_s is not None:
+    if heartbeat_timeout_s < 1:
+      raise DistributedError(f"heartbeat timeout ({ENV_HEARTBEAT_TIMEOUT}): must be >= 1 s,"
+                             f" got {heartbeat_timeout_s}")
+    heartbeat = {"heartbeat_timeout_seconds": int(heartbeat_timeout_s)}
   try:
     jax.distributed.initialize(
         coordinator_address=spec.coordinator_address, num_processes=spec.num_processes,
-        process_id=spec.process_id, initialization_timeout=int(timeout_s))
+        process_id=spec.process_id, initialization_timeout=int(timeout_s), **heartbeat)
   except Exception as e:  # JAX raises RuntimeError/ValueError/XlaRuntimeError here.
     raise DistributedError(
         f"jax.distributed.initialize failed (settings from {spec.source}: coordinator"

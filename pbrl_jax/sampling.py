@@ -40,6 +40,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pbrl_jax import distributed
+from pbrl_jax.data.tokenize import bucket_for, left_pad
 from pbrl_jax.models import decoder
 from pbrl_jax.models import sharding as sharding_lib
 from pbrl_jax.models.config import DecoderConfig
@@ -149,33 +150,10 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
   Raises:
     ValueError: n is larger than every bucket.
   """
-  for b in sorted(buckets):
-    if b >= n:
-      return int(b)
-  raise ValueError(f"length {n} exceeds the largest bucket {max(buckets)}")
-
-
-def left_pad(sequences: Sequence[Sequence[int]], length: int, pad_id: int
-             ) -> tuple[np.ndarray, np.ndarray]:
-  """Left-pads token lists to [B, length].
-
-  Args:
-    sequences: B lists of token ids, each at most `length` long.
-    length: padded length (normally a prompt bucket).
-    pad_id: id written into padding slots (never attended to).
-
-  Returns:
-    (tokens [B,length] int32, valid [B,length] bool).
-  """
-  tokens = np.full((len(sequences), length), pad_id, np.int32)
-  valid = np.zeros((len(sequences), length), bool)
-  for i, seq in enumerate(sequences):
-    if len(seq) > length:
-      raise ValueError(f"sequence {i} has {len(seq)} tokens, more than the length {length}")
-    if len(seq):
-      tokens[i, length - len(seq):] = np.asarray(seq, np.int32)
-      valid[i, length - len(seq):] = True
-  return tokens, valid
+  b = bucket_for(n, buckets)
+  if b is None:
+    raise ValueError(f"length {n} exceeds the largest bucket {max(buckets)}")
+  return int(b)
 
 
 def eos_table(eos_ids: Sequence[int]) -> np.ndarray:

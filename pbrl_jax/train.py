@@ -7,10 +7,11 @@ Stages: config -> mesh -> models -> data -> shapes & shardings -> step functions
 -> loop. One training step is
 
   rollout (jit: sampler, G completions per prompt, shared prefill)
-  -> host text work (detokenise, final answers, guards, reward-encoder tokens)
-  -> scoring (one jit: policy and reference log-probs, values, reward-encoder embeddings and
-     their similarity to the cached pivot embeddings)
-  -> rewards and advantages (GRPO group-relative, or GAE for PPO)
+  -> host text work (detokenise, reward-encoder tokens)
+  -> scoring (one jit, dispatched: policy and reference log-probs, values, reward-encoder
+     embeddings), and while it runs, the rest of the host text work (final answers, guards,
+     translations for MT rewards)
+  -> rewards (similarity to the cached pivot embeddings) and advantages (GRPO group-relative, or GAE for PPO)
   -> update (jit, donated state) -> metrics -> checkpoint.
 
 Resume is exact: the rollout key of step s is fold_in(seed key, s), the data iterator state
@@ -551,27 +552,39 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
       dev_batch = distributed.global_from_host(dev_batch, batch_sh)
       timer.stop("host_text")
 
-      # --- scoring (one jit): reference (and policy) log-probs, values, embeddings --------
+      # --- scoring (one jit, dispatched without waiting): reference (and policy) log-probs,
+      # values, policy-side embeddings --------------------------------------------------------
       timer.start("scoring")
       if encoder_in_jit:
         scored = score_fn(state.params, ref_params, dev_batch, enc_params)
-        policy_emb = np.asarray(distributed.host_value(scored["embeddings"]))  # [BG, S, E]
       else:
         scored = score_fn(state.params, ref_params, dev_batch)
+      timer.stop("scoring")
+
+      # --- host text rewards while the devices score: final answers, guards, translations -
+      timer.start("host_text")
+      if spec.rl.is_sft:
+        items, rows = [], []  # nothing is sampled, nothing is scored
+      else:
+        items = _reward_items(batch, rollout.texts, g, encoder_name)
+        rows = score_lib.text_scores(spec.reward, reward_models, items)
+      timer.stop("host_text")
+
+      timer.start("scoring")  # what is left of the device work once the host is done
+      if encoder_in_jit:
+        policy_emb = np.asarray(distributed.host_value(scored["embeddings"]))  # [BG, S, E]
       jax.block_until_ready(scored)
       timer.stop("scoring")
 
-      # --- rewards: final answers, guards, similarity to the cached pivot embeddings ------
+      # --- rewards: similarity to the cached pivot embeddings, the reward of the kind -------
       timer.start("reward")
       if spec.rl.is_sft:
-        rows = []  # nothing is sampled, nothing is scored
         rewards = np.zeros((len(rollout.texts),), np.float32)
       else:
-        items = _reward_items(batch, rollout.texts, g, encoder_name)
         if encoder_in_jit:
           for item, emb in zip(items, policy_emb):
             item["response_embeddings"] = dict(zip(score_lib.SEGMENTS, emb))
-        rows = score_lib.score_batch(spec.reward, reward_models, items)
+        rows = score_lib.finish_scores(spec.reward, reward_models, items, rows)
         rewards = np.asarray([r["reward"] for r in rows], np.float32)
       # Shaping terms join the reward the advantages see; `reward_mean` stays the reward.
       overlong = np.asarray(shaping.overlong_penalty(

@@ -89,14 +89,23 @@ class TfTextSentencePiece:
 
 def left_pad(sequences: Sequence[Sequence[int]], length: int,
              pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """Left-pads token lists to (tokens [B,length] int32, valid [B,length] bool)."""
+  """Left-pads token lists to [B, length]; the one padding helper (sampler, data, eval).
+
+  Args:
+    sequences: B lists of token ids, each at most `length` long.
+    length: padded length (normally a prompt bucket).
+    pad_id: id written into padding slots (never attended to).
+
+  Returns:
+    (tokens [B,length] int32, valid [B,length] bool).
+  """
   tokens = np.full((len(sequences), length), pad_id, np.int32)
   valid = np.zeros((len(sequences), length), bool)
   for i, seq in enumerate(sequences):
     if len(seq) > length:
       raise ValueError(f"row {i}: {len(seq)} tokens do not fit in length {length}")
     if len(seq):
-      tokens[i, length - len(seq):] = seq
+      tokens[i, length - len(seq):] = np.asarray(seq, np.int32)
       valid[i, length - len(seq):] = True
   return tokens, valid
 

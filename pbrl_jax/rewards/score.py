@@ -109,12 +109,22 @@ def _text(item: Mapping[str, Any], key: str) -> str:
 def score_batch(spec: RewardSpec, models: RewardModels | TextEncoder,
                 items: Sequence[Mapping[str, Any]], batch_size: int = 64) -> list[dict[str, Any]]:
   """Scores a batch of responses against their pivot references (see the module docstring)."""
+  rows = text_scores(spec, models, items, batch_size)
+  return finish_scores(spec, models, items, rows, batch_size)
+
+
+def text_scores(spec: RewardSpec, models: RewardModels | TextEncoder,
+                items: Sequence[Mapping[str, Any]], batch_size: int = 64
+                ) -> list[dict[str, Any]]:
+  """The first half of `score_batch`: what needs no policy-side embedding.
+
+  Final answers, guards, and for MT rewards the translations and their similarity. The
+  trainer runs this on the host while its scoring jit (which embeds the policy side) is still
+  running on the devices; `finish_scores` then adds the embedding terms and the reward.
+  """
   if not isinstance(models, RewardModels):
     models = RewardModels(encoder=models)
-  n = len(items)
-  if n == 0:
-    return []
-  langs = [(_text(it, "lang").strip().lower() or None) for it in items]
+  langs = _langs(items)
   responses = [_text(it, "response") for it in items]
   references = [_text(it, "reference") for it in items]
   questions = [_text(it, "question") for it in items]
@@ -136,11 +146,7 @@ def score_batch(spec: RewardSpec, models: RewardModels | TextEncoder,
                                    spec.guards))
     out.append(row)
 
-  resp_segs = [segments(r, lang) for r, lang in zip(responses, langs)]
-  ref_segs = [segments(r, "en") for r in references]
-  if spec.uses_encoder:
-    _embedding_components(spec, models, items, resp_segs, ref_segs, out, batch_size)
-  if spec.uses_mt:
+  if spec.uses_mt and out:
     seg = "full" if spec.kind == "mt" else "reasoning"
     if models.mt is None:
       raise ValueError("MT rewards need RewardModels.mt")
@@ -149,18 +155,41 @@ def score_batch(spec: RewardSpec, models: RewardModels | TextEncoder,
         raise ValueError(f"mt backend {models.mt.name}: cannot translate {lang!r} into English")
     # Translation is the slow part; a response its guards already zero is not translated.
     live = [i for i, row in enumerate(out) if row["gate"] > 0.0]
-    mt_sim = [0.0] * n
+    mt_sim = [0.0] * len(out)
     got = _mt_similarity(spec, models, [langs[i] for i in live],
-                         [resp_segs[i][seg] for i in live], [ref_segs[i][seg] for i in live],
+                         [segments(responses[i], langs[i])[seg] for i in live],
+                         [segments(references[i], "en")[seg] for i in live],
                          batch_size) if live else []
     for i, v in zip(live, got):
       mt_sim[i] = v
     for row, v in zip(out, mt_sim):
       row["mt_similarity"] = _finite(v, 0.0, 1.0)
-      if spec.kind == "hybrid":
-        row["reasoning_coherence"] = row["mt_similarity"]
+  return out
 
-  for row in out:
+
+def finish_scores(spec: RewardSpec, models: RewardModels | TextEncoder,
+                  items: Sequence[Mapping[str, Any]], rows: list[dict[str, Any]],
+                  batch_size: int = 64) -> list[dict[str, Any]]:
+  """The second half of `score_batch`: embedding terms and the reward, into `rows` (returned).
+
+  `rows` is `text_scores(spec, models, items)`; items may now carry `response_embeddings`.
+  """
+  if not isinstance(models, RewardModels):
+    models = RewardModels(encoder=models)
+  if len(rows) != len(items):
+    raise ValueError(f"{len(rows)} text scores for {len(items)} items")
+  if not rows:
+    return rows
+  langs = _langs(items)
+  resp_segs = [segments(_text(it, "response"), lang) for it, lang in zip(items, langs)]
+  ref_segs = [segments(_text(it, "reference"), "en") for it in items]
+  if spec.uses_encoder:
+    _embedding_components(spec, models, items, resp_segs, ref_segs, rows, batch_size)
+  if spec.uses_mt and spec.kind == "hybrid":
+    for row in rows:  # coherence='mt': the translation replaces the reasonings' cosine
+      row["reasoning_coherence"] = row["mt_similarity"]
+
+  for row in rows:
     if spec.kind == "hybrid":
       base = spec.alpha * row["answer_precision"] + (1 - spec.alpha) * row["reasoning_coherence"]
     elif spec.kind == "embedding":
@@ -175,7 +204,11 @@ def score_batch(spec: RewardSpec, models: RewardModels | TextEncoder,
     for k, v in row.items():
       if isinstance(v, float) and not math.isfinite(v):
         row[k] = 0.0
-  return out
+  return rows
+
+
+def _langs(items: Sequence[Mapping[str, Any]]) -> list[str | None]:
+  return [(_text(it, "lang").strip().lower() or None) for it in items]
 
 
 def _embedding_components(spec: RewardSpec, models: RewardModels,

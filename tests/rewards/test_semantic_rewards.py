@@ -49,6 +49,29 @@ def test_cached_reference_embeddings_give_identical_scores(hybrid):
     score_batch(spec, models, bad)
 
 
+def test_text_half_needs_no_encoder_and_halves_equal_score_batch(hybrid):
+  """The trainer scores text while its jit embeds: `text_scores` must not touch the encoder,
+  and `finish_scores` on the policy embeddings computed elsewhere gives `score_batch`."""
+  spec, models = hybrid
+  from pbrl_jax.rewards.score import (SEGMENTS, RewardModels, finish_scores, segments,
+                                      text_scores)
+  rows = text_scores(spec, RewardModels(encoder=None), ITEMS)
+  assert [r["policy_answer"] for r in rows] == ["8", "120"]
+  assert all("gate" in r and "similarity" not in r and "reward" not in r for r in rows)
+  emb = {k: models.encoder.encode([segments(it["response"], it["lang"])[k] for it in ITEMS])
+         for k in SEGMENTS}
+  given = [dict(it, response_embeddings={k: emb[k][i] for k in SEGMENTS})
+           for i, it in enumerate(ITEMS)]
+  got = finish_scores(spec, models, given, rows)
+  want = score_batch(spec, models, ITEMS)
+  for a, b in zip(got, want):
+    assert a.keys() == b.keys()
+    for k in a:
+      assert a[k] == pytest.approx(b[k], abs=1e-6), k
+  with pytest.raises(ValueError, match="1 text scores for 2 items"):
+    finish_scores(spec, models, given, rows[:1])
+
+
 def test_jitted_coherence_matches_host_scores(hybrid):
   """The trainer's path: embed the policy's reasoning in jit, compare with cached refs."""
   spec, models = hybrid

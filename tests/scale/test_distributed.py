@@ -84,3 +84,11 @@ def test_harness_kills_at_deadline():
     distributed.launch_local_processes(
         "pbrl_jax.distributed", num_processes=2, timeout_s=0.3)
   assert [r.returncode for r in info.value.results] == [None, None]
+
+
+@pytest.mark.parametrize("value", ["soon", "0"])
+def test_bad_heartbeat_timeout_is_named_before_joining(value):
+  env = {"PBRL_COORDINATOR": "127.0.0.1:1", "PBRL_NUM_PROCESSES": "2", "PBRL_PROCESS_ID": "0",
+         distributed.ENV_HEARTBEAT_TIMEOUT: value}
+  with pytest.raises(distributed.DistributedError, match=distributed.ENV_HEARTBEAT_TIMEOUT):
+    distributed.maybe_initialize(env=env)
