@@ -6,10 +6,12 @@
   python benchmarks/update_step.py --probe_flags   # 2048^3 matmul under XLA CPU flag variants
 
 MFU = 6 * params * tokens / step time, over a matmul peak measured in the same run (a jitted
-2048^3 matmul in the compute dtype, best of several runs). 6 * N * tokens counts forward and
-backward of every parameter, including the tied embedding as the output projection; the
-step only projects completion positions to the vocabulary, so this slightly overstates the
-work when prompts are long. Prints a table and writes JSON.
+2048^3 matmul in the compute dtype, best of several runs; with --prompt_group the tokens are
+the rows' tokens, of which the shared prompts are computed once per group, so the "MFU" is
+then an effective figure). 6 * N * tokens counts forward and backward of every parameter,
+including the tied embedding as the output projection; the step only projects completion
+positions to the vocabulary, so this slightly overstates the work when prompts are long.
+Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ def main() -> None:
   parser.add_argument("--prompt_len", type=int, default=128)
   parser.add_argument("--completion_len", type=int, default=128)
   parser.add_argument("--microbatches", type=int, default=1)
+  parser.add_argument("--prompt_group", type=int, default=1,
+                      help="G > 1: groups of G rows share their prompt, run once per group"
+                           " (config.rl.share_prompt)")
   parser.add_argument("--steps", type=int, default=3, help="timed steps after one warmup")
   parser.add_argument("--probe_flags", action="store_true",
                       help="also time a 2048^3 matmul under XLA CPU flag variants")
@@ -131,15 +136,19 @@ def main() -> None:
   else:
     state = fns.from_params(host_params, jax.random.PRNGKey(0))
   n_params = decoder.count_params(state.params["policy"])
-  hp = rl.UpdateHParams(kl_coef_in_loss=0.04, num_microbatches=args.microbatches)
+  hp = rl.UpdateHParams(kl_coef_in_loss=0.04, num_microbatches=args.microbatches,
+                        prompt_group=args.prompt_group)
   update = rl.make_update_fn(config, hp, optimizer, mesh, fns.shardings)
 
   b, p, m = args.batch, args.prompt_len, args.completion_len
 
   def batch(seed: int) -> dict[str, np.ndarray]:
     r = np.random.default_rng(seed)
+    tokens = r.integers(0, config.vocab_size, (b, p + m)).astype(np.int32)
+    g = args.prompt_group
+    tokens[:, :p] = np.repeat(tokens[::g, :p], g, axis=0)  # groups share their prompt
     return dict(
-        tokens=r.integers(0, config.vocab_size, (b, p + m)).astype(np.int32),
+        tokens=tokens,
         valid=np.ones((b, p + m), np.int32), completion_mask=np.ones((b, m), np.int32),
         old_logp=np.full((b, m), -np.log(config.vocab_size), np.float32),
         ref_logp=np.full((b, m), -np.log(config.vocab_size), np.float32),
@@ -161,7 +170,8 @@ def main() -> None:
   result = {
       "config": "tiny" if args.quick else "smollm2-135m", "weights": args.weights,
       "dtype": args.dtype, "params": n_params, "batch": b, "prompt_len": p,
-      "completion_len": m, "microbatches": args.microbatches, "tokens_per_step": tokens,
+      "completion_len": m, "microbatches": args.microbatches,
+      "prompt_group": args.prompt_group, "tokens_per_step": tokens,
       "step_time_s": round(step_time, 4), "first_step_s": round(compile_and_first, 2),
       "tokens_per_s": round(tokens / step_time, 1),
       "achieved_gflops": round(achieved / 1e9, 1),

@@ -65,6 +65,10 @@ def grpo() -> ml_collections.ConfigDict:
   # Gradient-accumulation chunks per minibatch (memory, not maths: the result is identical).
   c.num_microbatches = 1
   c.shuffle = False
+  # Run each group's prompt once in scoring and the update (its G completions attend to the
+  # shared prompt keys/values): the same numbers up to float rounding, with the prompt's
+  # FLOPs and activations divided by G. Minibatches and micro-batches then hold whole groups.
+  c.share_prompt = True
   return c
 
 

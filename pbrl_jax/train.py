@@ -112,6 +112,7 @@ def _run_rollout(params, adapters, lora_scale, model_cfg, batch, rng, spec: Trai
       prompt_buckets=(batch["prompt_tokens"].shape[1],), mesh=mesh, lora=adapters,
       lora_scale=lora_scale)
   out = distributed.host_value(out)  # every host: all rows (multi-host: all-gathered)
+  # np.repeat keeps each prompt's G rows together: the layout `prompt_group` relies on.
   prompt_tokens = np.repeat(np.asarray(batch["prompt_tokens"]), g, axis=0)
   prompt_valid = np.repeat(np.asarray(batch["prompt_valid"]), g, axis=0).astype(bool)
   comp_valid = np.asarray(out.valid, bool)
@@ -421,7 +422,7 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
 
   # ============================== Shapes, shardings, train state =============================
   m_len = spec.rollout.max_new_tokens
-  hp = spec.rl.update_hparams(spec.rollout.temperature, m_len)
+  hp = spec.rl.update_hparams(spec.rollout.temperature, m_len, spec.prompt_group)
   updates_per_step = spec.rl.num_epochs * spec.rl.num_minibatches
   optimizer = spec.optim.make(run.total_steps * updates_per_step)
   # LoRA: the state holds adapters only; `ref_params` is then also the frozen base.
@@ -456,7 +457,8 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
                                      params_shardings=state_fns.shardings.params,
                                      temperature=spec.rollout.temperature,
                                      embed_fn=embed_fn, policy_outputs=not on_policy,
-                                     lora=lora, ref_shardings=state_fns.policy_shardings)
+                                     lora=lora, ref_shardings=state_fns.policy_shardings,
+                                     prompt_group=spec.prompt_group)
   hook = None
   if run.debug_nonfinite_at_step >= 0:
     poison_from = run.debug_nonfinite_at_step

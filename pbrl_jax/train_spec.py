@@ -131,6 +131,11 @@ class TrainerSpec:
     spec.check()
     return spec
 
+  @property
+  def prompt_group(self) -> int:
+    """Rows per shared prompt in scoring and the update (`config.rl.share_prompt`)."""
+    return self.rl.prompt_group(self.pipeline.group_size)
+
   def check(self) -> None:
     """Cross-section checks; each error names the offending key."""
     r = self.run
@@ -153,6 +158,15 @@ class TrainerSpec:
     if self.rollout.temperature <= 0.0:
       raise ConfigError("config.rollout.temperature: RL rollouts must sample (> 0); greedy "
                         "decoding gives G identical completions and zero advantages")
+    prompts = self.pipeline.global_batch_size
+    rows = prompts * self.pipeline.group_size
+    units = prompts if self.prompt_group > 1 else rows
+    splits = self.rl.num_minibatches * self.rl.num_microbatches
+    if units % splits:
+      what = (f"{prompts} prompt groups (config.rl.share_prompt keeps groups whole)"
+              if self.prompt_group > 1 else f"{rows} rows")
+      raise ConfigError(f"config.rl.num_minibatches * num_microbatches = {splits} does not"
+                        f" divide the batch: {what}")
     if self.model.lora_rank < 0:
       raise ConfigError(f"config.model.lora_rank: must be >= 0, got {self.model.lora_rank}")
     if self.model.lora_rank:

@@ -36,9 +36,13 @@ def _log(msg: str) -> None:
   print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+_STAGE_SECONDS: list[float] = []  # wall time of every stage this invocation ran
+
+
 def _run(cmd: Sequence[str], log_path: str) -> None:
   """Runs a stage; its output goes to a log file, whose tail is shown when it fails."""
   _log(" ".join(cmd))
+  t0 = time.time()
   env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
   with open(log_path, "w", encoding="utf-8") as log:
     proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
@@ -47,6 +51,7 @@ def _run(cmd: Sequence[str], log_path: str) -> None:
     with open(log_path, encoding="utf-8") as f:
       tail = f.read()[-3000:]
     raise RuntimeError(f"stage failed (exit {proc.returncode}), log {log_path}:\n{tail}")
+  _STAGE_SECONDS.append(time.time() - t0)
 
 
 def _config_arg(method: str, data_dir: str, smoke: bool) -> str:
@@ -129,6 +134,52 @@ def results_table(results: dict[str, dict[str, Any]]) -> list[str]:
   return lines
 
 
+def consistency_table(results: dict[str, dict[str, Any]]) -> list[str]:
+  """Share (%) of answers in the question's language, per language and run."""
+  langs = _langs(results)
+  lines = ["| run | " + " | ".join(langs) + " |", "|" + "---|" * (len(langs) + 1)]
+  for name, r in results.items():
+    pl = r["per_language"]
+    lines.append("| " + " | ".join([name] + [_pct(pl[x]["language_consistent"]) if x in pl
+                                             else "-" for x in langs]) + " |")
+  return lines
+
+
+def training_summary(workdir: str) -> dict[str, Any] | None:
+  """Steps, wall time and first vs last 20% of the training curves, from metrics.jsonl."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  if not rows:
+    return None
+  k = max(1, round(0.2 * len(rows)))
+
+  def mean(key: str, part: list[dict[str, Any]]) -> float | None:
+    vals = [r[key] for r in part if isinstance(r.get(key), (int, float))]
+    return sum(vals) / len(vals) if vals else None
+
+  out = {"steps": len(rows), "minutes": sum(r.get("time/step", 0.0) for r in rows) / 60}
+  for key in ("reward_mean", "loss", "kl", "rollout/mean_length"):
+    out[key] = (mean(key, rows[:k]), mean(key, rows[-k:]))
+  return out
+
+
+def training_table(summaries: dict[str, dict[str, Any] | None]) -> list[str]:
+  def pair(v: tuple[float | None, float | None], fmt: str) -> str:
+    return " -> ".join("-" if x is None else format(x, fmt) for x in v)
+  lines = ["| run | steps | train min | reward (first -> last 20%) | loss | KL | mean length |",
+           "|---|---|---|---|---|---|---|"]
+  for name, t in summaries.items():
+    if t is None:
+      continue
+    lines.append(f"| {name} | {t['steps']} | {t['minutes']:.1f} | {pair(t['reward_mean'], '.3f')}"
+                 f" | {pair(t['loss'], '.3f')} | {pair(t['kl'], '.3f')}"
+                 f" | {pair(t['rollout/mean_length'], '.1f')} |")
+  return lines
+
+
 def plot(results: dict[str, dict[str, Any]], path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -170,6 +221,11 @@ def write_page(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
       " mean, with its 95% bootstrap interval.", "",
       *results_table(results), "",
       "![accuracy per language](accuracy.png)", "",
+      "Language consistency in % (answers written in the question's language):", "",
+      *consistency_table(results), "",
+      "Training (first vs last 20% of steps; the SFT loss is the references' NLL, its reward"
+      " is not defined):", "",
+      *training_table(meta.get("training", {})), "",
   ]
   path = os.path.join(out, "results.md")
   tmp = path + ".tmp"
@@ -208,13 +264,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     for seed in seeds:
       results[f"{method} (seed {seed})"] = run_method(method, seed, out, data_dir,
                                                       args.steps or None, args.smoke)
+  training = {f"{m} (seed {sd})": training_summary(os.path.join(out, f"{m}-s{sd}"))
+              for m in methods for sd in seeds}
   meta = {"command": " ".join(["python", "experiments/miniature/run.py",
                                *(argv if argv is not None else sys.argv[1:])]),
           "n_train": args.n_train, "n_test": args.n_test, "seeds": seeds,
           "steps": args.steps or miniature.get_config(methods[0]).total_steps,
           "eval_tokens": miniature.get_config().eval.max_new_tokens,
           "wall_minutes": (time.time() - t0) / 60, "machine": os.environ.get(
-              "PBRL_MACHINE", f"{os.cpu_count()} CPU cores")}
+              "PBRL_MACHINE", f"{os.cpu_count()} CPU cores"), "training": training}
+  previous = os.path.join(out, "results.json")
+  if not _STAGE_SECONDS and os.path.exists(previous):
+    # Every stage was done before: the page keeps the wall time of the run that did them.
+    with open(previous, encoding="utf-8") as f:
+      meta["wall_minutes"] = json.load(f)["meta"]["wall_minutes"]
   tmp = os.path.join(out, "results.json.tmp")
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump({"meta": meta, "results": results}, f, indent=1)
@@ -224,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   _log(f"wrote {page}")
   if not args.smoke:
     here = os.path.dirname(os.path.abspath(__file__))
-    for name in ("results.json", "accuracy.png"):
+    for name in ("results.json", "results.md", "accuracy.png"):
       shutil.copy(os.path.join(out, name), os.path.join(here, name))
   return 0
 

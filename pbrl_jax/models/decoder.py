@@ -119,8 +119,15 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, sin: Array, cos: Array, attn_mask: Array,
-               cache: Cache | None, layer: Array, cache_index: Array | None
-               ) -> tuple[Array, Cache | None]:
+               cache: Cache | None, layer: Array, cache_index: Array | None,
+               prefix: Cache | None = None
+               ) -> tuple[Array, Cache | None, Cache]:
+    """Returns (output, updated cache or None, this call's keys and values {'k','v'}).
+
+    `prefix` ({'k','v'}: [B,P,K,H], RoPE already applied) holds keys and values of earlier
+    positions computed by another call (a shared prompt); they are attended to before this
+    call's own, so attn_mask is then [B,T,P+T].
+    """
     c = self.config
     d, n, k, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
     dt = c.jnp_dtype
@@ -145,7 +152,13 @@ class Attention(nn.Module):
     q = apply_rope(q, sin, cos)
     key = apply_rope(key, sin, cos)
 
+    kv = {"k": key, "v": val}
     new_cache = None
+    if prefix is not None:
+      if cache is not None:
+        raise ValueError("Attention: a prefix and a cache cannot be used together")
+      key = jnp.concatenate([prefix["k"].astype(key.dtype), key], axis=1)
+      val = jnp.concatenate([prefix["v"].astype(val.dtype), val], axis=1)
     if cache is not None:
       # Write this call's T keys/values into this layer's rows of the whole [L,B,S,K,H] cache
       # at cache_index (in place: the cache rides in the scan carry), then attend over the
@@ -168,7 +181,7 @@ class Attention(nn.Module):
     proj = jnp.einsum("BTNH,NHD->BTD", out, self._proj("o_proj", (n, h, d),
                                                        ("q_heads", "head_dim", "embed")))
     proj = _with_lora(self, "o_proj", proj, out, "BTNH,NHR->BTR", "BTR,RD->BTD", dt)
-    return proj, new_cache
+    return proj, new_cache, kv
 
 
 class MLP(nn.Module):
@@ -199,26 +212,32 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
   """Pre-norm block; the scan body.
 
-  Carry: (hidden [B,T,D], the whole cache [L,B,S,K,H] or None); scanned: the layer index.
+  Carry: (hidden [B,T,D], the whole cache [L,B,S,K,H] or None); scanned in: the layer index
+  and the layer's prefix keys/values (or None); scanned out: the layer's keys/values when
+  `collect_kv`, else nothing.
   Carrying the whole cache (rather than scanning its per-layer slices in and out) lets XLA
   update it in place: a decode step writes one slot per layer instead of a new cache.
   """
 
   config: DecoderConfig
+  # Emit this layer's keys and values as the scan output (a shared prompt's forward).
+  collect_kv: bool = False
 
   @nn.compact
-  def __call__(self, carry: tuple[Array, Cache | None], layer: Array, sin: Array, cos: Array,
-               attn_mask: Array, cache_index: Array | None
-               ) -> tuple[tuple[Array, Cache | None], None]:
+  def __call__(self, carry: tuple[Array, Cache | None], xs: tuple[Array, Cache | None],
+               sin: Array, cos: Array, attn_mask: Array, cache_index: Array | None
+               ) -> tuple[tuple[Array, Cache | None], Cache | None]:
     c = self.config
     x, cache = carry
+    layer, prefix = xs  # the layer index and this layer's prefix keys/values (or None)
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "embed"))
     h = RMSNorm(c.rms_norm_eps, c.jnp_dtype, c.jnp_param_dtype, name="input_norm")(x)
-    attn, cache = Attention(c, name="attn")(h, sin, cos, attn_mask, cache, layer, cache_index)
+    attn, cache, kv = Attention(c, name="attn")(h, sin, cos, attn_mask, cache, layer,
+                                                cache_index, prefix)
     x = x + attn
     h = RMSNorm(c.rms_norm_eps, c.jnp_dtype, c.jnp_param_dtype, name="post_attn_norm")(x)
     x = x + MLP(c, name="mlp")(h)
-    return (x, cache), None
+    return (x, cache), (kv if self.collect_kv else None)
 
 
 class Decoder(nn.Module):
@@ -228,6 +247,7 @@ class Decoder(nn.Module):
   """
 
   config: DecoderConfig
+  collect_kv: bool = False  # also return every layer's keys/values {'k','v'}: [L,B,T,K,H]
 
   def setup(self):
     c = self.config
@@ -251,17 +271,20 @@ class Decoder(nn.Module):
         length=c.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )
-    self.layers = stack(c, name="layers")
+    self.layers = stack(c, self.collect_kv, name="layers")
     self.final_norm = RMSNorm(c.rms_norm_eps, c.jnp_dtype, c.jnp_param_dtype)
 
   def __call__(self, tokens: Array, positions: Array, attn_mask: Array,
-               cache: Cache | None = None, cache_index: Array | None = None
-               ) -> tuple[Array, Cache | None]:
+               cache: Cache | None = None, cache_index: Array | None = None,
+               prefix: Cache | None = None) -> tuple[Array, Cache | None]:
     c = self.config
     x = jnp.take(self.embed, tokens, axis=0).astype(c.jnp_dtype)  # [B,T,D]
     sin, cos = rope_sin_cos(c, positions)
     layer_ids = jnp.arange(c.num_layers, dtype=jnp.int32)
-    (x, new_cache), _ = self.layers((x, cache), layer_ids, sin, cos, attn_mask, cache_index)
+    (x, new_cache), kv = self.layers((x, cache), (layer_ids, prefix), sin, cos, attn_mask,
+                                     cache_index)
+    if self.collect_kv:
+      return self.final_norm(x), kv
     return self.final_norm(x), new_cache
 
   def logits(self, hidden: Array) -> Array:
@@ -350,9 +373,10 @@ def init_cache(config: DecoderConfig, batch: int, length: int,
 
 def forward(params: Params, config: DecoderConfig, tokens: Array, positions: Array,
             attn_mask: Array, cache: Cache | None = None, cache_index: Array | None = None,
-            lora: Params | None = None, lora_scale: float = 1.0
+            lora: Params | None = None, lora_scale: float = 1.0, *,
+            prefix: Cache | None = None, collect_kv: bool = False
             ) -> tuple[Array, Cache | None]:
-  """Final hidden states [B,T,D] and the updated cache.
+  """Final hidden states [B,T,D] and the updated cache (or, with `collect_kv`, the keys/values).
 
   Args:
     params: decoder parameters.
@@ -365,6 +389,11 @@ def forward(params: Params, config: DecoderConfig, tokens: Array, positions: Arr
     lora: LoRA adapters (`pbrl_jax.models.lora.init_lora`), applied unmerged: each adapted
       projection adds lora_scale * ((x A) B) to x W.
     lora_scale: alpha / rank.
+    prefix: {'k','v'}: [L,B,P,K,H] keys and values of P earlier positions (a shared prompt,
+      from a `collect_kv` call), attended to before this call's tokens; attn_mask is then
+      [B,T,P+T] and `positions` continue the prefix's. Not with a cache.
+    collect_kv: return {'k','v'}: [L,B,T,K,H], this call's keys and values, in place of the
+      cache (what `prefix` takes).
   """
   variables = {"params": params}
   if lora is not None:
@@ -373,7 +402,8 @@ def forward(params: Params, config: DecoderConfig, tokens: Array, positions: Arr
         lambda ad: {"a": ad["a"], "b": ad["b"] * lora_scale}, lora["layers"],
         is_leaf=lambda x: isinstance(x, dict) and "a" in x)
     variables["lora"] = {"layers": variables["lora"]}
-  return Decoder(config).apply(variables, tokens, positions, attn_mask, cache, cache_index)
+  return Decoder(config, collect_kv).apply(variables, tokens, positions, attn_mask, cache,
+                                           cache_index, prefix)
 
 
 def unembed(params: Params, config: DecoderConfig, hidden: Array) -> Array:

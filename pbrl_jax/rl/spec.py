@@ -45,6 +45,7 @@ class _RLSection:
   num_minibatches: int
   num_microbatches: int
   shuffle: bool
+  share_prompt: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,7 @@ class RLSpec:
   num_minibatches: int
   num_microbatches: int
   shuffle: bool
+  share_prompt: bool
 
   @classmethod
   def from_config(cls, cd: Any) -> "RLSpec":
@@ -125,9 +127,14 @@ class RLSpec:
         aggregation=parse("loss_aggregation", Aggregation.parse, s.loss_aggregation),
         entropy_coef=s.entropy_coef, value_coef=s.value_coef, value_clip=s.value_clip,
         gamma=s.gamma, lam=s.lam, num_epochs=s.num_epochs, num_minibatches=s.num_minibatches,
-        num_microbatches=s.num_microbatches, shuffle=s.shuffle)
+        num_microbatches=s.num_microbatches, shuffle=s.shuffle, share_prompt=s.share_prompt)
 
-  def update_hparams(self, temperature: float, max_completion_length: int) -> UpdateHParams:
+  def prompt_group(self, group_size: int) -> int:
+    """Rows per shared prompt in scoring and update: G with `share_prompt`, else 1."""
+    return group_size if self.share_prompt and not self.is_sft and group_size > 1 else 1
+
+  def update_hparams(self, temperature: float, max_completion_length: int,
+                     prompt_group: int = 1) -> UpdateHParams:
     """The static hyperparameters of `make_update_fn`."""
     return UpdateHParams(
         eps_low=self.eps_low, eps_high=self.eps_high, dual_clip=self.dual_clip,
@@ -138,7 +145,7 @@ class RLSpec:
         entropy_coef=self.entropy_coef, value_coef=self.value_coef,
         value_clip=self.value_clip, temperature=temperature, num_epochs=self.num_epochs,
         num_minibatches=self.num_minibatches, num_microbatches=self.num_microbatches,
-        shuffle=self.shuffle, with_value_head=self.is_ppo)
+        shuffle=self.shuffle, with_value_head=self.is_ppo, prompt_group=prompt_group)
 
 
 @dataclasses.dataclass(frozen=True)

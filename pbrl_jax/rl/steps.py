@@ -90,6 +90,9 @@ class UpdateHParams:
     num_microbatches: gradient-accumulation chunks per minibatch.
     shuffle: permute rows before splitting into minibatches, every epoch.
     with_value_head: PPO (a value head on the policy trunk) or GRPO (none).
+    prompt_group: G when rows i*G .. i*G+G-1 share their prompt (GRPO's groups): the prompt
+      is run once per group (`completion_outputs`), and minibatches and micro-batches hold
+      whole groups. 1: every row on its own.
   """
 
   eps_low: float = 0.2
@@ -110,6 +113,7 @@ class UpdateHParams:
   num_microbatches: int = 1
   shuffle: bool = False
   with_value_head: bool = False
+  prompt_group: int = 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,13 +132,19 @@ def policy_params(params: dict[str, Params], base: Params | None,
 
 def completion_outputs(params: dict[str, Params], config: DecoderConfig, tokens: Array,
                        valid: Array, completion_len: int, temperature: float,
-                       base: Params | None = None, lora: lora_lib.LoraSpec | None = None
-                       ) -> tuple[Array, Array, Array | None]:
+                       base: Params | None = None, lora: lora_lib.LoraSpec | None = None,
+                       prompt_group: int = 1) -> tuple[Array, Array, Array | None]:
   """Per-token log-probs, entropies and values (if a value head is present) of completions.
 
   The hidden state at position t predicts token t+1, so the M completion tokens are scored
   by the hidden states at positions P-1 .. T-2; the value of the state before emitting a
   token comes from the same position (TRL's old PPOTrainer convention).
+
+  With `prompt_group` G > 1, rows i*G .. i*G+G-1 must share their prompt (tokens and valid of
+  the first P = T - M positions, as GRPO's groups do). The prompt then runs once per group,
+  and each row's completion attends to its group's prompt keys and values: the same
+  attention, masks and positions as one pass over [B,T] (equal up to float rounding), with
+  the prompt's share of the FLOPs and activations divided by G.
 
   Args:
     params: {'policy': ..., optional 'value_head': ...}, or {'lora': ..., ...} with `lora`.
@@ -145,6 +155,7 @@ def completion_outputs(params: dict[str, Params], config: DecoderConfig, tokens:
     temperature: sampling temperature.
     base: the frozen base decoder params (LoRA only).
     lora: LoRA settings, or None for full fine-tuning.
+    prompt_group: G, rows per shared prompt (B must be a multiple of it).
 
   Returns:
     (logp [B,M] float32, entropy [B,M] float32, values [B,M] float32 or None).
@@ -153,9 +164,13 @@ def completion_outputs(params: dict[str, Params], config: DecoderConfig, tokens:
     pol, adapters, scale = params["policy"], None, 1.0
   else:  # unmerged: the base is frozen, gradients reach the adapters only
     pol, adapters, scale = jax.lax.stop_gradient(base), params["lora"], lora.alpha / lora.rank
-  hidden, _ = decoder.forward(pol, config, tokens, decoder.positions_from_mask(valid),
-                              decoder.causal_mask(valid), lora=adapters, lora_scale=scale)
-  h = hidden[:, -completion_len - 1:-1]  # [B,M,D]
+  if prompt_group > 1:
+    h = _grouped_hidden(pol, config, tokens, valid, completion_len, prompt_group, adapters,
+                        scale)
+  else:
+    hidden, _ = decoder.forward(pol, config, tokens, decoder.positions_from_mask(valid),
+                                decoder.causal_mask(valid), lora=adapters, lora_scale=scale)
+    h = hidden[:, -completion_len - 1:-1]  # [B,M,D]
   logits = decoder.unembed(pol, config, h) / temperature  # [B,M,V] float32
   logp = decoder.token_logprobs(logits, tokens[:, -completion_len:])
   entropy = decoder.token_entropy(logits)
@@ -163,6 +178,30 @@ def completion_outputs(params: dict[str, Params], config: DecoderConfig, tokens:
   if "value_head" in params:
     values = decoder.ValueHead(config.hidden_size).apply({"params": params["value_head"]}, h)
   return logp, entropy, values
+
+
+def _grouped_hidden(pol: Params, config: DecoderConfig, tokens: Array, valid: Array,
+                    completion_len: int, g: int, adapters: Params | None, scale: float
+                    ) -> Array:
+  """Hidden states at positions P-1 .. T-2 [B,M,D], the prompt run once per group of g rows."""
+  b, t = tokens.shape
+  if b % g:
+    raise ValueError(f"prompt_group {g} does not divide the batch of {b} rows")
+  p = t - completion_len
+  first = lambda x: x.reshape((b // g, g) + x.shape[1:])[:, 0]  # one row per group
+  repeat = lambda x, axis: jnp.repeat(x, g, axis=axis)  # back to every row of the group
+  prompt_valid = first(valid[:, :p])
+  prompt_h, kv = decoder.forward(pol, config, first(tokens[:, :p]),
+                                 decoder.positions_from_mask(prompt_valid),
+                                 decoder.causal_mask(prompt_valid), lora=adapters,
+                                 lora_scale=scale, collect_kv=True)
+  # The rows of the one-pass mask and positions that belong to the completion: the same
+  # attention pattern over [prompt keys; completion keys].
+  comp_h, _ = decoder.forward(pol, config, tokens[:, p:],
+                              decoder.positions_from_mask(valid)[:, p:],
+                              decoder.causal_mask(valid)[:, p:, :], lora=adapters,
+                              lora_scale=scale, prefix=jax.tree.map(lambda x: repeat(x, 1), kv))
+  return jnp.concatenate([repeat(prompt_h[:, -1:], 0), comp_h[:, :-1]], axis=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +316,8 @@ def cosine_similarity(a: Array, b: Array, eps: float = 1e-8) -> Array:
 def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[str, Params],
                   temperature: float = 1.0, embed_fn: EmbedFn | None = None,
                   policy_outputs: bool = True, lora: lora_lib.LoraSpec | None = None,
-                  ref_shardings: Params | None = None) -> Callable[..., dict[str, Array]]:
+                  ref_shardings: Params | None = None, prompt_group: int = 1
+                  ) -> Callable[..., dict[str, Array]]:
   """Builds `score(params, ref_params, batch[, enc_params]) -> dict` under one jit.
 
   Batch: tokens [B,T], valid [B,T], completion_mask [B,M]; with `embed_fn`, also
@@ -294,6 +334,9 @@ def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[s
   With `lora`, `ref_params` is the frozen base: the reference is the base as it is, the policy
   the base with `params['lora']` merged in; `ref_shardings` (the base's shardings) is then
   required, since `params_shardings` holds no 'policy' entry.
+
+  `prompt_group` G > 1: rows i*G .. i*G+G-1 share their prompt, which both forwards then run
+  once per group (`completion_outputs`).
   """
   if lora is not None and ref_shardings is None:
     raise ValueError("make_score_fn: LoRA needs ref_shardings (the base's shardings)")
@@ -309,12 +352,13 @@ def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[s
       if policy_outputs:
         logp, entropy, values = completion_outputs(params, config, batch["tokens"],
                                                    batch["valid"], completion_len, temperature,
-                                                   ref_params, lora)
+                                                   ref_params, lora, prompt_group)
         out.update(logp=logp * m, entropy=entropy * m)
         if values is not None:
           out["values"] = values * m
       ref_logp, _, _ = completion_outputs({"policy": ref_params}, config, batch["tokens"],
-                                          batch["valid"], completion_len, temperature)
+                                          batch["valid"], completion_len, temperature,
+                                          prompt_group=prompt_group)
     out["ref_logp"] = jax.lax.stop_gradient(ref_logp) * m
     if embed_fn is not None:
       emb = embed_fn(enc_params, batch["enc_batch"])
@@ -337,19 +381,27 @@ def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[s
 
 def _minibatch_indices(rng: Array, batch_size: int, hp: UpdateHParams) -> Array:
   """Row indices [E, num_minibatches, num_microbatches, micro] (strided splits, so every
-  micro-batch draws rows from every data shard)."""
-  n_mb, n_micro = hp.num_minibatches, hp.num_microbatches
-  if batch_size % (n_mb * n_micro):
-    raise ValueError(f"batch {batch_size} is not divisible by num_minibatches * "
-                     f"num_microbatches = {n_mb * n_micro}")
-  micro = batch_size // (n_mb * n_micro)
+  micro-batch draws rows from every data shard). With `hp.prompt_group` G, the splits (and
+  the shuffle) are of whole groups, each kept as G consecutive rows."""
+  n_mb, n_micro, g = hp.num_minibatches, hp.num_microbatches, hp.prompt_group
+  if batch_size % g:
+    raise ValueError(f"batch {batch_size} is not divisible by prompt_group {g}")
+  units = batch_size // g
+  if units % (n_mb * n_micro):
+    what = f"batch {batch_size}" if g == 1 else f"{units} groups of {g} rows"
+    raise ValueError(f"{what} is not divisible by num_minibatches * num_microbatches ="
+                     f" {n_mb * n_micro}")
+  micro = units // (n_mb * n_micro)
   if hp.shuffle:
-    perms = jnp.stack([jax.random.permutation(k, batch_size)
+    perms = jnp.stack([jax.random.permutation(k, units)
                        for k in jax.random.split(rng, hp.num_epochs)])
   else:
-    perms = jnp.broadcast_to(jnp.arange(batch_size), (hp.num_epochs, batch_size))
-  idx = perms.reshape(hp.num_epochs, micro, n_micro, n_mb)
-  return jnp.transpose(idx, (0, 3, 2, 1))
+    perms = jnp.broadcast_to(jnp.arange(units), (hp.num_epochs, units))
+  idx = jnp.transpose(perms.reshape(hp.num_epochs, micro, n_micro, n_mb), (0, 3, 2, 1))
+  if g == 1:
+    return idx
+  rows = idx[..., None] * g + jnp.arange(g)  # group u -> rows u*g .. u*g+g-1
+  return rows.reshape(idx.shape[:-1] + (micro * g,))
 
 
 def policy_objective(logp: Array, old_logp: Array, ref_logp: Array, advantages: Array,
@@ -396,7 +448,8 @@ def make_loss_fn(config: DecoderConfig, hp: UpdateHParams,
     m = mb["completion_mask"].astype(jnp.float32)
     with shd.axis_rules():
       logp, entropy, values = completion_outputs(params, config, mb["tokens"], mb["valid"],
-                                                 m.shape[1], hp.temperature, base, lora)
+                                                 m.shape[1], hp.temperature, base, lora,
+                                                 hp.prompt_group)
     advantages = mb["advantages"]
     policy_sum, _, t = policy_objective(logp, mb["old_logp"], mb["ref_logp"], advantages, m,
                                         hp)

@@ -31,6 +31,8 @@ def test_smoke_run_writes_the_page(tmp_path):
   with open(os.path.join(out, "results.md")) as f:
     page = f.read()
   assert "| base |" in page and "| pbrl_hybrid (seed 0) |" in page
+  assert "Language consistency" in page
+  assert "| sft (seed 0) | 1 |" in page and "| rlvr_ppo (seed 0) | 1 |" in page  # training
   assert os.path.getsize(os.path.join(out, "accuracy.png")) > 1000
   # Finished stages are skipped on a rerun.
   proc = subprocess.run(
