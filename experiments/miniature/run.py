@@ -207,6 +207,12 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
   os.replace(tmp, path)
 
 
+def _wall(meta: dict[str, Any]) -> str:
+  if meta.get("wall_minutes") is None:
+    return "not recorded (page rebuilt from finished stages; training minutes per run below)"
+  return f"{meta['wall_minutes']:.0f} min"
+
+
 def write_page(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
   lines = [
       "# The paper's comparison in miniature", "",
@@ -216,7 +222,7 @@ def write_page(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
       f" problems per language (greedy, {meta['eval_tokens']} new tokens). Trained languages"
       f" {', '.join(miniature.TRAIN_LANGS)} (pbrl_mt: {', '.join(miniature.MT_LANGS)}); held"
       f" out {', '.join(miniature.HELD_OUT_LANGS)}. Steps per method: {meta['steps']}; seeds:"
-      f" {meta['seeds']}. Wall time: {meta['wall_minutes']:.0f} min on {meta['machine']}.", "",
+      f" {meta['seeds']}. Wall time: {_wall(meta)} on {meta['machine']}.", "",
       "Accuracy in % (exact match of the final number); gap = English minus the non-English"
       " mean, with its 95% bootstrap interval.", "",
       *results_table(results), "",
@@ -274,10 +280,13 @@ def main(argv: Sequence[str] | None = None) -> int:
           "wall_minutes": (time.time() - t0) / 60, "machine": os.environ.get(
               "PBRL_MACHINE", f"{os.cpu_count()} CPU cores"), "training": training}
   previous = os.path.join(out, "results.json")
-  if not _STAGE_SECONDS and os.path.exists(previous):
-    # Every stage was done before: the page keeps the wall time of the run that did them.
-    with open(previous, encoding="utf-8") as f:
-      meta["wall_minutes"] = json.load(f)["meta"]["wall_minutes"]
+  if not _STAGE_SECONDS:
+    # Every stage was done before: the page keeps the wall time of the run that did them,
+    # or says it was not recorded (the page is rebuilt from finished stages).
+    meta["wall_minutes"] = None
+    if os.path.exists(previous):
+      with open(previous, encoding="utf-8") as f:
+        meta["wall_minutes"] = json.load(f)["meta"]["wall_minutes"]
   tmp = os.path.join(out, "results.json.tmp")
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump({"meta": meta, "results": results}, f, indent=1)
