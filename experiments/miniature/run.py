@@ -207,6 +207,12 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
   os.replace(tmp, path)
 
 
+def _mt_note(results: dict[str, Any]) -> str:
+  if any(name.startswith("pbrl_mt ") for name in results):
+    return f" (pbrl_mt: {', '.join(miniature.MT_LANGS)})"
+  return ""
+
+
 def _wall(meta: dict[str, Any]) -> str:
   if meta.get("wall_minutes") is None:
     return "not recorded (page rebuilt from finished stages; training minutes per run below)"
@@ -220,7 +226,7 @@ def write_page(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
       f"Policy SmolLM2-135M-Instruct; data: one-step arithmetic word problems in eight languages"
       f" (pbrl_jax/data/arith.py), {meta['n_train']} training problems, {meta['n_test']} test"
       f" problems per language (greedy, {meta['eval_tokens']} new tokens). Trained languages"
-      f" {', '.join(miniature.TRAIN_LANGS)} (pbrl_mt: {', '.join(miniature.MT_LANGS)}); held"
+      f" {', '.join(miniature.TRAIN_LANGS)}{_mt_note(results)}; held"
       f" out {', '.join(miniature.HELD_OUT_LANGS)}. Steps per method: {meta['steps']}; seeds:"
       f" {meta['seeds']}. Wall time: {_wall(meta)} on {meta['machine']}.", "",
       "Accuracy in % (exact match of the final number); gap = English minus the non-English"

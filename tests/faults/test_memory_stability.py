@@ -1,10 +1,14 @@
-"""Host memory does not grow with steps: resident memory after 200 tiny steps is within 10%
-of that after 20 (the trainer logs `host/rss_mb` every step, measured inside the process).
+"""Host memory does not grow with steps: resident memory over the last 20 of 200 tiny steps
+is at most 10% above that over steps 20-40 (medians of the trainer's per-step `host/rss_mb`,
+measured inside the process). Medians of windows, because single steps carry transients (a
+compile, a checkpoint's buffers) that come and go; only growth fails: memory the allocator
+gives back is not a leak.
 
 A smaller-than-tiny rollout (8 new tokens) keeps the 200 steps short; the per-step work
 (rollout, host text, scoring, update, metrics, TensorBoard, two checkpoints) is the same.
 """
 
+import numpy as np
 import pytest
 
 import faults_testlib as fl
@@ -12,7 +16,7 @@ import faults_testlib as fl
 pytestmark = pytest.mark.slow
 
 
-def test_rss_after_200_steps_within_10_percent_of_20(tmp_path_factory):
+def test_rss_does_not_grow_over_200_steps(tmp_path_factory):
   base = fl.shared_base(tmp_path_factory)
   workdir = fl.workdir_with_pivot(base, "memory")
   run = fl.Run(workdir, ("--config.total_steps=200", "--config.checkpoint_every=100",
@@ -23,8 +27,10 @@ def test_rss_after_200_steps_within_10_percent_of_20(tmp_path_factory):
   rows = fl.read_metrics(workdir)
   assert [r["step"] for r in rows] == list(range(1, 201))
   rss = {r["step"]: r["host/rss_mb"] for r in rows}
-  growth = (rss[200] - rss[20]) / rss[20]
-  print(f"RSS: step 20 {rss[20]:.0f} MB, step 100 {rss[100]:.0f} MB, step 200 {rss[200]:.0f} MB"
-        f" ({100 * growth:+.1f}%)")
-  assert abs(growth) <= 0.10, f"RSS grew {100 * growth:.1f}% from step 20 to 200: {rss[20]:.0f}"\
-      f" -> {rss[200]:.0f} MB"
+  early = float(np.median([rss[s] for s in range(20, 41)]))
+  late = float(np.median([rss[s] for s in range(181, 201)]))
+  growth = (late - early) / early
+  print(f"RSS medians: steps 20-40 {early:.0f} MB, steps 181-200 {late:.0f} MB"
+        f" ({100 * growth:+.1f}%); step 20 {rss[20]:.0f}, 100 {rss[100]:.0f}, 200 {rss[200]:.0f}")
+  assert growth <= 0.10, (f"RSS grew {100 * growth:.1f}% from steps 20-40 to 181-200:"
+                          f" {early:.0f} -> {late:.0f} MB")
