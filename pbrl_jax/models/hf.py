@@ -167,13 +167,13 @@ class TensorSource(abc.ABC):
   def get(self, name: str) -> np.ndarray:
     """Tensor `name` as a numpy array in HF layout."""
 
+  @abc.abstractmethod
   def shape(self, name: str) -> tuple[int, ...]:
     """The HF-layout shape of `name`, from the header (no data read)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def where(self, name: str) -> str:
     """The file that holds (or should hold) `name`, for error messages."""
-    raise NotImplementedError
 
 
 class SafetensorsSource(TensorSource):
