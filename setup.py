@@ -14,6 +14,9 @@ CORE = [
     "numpy>=2.0",
     "transformers>=5.0,<6",
     "tokenizers>=0.22",
+    # transformers' apply_chat_template renders the GGUF chat template with jinja2, but
+    # transformers does not declare it; without it the demo fails at its first prompt.
+    "jinja2>=3.1",
     "safetensors>=0.5",
     "gguf>=0.17",
     "sentencepiece>=0.2",
