@@ -17,14 +17,25 @@ experiments/miniature/run.py runs them all, evaluates base and each method, writ
 
 Data: our one-step arithmetic word problems (pbrl_jax.data.arith), parallel in eight
 languages, chosen because SmolLM2-135M-Instruct scores 0% on GSM-Symbolic; on these it scores 20.8%
-greedy in English and 8-21% in the other languages (experiments/miniature/README.md). Training languages de, fr, ru, zh; held out (never trained on) es, ja, pt;
-English is the pivot. Every method sees the same prompts per step (4) and steps; the RL
-methods sample G = 4 completions per prompt, SFT reads one reference per prompt.
+greedy in English and 8-21% in the other languages (experiments/miniature/README.md). Training
+languages de, fr, ru, zh; held out (never trained on) es, ja, pt; English is the pivot.
+
+Version 2 (after experiments/diagnosis/): every RL method samples the same rollouts (4 prompts
+x G = 8 completions per step at temperature 0.7, at most 64 tokens), takes RLOO advantages
+with a token-mean loss and no overlong term, and trains LoRA rank 16 adapters at lr 1e-4 for
+40 steps; SFT trains the same adapters at the same rate on one reference per prompt. The
+PB-RLSVR methods use reward v2 (configs/reward_defaults.py). `rlvr_ppo` and `pbrl_mt` are kept
+as extra arms (PPO with the same rollouts and a value head; MT on Portuguese only).
 """
 
 from configs import common
 
 METHODS = ("sft", "rlvr_grpo", "rlvr_ppo", "pbrl_embedding", "pbrl_hybrid", "pbrl_mt")
+# The arms of the study (v2); the other two methods run when named.
+STUDY_METHODS = ("sft", "rlvr_grpo", "pbrl_hybrid", "pbrl_embedding")
+# Test problems per language: 96 gives a smallest detectable effect of about 10 points with
+# 3 seeds (experiments/miniature/README.md, power).
+N_TEST = 96
 TRAIN_LANGS = ("de", "fr", "ru", "zh")
 HELD_OUT_LANGS = ("es", "ja", "pt")
 MT_LANGS = ("pt",)
@@ -52,26 +63,29 @@ def get_config(arg: str = "pbrl_hybrid"):
   data_dir = options.get("data_dir", DATA_DIR)
   algorithm = {"sft": "sft", "rlvr_ppo": "ppo"}.get(method, "grpo")
   c = common.base_config(algorithm)
-  c.total_steps = 24
-  c.checkpoint_every = 12
-  c.sample_every = 6
+  c.total_steps = 40
+  c.checkpoint_every = 20
+  c.sample_every = 10
   c.eval_before_after = False  # run.py evaluates base and every method on one test set
   c.rollout.max_new_tokens = 64  # the worked solutions take 25-45 tokens
-  c.optim.learning_rate = 1e-5
+  c.rollout.temperature = 0.7  # see experiments/diagnosis/README.md (F3)
+  c.model.lora_rank = 16
+  c.model.lora_alpha = 32.0
+  c.optim.learning_rate = 1e-4
   c.data.source = "jsonl"
   c.data.path = f"{data_dir}/train.jsonl"
   c.data.langs = MT_LANGS if method == "pbrl_mt" else TRAIN_LANGS
   c.data.global_batch_size = 4
-  c.data.group_size = 1 if method == "sft" else 4
+  c.data.group_size = 1 if method == "sft" else 8
   c.data.buckets = (128, 256)
-  if algorithm != "sft":
-    # DAPO's soft overlong punishment over the last 16 tokens, the same for every RL method.
-    c.rl.overlong_buffer = 16
-    c.rl.overlong_penalty = 0.5
+  if algorithm == "grpo":
+    c.rl.advantage = "rloo"
+    c.rl.loss_aggregation = "token_mean"
+  c.rl.overlong_buffer = 0
   c.reward.kind = {"rlvr_grpo": "verifiable", "rlvr_ppo": "verifiable",
                    "pbrl_embedding": "embedding", "pbrl_mt": "mt"}.get(method, "hybrid")
   c.eval.datasets = [dict(kind="jsonl", path=f"{data_dir}/test.jsonl",
-                          langs=["en", *TRAIN_LANGS, *HELD_OUT_LANGS], limit=24, seed=0,
+                          langs=["en", *TRAIN_LANGS, *HELD_OUT_LANGS], limit=N_TEST, seed=0,
                           name="arith")]
   c.eval.max_new_tokens = 64
   c.eval.batch_size = 16

@@ -149,6 +149,14 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> Resto
           meta=ocp.args.JsonRestore()))
       jax.block_until_ready(out["state"])
     except Exception as e:  # pylint: disable=broad-except
+      if _not_damage(e):
+        # Rolling back to an older step would silently throw away training: the checkpoint
+        # is probably fine and the environment is not. Nothing is moved.
+        raise CheckpointError(
+            f"restoring checkpoint {step} in {manager.directory} failed for a reason that"
+            f" does not mean the checkpoint is damaged ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300] if str(e) else ''}); fix it and resume. The"
+            f" checkpoints on disk were left as they are: {sorted(steps)}.") from e
       # A truncated array file or a deleted item surfaces as many different exception
       # types inside Orbax and TensorStore; any of them means this step is unusable.
       logging.warning("checkpoint %d in %s is unusable (%s: %s); trying an older one",
@@ -167,6 +175,22 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> Resto
         f"no usable checkpoint in {manager.directory}; tried steps {steps}:\n"
         + "\n".join(errors))
   return None
+
+
+# Messages of errors that come from the machine, not the files (TensorStore and XLA wrap
+# them in their own exception types).
+_ENVIRONMENT_MARKERS = ("PERMISSION_DENIED", "Permission denied", "RESOURCE_EXHAUSTED",
+                        "Out of memory", "out of memory", "UNAUTHENTICATED")
+
+
+def _not_damage(error: BaseException) -> bool:
+  """Whether a restore error says nothing about the checkpoint's own files."""
+  for e in (error, error.__cause__, error.__context__):
+    if isinstance(e, (PermissionError, MemoryError)):
+      return True
+    if e is not None and any(m in str(e) for m in _ENVIRONMENT_MARKERS):
+      return True
+  return False
 
 
 def _set_aside(manager: ocp.CheckpointManager, steps: Sequence[int]) -> str:

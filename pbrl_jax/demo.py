@@ -1,4 +1,4 @@
-"""`make demo`: build the oracle pivot references, train, evaluate before/after, report.
+"""`make demo`: write the problems, import the oracle pivot references, train, evaluate, report.
 
   python -m pbrl_jax.demo --workdir runs/demo [--config configs/demo.py]
 
@@ -24,21 +24,47 @@ def define_flags() -> None:
   _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Run directory.")
 
 
+# Training problems the demo writes, each in every language: 64 x 4 training languages is
+# more prompts than 40 steps of 2 read, so no prompt repeats.
+N_TRAIN_PROBLEMS = 64
+
+
+def _fill_workdir(config, workdir: str) -> None:
+  """Replaces the `{workdir}` placeholder of the data and eval paths with the run directory."""
+  config.data.path = config.data.path.replace("{workdir}", workdir)
+  for ds in config.eval.datasets:
+    ds["path"] = ds["path"].replace("{workdir}", workdir)
+
+
+def prepare(config, workdir: str) -> None:
+  """Writes the arithmetic problems and imports their English solutions as the references.
+
+  Fills the `{workdir}` placeholders of `config` first; skipped when the references exist.
+  """
+  from pbrl_jax.cli import pivot_main  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.data import arith  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.data import pivot as pivot_lib  # pylint: disable=g-import-not-at-top
+  os.makedirs(workdir, exist_ok=True)
+  _fill_workdir(config, workdir)
+  if os.path.exists(os.path.join(pivot_lib.reference_dir(workdir), pivot_lib.MANIFEST)):
+    return
+  print("[demo] writing the arithmetic problems and importing their English worked "
+        "solutions as the pivot references (oracle pivot) ...", flush=True)
+  # Every language the problems exist in: training reads `data.langs`, evaluation its own.
+  n_test = max(int(ds["limit"]) for ds in config.eval.datasets)
+  paths = arith.write_split(os.path.join(workdir, "data"), langs=arith.LANGS,
+                            n_train=N_TRAIN_PROBLEMS, n_test=n_test)
+  pivot_main.build(config, workdir, references=paths["train_references"])
+
+
 def main(argv):
   del argv
   from pbrl_jax import train  # pylint: disable=g-import-not-at-top
-  from pbrl_jax.cli import pivot_main  # pylint: disable=g-import-not-at-top
-  from pbrl_jax.data import pivot as pivot_lib  # pylint: disable=g-import-not-at-top
   config, workdir = _CONFIG.value, _WORKDIR.value
-  os.makedirs(workdir, exist_ok=True)
   t0 = time.perf_counter()
-  if not os.path.exists(os.path.join(pivot_lib.reference_dir(workdir), pivot_lib.MANIFEST)):
-    print("[demo] building the oracle pivot references (English solutions of the same "
-          "instances) ...", flush=True)
-    pivot_main.build(config, workdir, oracle=True)
-  t_pivot = time.perf_counter() - t0
-  print(f"[demo] pivot references ready ({t_pivot:.0f} s); training GRPO for "
-        f"{config.total_steps} steps ...", flush=True)
+  prepare(config, workdir)
+  print(f"[demo] pivot references ready ({time.perf_counter() - t0:.0f} s); training GRPO "
+        f"for {config.total_steps} steps ...", flush=True)
   summary = train.train_and_report(config, workdir)
   total = time.perf_counter() - t0
   print(f"\n[demo] done in {total / 60:.1f} min: {summary['stopped_by']} at step "

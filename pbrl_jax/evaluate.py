@@ -341,10 +341,10 @@ def score_sample(response: str, gold: str | None, lang: str, length: int, capped
 
   Returns:
     {response, extracted, correct, length, length_capped, language_consistency,
-     language_consistent, repetition_score, repetition}.
+     language_consistent, language_undetermined, repetition_score, repetition}.
   """
   extracted = answers_lib.extract_final_answer(response, lang)
-  consistency = langid_lib.language_consistency(response, lang)
+  consistency, determined = langid_lib.language_reading(response, lang)
   rep = guards_lib.repetition(response)
   return {
       "response": response,
@@ -353,7 +353,8 @@ def score_sample(response: str, gold: str | None, lang: str, length: int, capped
       "length": int(length),
       "length_capped": bool(capped),
       "language_consistency": float(consistency),
-      "language_consistent": consistency >= language_threshold,
+      "language_consistent": langid_lib.is_consistent(consistency, language_threshold),
+      "language_undetermined": not determined,
       "repetition_score": float(rep),
       "repetition": rep >= repetition_threshold,
   }
@@ -377,7 +378,8 @@ def score_examples(examples: Sequence[Example], prompts: Sequence[str],
 
   Returns:
     Records {id, lang, prompt, gold, response, extracted, correct, length, length_capped,
-    language_consistency, language_consistent, repetition_score, repetition}; with G > 1 also
+    language_consistency, language_consistent, language_undetermined, repetition_score,
+    repetition}; with G > 1 also
     num_samples, num_correct, pass@k for k in `pass_k_values(G)`, and `samples` (every
     completion's fields).
   """
@@ -419,6 +421,13 @@ def record_score(rec: Mapping[str, Any]) -> float:
 def _sample_rate(recs: Sequence[Mapping[str, Any]], field: str) -> float:
   """Mean of `field` over every completion (all G samples of every example)."""
   vals = [float(s[field]) for r in recs for s in r.get("samples", [r])]
+  return float(np.mean(vals)) if vals else math.nan
+
+
+def _determined_rate(recs: Sequence[Mapping[str, Any]]) -> float:
+  """Share of language-consistent answers among those whose language could be told."""
+  vals = [float(s["language_consistent"]) for r in recs for s in r.get("samples", [r])
+          if not s.get("language_undetermined", False)]
   return float(np.mean(vals)) if vals else math.nan
 
 
@@ -468,6 +477,10 @@ def summarize(records: Sequence[Mapping[str, Any]], trained_langs: Sequence[str]
         "ci_low": _json_float(low),
         "ci_high": _json_float(high),
         "language_consistent": _sample_rate(recs, "language_consistent"),
+        # Letterless or nearly wordless answers cannot be placed in any language; the rate
+        # over the answers that can is the one to compare between runs.
+        "language_undetermined": _sample_rate(recs, "language_undetermined"),
+        "language_consistent_determined": _json_float(_determined_rate(recs)),
         "length_capped": _sample_rate(recs, "length_capped"),
         "repetition": _sample_rate(recs, "repetition"),
         "mean_length": _sample_rate(recs, "length"),

@@ -8,17 +8,16 @@ one uninterrupted run.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 
 
-class NonFiniteLossError(FloatingPointError):
-  """The loss went non-finite; the message names the step."""
+# Rollout completions, a few per step, for the report's sample table.
+SAMPLES_FILE = "samples.jsonl"
 
 
 def _to_python(value: Any) -> Any:
@@ -59,23 +58,28 @@ class MetricWriter:
   def __init__(self, workdir: str, *, resume_step: int = 0, tensorboard: bool = True):
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.samples_path = os.path.join(workdir, SAMPLES_FILE)
     self._tb = None
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
     truncate_jsonl(self.path, resume_step)
+    truncate_jsonl(self.samples_path, resume_step)
     self._file = open(self.path, "a", encoding="utf-8")
+    self._samples = open(self.samples_path, "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
-    """Writes one step; raises NonFiniteLossError when the loss is not finite."""
+    """Writes one step, non-finite values included.
+
+    What a non-finite loss means for the run is the trainer's one policy
+    (`max_nonfinite_in_row`: the update is skipped and counted, too many in a row stop it),
+    not the writer's.
+    """
     record = {"step": int(step)}
     record.update({k: _to_python(v) for k, v in metrics.items()})
-    loss = record.get("loss")
-    if isinstance(loss, float) and not math.isfinite(loss):
-      raise NonFiniteLossError(f"step {step}: loss is {loss}")
     if not self.active:
       return
     self._file.write(json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n")
@@ -85,6 +89,15 @@ class MetricWriter:
         if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
           self._tb.add_scalar(k, v, step)
 
+  def write_samples(self, step: int, samples: Sequence[Mapping[str, Any]]) -> None:
+    """Appends rollout completions of one step to `samples.jsonl` (one object each)."""
+    if not self.active:
+      return
+    for sample in samples:
+      record = {"step": int(step), **{k: _to_python(v) for k, v in sample.items()}}
+      self._samples.write(json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n")
+    self._samples.flush()
+
   def write_text(self, step: int, tag: str, text: str) -> None:
     if self.active and self._tb is not None:
       self._tb.add_text(tag, text, step)
@@ -93,6 +106,7 @@ class MetricWriter:
     if not self.active:
       return
     self._file.close()
+    self._samples.close()
     if self._tb is not None:
       self._tb.close()
 

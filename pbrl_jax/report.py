@@ -96,6 +96,55 @@ def first_last_fraction(rows, key: str, fraction: float = 0.2) -> tuple[float, f
   return float(np.mean(vals[:n])), float(np.mean(vals[-n:]))
 
 
+def change_and_stderr(rows, key: str, fraction: float = 0.2) -> tuple[float, float]:
+  """(last - first mean, its standard error from the step-to-step spread in each window).
+
+  SE = sqrt(var_first / n + var_last / n) with the sample variance (ddof 1) of the per-step
+  values; nan when a window has fewer than two steps.
+  """
+  _, vals = _series(rows, key)
+  n = max(1, int(round(len(vals) * fraction)))
+  if len(vals) < 2 * n or n < 2:
+    return float("nan"), float("nan")
+  first, last = vals[:n], vals[-n:]
+  se = float(np.sqrt(np.var(first, ddof=1) / n + np.var(last, ddof=1) / n))
+  return float(np.mean(last) - np.mean(first)), se
+
+
+def _cell(text: str, limit: int = 240) -> str:
+  """One markdown table cell: newlines shown as ⏎, pipes escaped, long text cut."""
+  text = text.strip()
+  cut = text[:limit] + (" …" if len(text) > limit else "")
+  return cut.replace("|", "\\|").replace("\n", " ⏎ ")
+
+
+def _samples_table(samples: Sequence[dict[str, Any]]) -> list[str]:
+  """First and last logged completion of each language, with its reward and checks."""
+  if not samples:
+    return []
+  by_lang: dict[str, list[dict[str, Any]]] = {}
+  for s in samples:
+    by_lang.setdefault(s.get("lang", "?"), []).append(s)
+  lines = ["## Sample completions (first and last step of each language)", "",
+           "One completion per prompt is logged every step in `samples.jsonl`; ⏎ is a line "
+           "break. `match`: the final answer equals the pivot's; `lang`: written in the "
+           "question's language (`?`: undetermined).", "",
+           "| lang | step | reward | match | lang | tokens | completion |",
+           "|---|---|---|---|---|---|---|"]
+  for lang in sorted(by_lang):
+    seq = sorted(by_lang[lang], key=lambda s: s["step"])
+    picks = [seq[0]] if len(seq) == 1 else [seq[0], seq[-1]]
+    for s in picks:
+      lang_mark = ("?" if s.get("language_undetermined") else
+                   "yes" if s.get("language_consistent") else "no")
+      capped = " (capped)" if s.get("capped") else ""
+      lines.append(f"| {lang} | {s['step']} | {s.get('reward', float('nan')):.3f} | "
+                   f"{'yes' if s.get('answer_match') else 'no'} | {lang_mark} | "
+                   f"{s.get('length', '')}{capped} | {_cell(s.get('text', ''))} |")
+  lines.append("")
+  return lines
+
+
 def _load_json(path: str) -> dict | None:
   if not os.path.exists(path):
     return None
@@ -113,18 +162,24 @@ def write_report(workdir: str, title: str = "pbrl_jax run") -> str:
 
   lines.append("## Learning signal (first 20% of steps vs last 20%)")
   lines.append("")
-  lines.append("| metric | first 20% | last 20% | change |")
-  lines.append("|---|---|---|---|")
+  lines.append("| metric | first 20% | last 20% | change | SE of change |")
+  lines.append("|---|---|---|---|---|")
   summary_keys = (["reward_mean", "reward_shaped_mean", "sft/nll", "kl"]
                   + [k for k in keys if k.startswith(("reward/", "rollout/"))])
   for key in summary_keys:
     a, b = first_last_fraction(rows, key)
     if np.isfinite(a):
-      lines.append(f"| {key} | {a:.4f} | {b:.4f} | {b - a:+.4f} |")
+      _, se = change_and_stderr(rows, key)
+      se_text = f"{se:.4f}" if np.isfinite(se) else ""
+      lines.append(f"| {key} | {a:.4f} | {b:.4f} | {b - a:+.4f} | {se_text} |")
+  lines.append("")
+  lines.append("SE: the standard error of the change from the step-to-step spread inside each "
+               "window; a change under twice its SE is within step noise.")
   lines.append("")
 
   plots = []
-  main_terms = ["reward_mean", "reward/answer_precision", "reward/reasoning_coherence",
+  main_terms = ["reward_mean", "reward/answer_precision", "reward/format",
+                "reward/reasoning_coherence",
                 "reward/similarity", "reward/mt_similarity", "reward/verifiable", "reward/gate"]
   if _plot_lines(os.path.join(workdir, "reward.png"), rows,
                  [k for k in main_terms if k in keys], "Reward and its components", "value"):
@@ -165,27 +220,50 @@ def write_report(workdir: str, title: str = "pbrl_jax run") -> str:
   if before or after:
     before_langs = (before or {}).get("per_language", {})
     after_langs = (after or {}).get("per_language", {})
-    lines.append("## Evaluation before and after training (greedy, held-out questions)")
+    lines.append("## Evaluation before and after training (held-out questions)")
     lines.append("")
-    eval_metrics = sorted({m for d in (before_langs, after_langs) for v in d.values()
-                           for m in v if isinstance(v.get(m), (int, float))
-                           and not isinstance(v.get(m), bool)})
-    lines.append("| lang | " + " | ".join(f"{m} before | {m} after" for m in eval_metrics)
-                 + " |")
-    lines.append("|---|" + "---|---|" * len(eval_metrics))
+    lines.append("Accuracy with its 95% bootstrap interval; `in language`: answers written in "
+                 "the question's language, of those whose language could be told "
+                 "(`undetermined`: letterless or nearly wordless answers); `capped`: cut by the "
+                 "token limit.")
+    lines.append("")
+    lines.append("| lang | n | accuracy before | accuracy after | in language before -> after "
+                 "| undetermined before -> after | capped before -> after |")
+    lines.append("|---|---|---|---|---|---|---|")
+
+    def acc(d: dict) -> str:
+      if "accuracy" not in d:
+        return ""
+      lo, hi = d.get("ci_low"), d.get("ci_high")
+      ci = f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else ""
+      return f"{d['accuracy']:.3f}{ci}"
+
+    def pair(a: dict, b: dict, key: str) -> str:
+      fmt = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) and np.isfinite(v) else "-"
+      return f"{fmt(a.get(key))} -> {fmt(b.get(key))}"
+
     for lang in sorted(set(before_langs) | set(after_langs)):
-      cells = []
-      for m in eval_metrics:
-        for d in (before_langs, after_langs):
-          v = d.get(lang, {}).get(m)
-          cells.append(f"{v:.3f}" if isinstance(v, (int, float)) else "")
-      lines.append(f"| {lang} | " + " | ".join(cells) + " |")
+      a, b = before_langs.get(lang, {}), after_langs.get(lang, {})
+      lines.append(f"| {lang} | {b.get('n', a.get('n', ''))} | {acc(a)} | {acc(b)} | "
+                   f"{pair(a, b, 'language_consistent_determined')} | "
+                   f"{pair(a, b, 'language_undetermined')} | {pair(a, b, 'length_capped')} |")
+    summaries = [(before or {}).get("summary", {}), (after or {}).get("summary", {})]
+    for key, label in (("trained_mean", "trained languages"), ("held_out_mean", "held out"),
+                       ("english_accuracy", "English"), ("gap", "gap (English - rest)")):
+      vals = [sm.get(key) for sm in summaries]
+      if any(isinstance(v, (int, float)) for v in vals):
+        lines.append(f"| *{label}* | | " + " | ".join(
+            f"{v:.3f}" if isinstance(v, (int, float)) else "" for v in vals) + " | | | |")
     lines.append("")
     for metric, name in (("accuracy", "eval_accuracy.png"), ("reward", "eval_reward.png"),
                          ("language_consistent", "eval_language.png")):
       if _plot_before_after(os.path.join(workdir, name), before_langs, after_langs, metric,
                             f"Held-out {metric} per language"):
         plots.append((f"Held-out {metric} per language, before and after", name))
+
+  samples_path = os.path.join(workdir, metrics_lib.SAMPLES_FILE)
+  if os.path.exists(samples_path):
+    lines.extend(_samples_table(metrics_lib.read_jsonl(samples_path)))
 
   if plots:
     lines.append("## Plots")

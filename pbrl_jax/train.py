@@ -192,7 +192,6 @@ def _reward_record(rows: list[dict[str, Any]], rewards: np.ndarray, shaped: np.n
   capped = ~rollout.finished
   for r, c in zip(rows, capped):
     r["length_capped"] = float(c)
-    r["language_consistent"] = float(r.get("gate_language", 0.0) >= 1.0)
   record = {k: float(v) for k, v in
             jax.device_get(adv_lib.group_spread_metrics(jnp.asarray(rewards), g)).items()}
   if shaping_on:
@@ -204,14 +203,32 @@ def _reward_record(rows: list[dict[str, Any]], rewards: np.ndarray, shaped: np.n
       record[f"reward/{k}"] = float(np.mean(vals))
   record.update({
       "rollout/length_capped_frac": float(np.mean(capped)),
+      # Rows whose reward came out non-finite (their NaN reaches the update, which is then
+      # skipped and counted by the non-finite guard).
+      "reward/nonfinite_frac": float(np.mean([bool(r.get("nonfinite")) for r in rows])),
       "rollout/repetition_frac": float(np.mean([r.get("gate_repetition", 1.0) < 1.0
                                                 for r in rows])),
       "rollout/mean_length": float(np.mean(rollout.lengths)),
       "rollout/language_consistent_frac": float(np.mean([r["language_consistent"]
                                                          for r in rows])),
+      "rollout/language_undetermined_frac": float(np.mean([r["language_undetermined"]
+                                                           for r in rows])),
   })
+  determined = [r["language_consistent"] for r in rows if not r["language_undetermined"]]
+  if determined:  # the rate to compare between steps: undetermined answers are no evidence
+    record["rollout/language_consistent_determined_frac"] = float(np.mean(determined))
   record.update(_per_language(langs, rows, LANG_LOG_KEYS))
   return record
+
+
+def _sample_records(rows: Sequence[dict[str, Any]], rollout: Rollout, langs: Sequence[str],
+                    g: int) -> list[dict[str, Any]]:
+  """The first completion of every group, for `samples.jsonl` and the report's table."""
+  keys = ("reward", "answer_match", "format", "language_consistent", "language_undetermined")
+  return [{"lang": langs[i], "text": rollout.texts[i], "length": int(rollout.lengths[i]),
+           "capped": bool(not rollout.finished[i]),
+           **{k: float(rows[i][k]) for k in keys if k in rows[i]}}
+          for i in range(0, len(rows), g)]
 
 
 def _reward_items(batch: dict[str, Any], texts: Sequence[str], g: int, encoder_name: str
@@ -266,11 +283,12 @@ def _per_language(langs: Sequence[str], rows: Sequence[dict[str, Any]], keys: Se
 
 
 REWARD_LOG_KEYS = ("reward", "base", "gate", "answer_precision", "reasoning_coherence",
-                   "similarity", "answer_match", "verifiable", "language_consistency",
+                   "similarity", "answer_match", "answer_closeness", "format", "verifiable",
+                   "language_consistency",
                    "gate_language", "gate_copy", "gate_length", "gate_repetition", "gate_empty",
                    "repetition", "length_ratio", "mt_similarity")
-LANG_LOG_KEYS = ("reward", "answer_precision", "reasoning_coherence", "verifiable",
-                 "language_consistent", "length_capped", "length_ratio")
+LANG_LOG_KEYS = ("reward", "answer_precision", "answer_match", "reasoning_coherence",
+                 "verifiable", "language_consistent", "length_capped", "length_ratio")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -633,6 +651,8 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
       # Like time/*, it differs between otherwise identical runs.
       record["host/rss_mb"] = process_info.memory_info().rss / 2**20
       writer.write(step, record)
+      if rows:
+        writer.write_samples(step, _sample_records(rows, rollout, langs, g))
       if run.sample_every and step % run.sample_every == 0 and rows:
         sample_text = "\n\n".join(
             f"[{langs[i]}] reward={rows[i]['reward']:.3f}\n{rollout.texts[i][:600]}"

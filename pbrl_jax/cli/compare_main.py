@@ -1,5 +1,6 @@
 """pbrl-compare: the same GRPO experiment in TRL and in pbrl_jax (parity, curves, speed).
 
+  pbrl-compare --quick                      # writes runs/compare/
   pbrl-compare --quick --out /tmp/compare_quick
   pbrl-compare --steps 10 --out /tmp/compare_smollm2          # SmolLM2-135M-Instruct
   pbrl-compare --model DIR --loss_type dapo --beta 0.0 --out /tmp/compare_dapo
@@ -21,7 +22,7 @@ def define_flags() -> None:
   global _QUICK, _MODEL, _OUT, _STEPS, _PROMPTS, _GENERATIONS, _MAX_NEW_TOKENS, _BETA, _LOSS_TYPE, _LR, _TEMPERATURE, _EPSILON, _EPSILON_HIGH, _SEED, _REWARD, _PARITY, _TRL_BF16, _CACHE_DIR, _JAX_MICROBATCHES
   _QUICK = flags.DEFINE_bool("quick", False, "Tiny random model, a couple of steps (seconds).")
   _MODEL = flags.DEFINE_string("model", "", "HF model directory; default SmolLM2-135M-Instruct.")
-  _OUT = flags.DEFINE_string("out", None, "Output directory.")
+  _OUT = flags.DEFINE_string("out", "runs/compare", "Output directory.")
   _STEPS = flags.DEFINE_integer("steps", 5, "Training steps per side (0: parity only).")
   _PROMPTS = flags.DEFINE_integer("prompts", 8, "Prompts per step.")
   _GENERATIONS = flags.DEFINE_integer("generations", 4, "Completions per prompt (G).")
@@ -45,7 +46,6 @@ def define_flags() -> None:
   _JAX_MICROBATCHES = flags.DEFINE_integer(
       "jax_microbatches", 4, "Gradient-accumulation chunks of pbrl_jax's update (the same "
       "gradient, less activation memory); must divide prompts x generations.")
-  flags.mark_flag_as_required("out")
 
 # --quick defaults, used for flags the command line does not set.
 QUICK_DEFAULTS = {"steps": 2, "prompts": 4, "max_new_tokens": 16}

@@ -14,6 +14,7 @@ The output file is written atomically.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from typing import Any, Iterator
@@ -64,6 +65,12 @@ def read_items(path: str) -> Iterator[dict[str, Any]]:
       yield obj
 
 
+def _json_safe(row: dict[str, Any]) -> dict[str, Any]:
+  """NaN and infinities as null (strict JSON); the row's `nonfinite` list names them."""
+  return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+          for k, v in row.items()}
+
+
 def write_jsonl_atomic(path: str, rows: list[dict[str, Any]]) -> None:
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
@@ -71,7 +78,7 @@ def write_jsonl_atomic(path: str, rows: list[dict[str, Any]]) -> None:
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       for row in rows:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.write(json.dumps(_json_safe(row), ensure_ascii=False, allow_nan=False) + "\n")
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

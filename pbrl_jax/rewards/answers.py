@@ -276,3 +276,34 @@ def verifiable_reward(response: str, gold: str | float | int | None,
   """RLVR reward: 1.0 when the response's final answer equals the gold answer, else 0.0."""
   return float(answers_match(extract_final_answer(response, lang), gold_answer(gold, lang),
                              rel_tol=rel_tol))
+
+
+def final_answer_format(text: str, lang: str | None = None) -> float:
+  """1.0 when `text` states exactly one final answer the parser can read, else 0.0.
+
+  "Exactly one": a single `####` marker, followed on its line by a number or an option
+  letter. Two markers (a policy hedging between answers) or a marker with nothing readable
+  after it earn nothing.
+  """
+  text = normalize_digits(clean_text(text))
+  marks = _HASH_RE.findall(text)
+  if len(marks) != 1:
+    return 0.0
+  return float(_answer_from_tail(marks[0], lang) is not None)
+
+
+def answer_closeness(answer: str | None, target: str | None) -> float:
+  """How near a numeric answer is to the target, in [0, 1]: max(0, 1 - |a - t| / max(|t|, 1)).
+
+  1.0 for equal numbers, falling linearly to 0 at a distance of |t| (or 1 for |t| < 1). Letters
+  and unparseable answers are 1.0 when equal, else 0.0: a wrong option is not "near".
+  """
+  if answer is None or target is None:
+    return 0.0
+  try:
+    a, t = float(answer), float(target)
+  except ValueError:
+    return float(answer.upper() == target.upper())
+  if not (math.isfinite(a) and math.isfinite(t)):
+    return 0.0
+  return max(0.0, 1.0 - abs(a - t) / max(abs(t), 1.0))

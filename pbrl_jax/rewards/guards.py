@@ -2,8 +2,10 @@
 
 Each guard measures one thing and turns it into a gate in [0, 1]:
 
-- language: `language_consistency(response, lang)` in [0,1]; gate ramps from 0 at `lo` to 1
-  at `hi`.
+- language: `language_reading(response, lang)` in [0,1] (0 when the text cannot be placed:
+  letterless or nearly wordless answers are *undetermined*, reported as such, never paid as
+  the target language); gate ramps from 0 at `lo` to 1 at `hi`. `language_consistent` is
+  the measure at or above `hi` (the definition evaluation uses too).
 - copy: share of the response's letter 6-grams found in the reference, and in the question,
   [0,1] each; per source a gate ramping from 1 at `lo` to 0 at `hi` (the question has its own,
   higher pair); the smaller gate counts.
@@ -117,7 +119,7 @@ def guard_values(response: str, reference: str, question: str, lang: str | None,
                  th: GuardThresholds) -> dict[str, float]:
   """Every guard measure, its gate and the combined gate (see the module docstring)."""
   empty = is_empty(response)
-  lang_c = langid.language_consistency(response, lang)
+  lang_c, determined = langid.language_reading(response, lang)
   copy_ref = copy_overlap(response, reference)
   copy_q = copy_overlap(response, question)
   ref_len = weighted_length(reference)
@@ -144,6 +146,8 @@ def guard_values(response: str, reference: str, question: str, lang: str | None,
   gate = 1.0
   for k, g in gates.items():
     gate *= 1.0 - weights[k] * (1.0 - g)
-  return {"language_consistency": lang_c, "copy_reference": copy_ref, "copy_question": copy_q,
+  return {"language_consistency": lang_c, "language_undetermined": float(not determined),
+          "language_consistent": float(langid.is_consistent(lang_c, th.language_hi)),
+          "copy_reference": copy_ref, "copy_question": copy_q,
           "length_ratio": min(ratio, 1e6), "repetition": rep, "empty": empty, **gates,
           "gate": gate}

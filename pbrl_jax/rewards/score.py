@@ -10,7 +10,8 @@ keys, when the trainer's scoring jit already computed them from `segments(respon
 Output keys (stable; ranges in brackets):
   reward [0,1]            base * gate (for 'verifiable': base, gated only when asked)
   base [0,1]              the reward of the kind before guards:
-                            hybrid     alpha * answer_precision + (1 - alpha) * reasoning_coherence
+                            hybrid     alpha * answer_precision + format_weight * format
+                                       + (1 - alpha - format_weight) * reasoning_coherence
                             embedding  similarity
                             mt         mt_similarity
                             verifiable verifiable
@@ -18,9 +19,14 @@ Output keys (stable; ranges in brackets):
     copy_reference, copy_question, length_ratio [0,1e6], repetition, empty, gate_language,
     gate_copy, gate_length, gate_repetition, gate_empty
   answer_match {0,1}      policy final answer == reference final answer (numeric tolerance)
+  answer_closeness [0,1]  1 - |policy - reference| / max(|reference|, 1), floored at 0
+  format {0,1}            exactly one readable '#### <answer>' line
+  language_undetermined {0,1}, language_consistent {0,1}  (see `guards.py`)
   has_reference_answer {0,1}, has_gold {0,1}
   verifiable {0,1}        policy final answer == gold (0 without a gold answer)
   policy_answer, reference_answer (strings, '' when none was found)
+  nonfinite               names of the terms that came out NaN or infinite ([] normally);
+                          when any, reward is NaN (never silently 0)
   with an encoder (every kind but 'verifiable'):
     cos_full, cos_reasoning, cos_answer [-1,1]  raw cosines of the `segments`: full text,
                                reasoning, final answer (canonical when found, else the
@@ -28,8 +34,11 @@ Output keys (stable; ranges in brackets):
     similarity [0,1]           calibrated cosine of the full texts
     reasoning_coherence [0,1]  calibrated cosine of the reasonings (or their MT similarity
                                when coherence='mt'; 0 when either reasoning is empty)
-    answer_precision [0,1]     'match': answer_match when the reference has a final answer,
-                               else the calibrated cosine of the answer segments; 'comet':
+    answer_precision [0,1]     'graded': 1 on an exact match, else partial_credit *
+                               answer_closeness (when the reference has a final answer);
+                               'match': answer_match; for both, the calibrated cosine of
+                               the answer segments when the reference has no final answer;
+                               'comet':
                                the estimator's score of the answer segments, clipped to [0,1]
   with MT (kind 'mt', or hybrid with coherence='mt'):
     mt_similarity [0,1]        translated response (or reasoning) vs reference (or reasoning),
@@ -97,8 +106,14 @@ def reference_embeddings(encoder: TextEncoder, references: Sequence[str],
 
 
 def _finite(x: Any, lo: float, hi: float) -> float:
+  """`x` clamped into [lo, hi]; NaN for a non-finite `x`, which must stay visible.
+
+  A NaN term makes the row's reward NaN and is listed in `nonfinite`: the trainer's
+  non-finite guard then skips and counts the update, and `pbrl-score` marks the line,
+  instead of a broken encoder passing as a reward of 0.
+  """
   x = float(x)
-  return min(max(x, lo), hi) if math.isfinite(x) else lo
+  return min(max(x, lo), hi) if math.isfinite(x) else math.nan
 
 
 def _text(item: Mapping[str, Any], key: str) -> str:
@@ -139,6 +154,8 @@ def text_scores(spec: RewardSpec, models: RewardModels | TextEncoder,
     row = {
         "policy_answer": pol or "", "reference_answer": ref or "",
         "answer_match": float(answers.answers_match(pol, ref, spec.numeric_rel_tol)),
+        "answer_closeness": answers.answer_closeness(pol, ref),
+        "format": answers.final_answer_format(responses[i], langs[i]),
         "has_reference_answer": float(ref is not None), "has_gold": float(gold is not None),
         "verifiable": float(answers.answers_match(pol, gold, spec.numeric_rel_tol)),
     }
@@ -191,7 +208,8 @@ def finish_scores(spec: RewardSpec, models: RewardModels | TextEncoder,
 
   for row in rows:
     if spec.kind == "hybrid":
-      base = spec.alpha * row["answer_precision"] + (1 - spec.alpha) * row["reasoning_coherence"]
+      base = (spec.alpha * row["answer_precision"] + spec.format_weight * row["format"]
+              + (1 - spec.alpha - spec.format_weight) * row["reasoning_coherence"])
     elif spec.kind == "embedding":
       base = row["similarity"]
     elif spec.kind == "mt":
@@ -201,9 +219,10 @@ def finish_scores(spec: RewardSpec, models: RewardModels | TextEncoder,
     gated = spec.kind != "verifiable" or spec.apply_guards_to_verifiable
     row["base"] = _finite(base, 0.0, 1.0)
     row["reward"] = _finite(base * (row["gate"] if gated else 1.0), 0.0, 1.0)
-    for k, v in row.items():
-      if isinstance(v, float) and not math.isfinite(v):
-        row[k] = 0.0
+    row["nonfinite"] = sorted(k for k, v in row.items()
+                              if isinstance(v, float) and not math.isfinite(v))
+    if row["nonfinite"]:
+      row["reward"] = math.nan  # even where a zero gate would have hidden the bad term
   return rows
 
 
@@ -252,6 +271,9 @@ def _embedding_components(spec: RewardSpec, models: RewardModels,
     row["reasoning_coherence"] = _finite(coherence, 0.0, 1.0)
     if comet_scores is not None:
       precision = comet_scores[i]
+    elif row["has_reference_answer"] and spec.answer_precision == "graded":
+      precision = (1.0 if row["answer_match"] else
+                   spec.partial_credit * row["answer_closeness"])
     elif row["has_reference_answer"]:
       precision = row["answer_match"]
     else:

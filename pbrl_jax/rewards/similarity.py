@@ -39,7 +39,9 @@ def np_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   b = np.asarray(b, np.float64)
   den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
   out = np.einsum("be,be->b", a, b) / np.maximum(den, 1e-12)
-  return np.where(den > 0, np.clip(out, -1.0, 1.0), 0.0)
+  # A zero vector (nothing embedded) has cosine 0; a NaN vector stays NaN, so a broken
+  # encoder output reaches the caller's non-finite check instead of passing as "unrelated".
+  return np.where(den > 0, np.clip(out, -1.0, 1.0), np.where(np.isnan(den), np.nan, 0.0))
 
 
 def np_calibrate(cos: np.ndarray, lo: float, hi: float) -> np.ndarray:

@@ -9,7 +9,7 @@ from pbrl_jax.rewards.guards import GuardThresholds
 
 KINDS = ("hybrid", "embedding", "mt", "verifiable")
 COHERENCE = ("embedding", "mt")
-ANSWER_PRECISION = ("match", "comet")
+ANSWER_PRECISION = ("graded", "match", "comet")
 MT_METRICS = ("cosine", "chrf")
 
 
@@ -26,6 +26,8 @@ class RewardSpec:
   encoder: str = "use_m3"
   coherence: str = "embedding"
   answer_precision: str = "match"
+  partial_credit: float = 0.4
+  format_weight: float = 0.0
   numeric_rel_tol: float = 1e-4
   comet_path: str = ""
   comet_activation: str = "tanh"
@@ -77,6 +79,8 @@ class RewardSpec:
     choice("mt_metric", MT_METRICS)
     number("reward.", data, "alpha", 0.0, 1.0)
     number("reward.", data, "numeric_rel_tol", 0.0, 1.0)
+    number("reward.", data, "partial_credit", 0.0, 1.0)
+    number("reward.", data, "format_weight", 0.0, 1.0)
     for key in ("encoder", "comet_path", "mt_backend", "mt_encoder", "comet_activation",
                 "comet_final_activation"):
       if key in data and not isinstance(data[key], str):
@@ -92,6 +96,9 @@ class RewardSpec:
       if getattr(guards, name + "_lo") > getattr(guards, name + "_hi"):
         raise RewardConfigError(f"reward.guards.{name}_lo: must not exceed {name}_hi")
     spec = cls(**data, guards=guards)
+    if spec.alpha + spec.format_weight > 1.0 + 1e-9:
+      raise RewardConfigError(f"reward.format_weight: alpha ({spec.alpha}) + format_weight "
+                              f"({spec.format_weight}) must not exceed 1 (coherence gets the rest)")
     if spec.answer_precision == "comet" and not spec.comet_path:
       raise RewardConfigError("reward.comet_path: required when answer_precision is 'comet'")
     if spec.uses_encoder and not spec.encoder:

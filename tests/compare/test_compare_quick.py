@@ -13,8 +13,8 @@ import os
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-trl = pytest.importorskip("trl")
+import torch  # noqa: F401 (missing: the test fails, never skips)
+import trl
 
 from pbrl_jax import compare  # pylint: disable=g-import-not-at-top
 from pbrl_jax import rl  # pylint: disable=g-import-not-at-top
@@ -120,9 +120,15 @@ def test_parity_checks_bounds():
   assert not _probe_errors(loss_rel_err=2e-4)["loss_rel_err"]
   assert not _probe_errors(logp_rel_err=2e-4)["logp_rel_err"]
   # A gradient error above rtol passes only if fp32 rounding explains it: TRL itself is that
-  # far from the float64 result and ours is no further than twice that.
-  assert _probe_errors(grad_rel_err=3e-2, grad_rel_err_ours_vs_fp64=2e-2,
-                       grad_rel_err_trl_vs_fp64=2e-2)["grad_rel_err"]
+  # far from the float64 result, ours is no further than twice that, and neither error
+  # exceeds the absolute limit.
+  assert _probe_errors(grad_rel_err=5e-4, grad_rel_err_ours_vs_fp64=4e-4,
+                       grad_rel_err_trl_vs_fp64=3e-4)["grad_rel_err"]
+  assert compare.GRAD_ABS_LIMIT == 1e-3
+  assert not _probe_errors(grad_rel_err=3e-2, grad_rel_err_ours_vs_fp64=2e-2,
+                           grad_rel_err_trl_vs_fp64=2e-2)["grad_rel_err"]
+  assert not _probe_errors(grad_rel_err=5e-4, grad_rel_err_ours_vs_fp64=2e-3,
+                           grad_rel_err_trl_vs_fp64=2e-3)["grad_rel_err"]
   assert not _probe_errors(grad_rel_err=3e-2, grad_rel_err_ours_vs_fp64=3e-2,
                            grad_rel_err_trl_vs_fp64=1e-6)["grad_rel_err"]
   assert not _probe_errors(grad_norm_rel_err=2e-4, grad_norm_rel_err_ours_vs_fp64=5e-4,

@@ -172,7 +172,7 @@ def test_two_hosts_see_every_record_once(tok, elements):
 
 
 def test_orbax_checkpoint_roundtrip(tok, elements, tmp_path):
-  ocp = pytest.importorskip("orbax.checkpoint")
+  import orbax.checkpoint as ocp
   opts = _opts(seed=3)
   it = iter(pipeline.make_loader(elements, tok, opts))
   _take(it, 4)

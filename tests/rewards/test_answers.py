@@ -103,3 +103,26 @@ def test_matching_and_verifiable():
   assert answers.verifiable_reward("#### 8", "Full solution...\n#### 9") == 0.0
   assert answers.verifiable_reward("The answer is (C)", "C") == 1.0
   assert answers.verifiable_reward("anything", None) == 0.0
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Sie hat 3 + 5 = 8 Äpfel.\n#### 8", 1.0),
+    ("#### 8", 1.0),
+    ("#### 1.234,5", 1.0),
+    ("#### B", 1.0),
+    ("Sie hat 8 Äpfel.", 0.0),               # no marker
+    ("#### 8\n#### 9", 0.0),                 # hedging between two answers
+    ("Die Antwort:\n#### ", 0.0),            # marker with nothing readable
+    ("#### acht", 0.0),
+])
+def test_final_answer_format(text, expected):
+  assert answers.final_answer_format(text, "de") == expected
+
+
+@pytest.mark.parametrize("answer,target,expected", [
+    ("8", "8", 1.0), ("7", "8", 0.875), ("9", "8", 0.875), ("16", "8", 0.0), ("0", "8", 0.0),
+    ("100", "8", 0.0), ("0.5", "0", 0.5), ("-2", "-4", 0.5), ("B", "B", 1.0), ("C", "B", 0.0),
+    (None, "8", 0.0), ("8", None, 0.0),
+])
+def test_answer_closeness_by_hand(answer, target, expected):
+  assert answers.answer_closeness(answer, target) == pytest.approx(expected, abs=1e-12)

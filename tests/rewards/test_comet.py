@@ -61,7 +61,7 @@ def test_comet_answer_precision_in_score_batch(tmp_path):
   from configs import reward_defaults
   from pbrl_jax.rewards import RewardSpec, load_reward_models, score_batch
   path = tmp_path / "comet.safetensors"
-  _write_checkpoint(path, 4 * 512)
+  tensors = _write_checkpoint(path, 4 * 512)
   cfg = reward_defaults.get_config()
   cfg.answer_precision = "comet"
   cfg.comet_path = str(path)
@@ -74,5 +74,6 @@ def test_comet_answer_precision_in_score_batch(tmp_path):
   from pbrl_jax.rewards.score import reference_embeddings
   h = models.encoder.encode(["8"])  # the canonical final answer is what gets embedded
   r = reference_embeddings(models.encoder, [item["reference"]])["answer"]
-  want = comet.estimator_scores(models.comet, h, r)[0]
+  # The NumPy mirror of COMET's estimator head with the final sigmoid, not the code under test.
+  want = 1.0 / (1.0 + np.exp(-_reference(tensors, h, r)[0]))
   assert row["answer_precision"] == pytest.approx(float(np.clip(want, 0, 1)), abs=1e-4)

@@ -41,8 +41,43 @@ def test_latin_languages_are_told_apart():
   assert langid.language_consistency(SAME["pt"], "es") <= TH.language_lo
   assert langid.language_consistency(SAME["de"], "nl") <= TH.language_lo
   assert langid.language_consistency(SAME["zh"], "ja") < 1.0
-  assert langid.language_consistency("3 + 5 = 8", "de") == 1.0  # no letters: no evidence
   assert langid.language_consistency(SAME["en"], None) == 1.0
+
+
+# What a 135M policy found within 20 steps when the measure passed it: letterless answers, and
+# the terse English template in Latin-script languages.
+UNDETERMINED = ["3 + 5 = 8", "8", "#### 8", "3 + 5 = 8\n#### 8", "= 8 ok", "8个"]
+ENGLISH_TEMPLATES = ["8\nThe answer is 8.", "The answer is 8", "3 + 5 = 8. So it is 8.",
+                     "100 The answer is 100."]
+
+
+@pytest.mark.parametrize("lang", sorted(set(SAME) - {"en"}))
+def test_letterless_and_wordless_text_is_undetermined_never_the_target(lang):
+  for text in UNDETERMINED:
+    score, determined = langid.language_reading(text, lang)
+    assert (score, determined) == (0.0, False), (lang, text)
+    row = guard_row(text, SAME["en"], "", lang)
+    assert row["language_undetermined"] == 1.0 and row["gate_language"] == 0.0, (lang, text)
+    assert row["language_consistent"] == 0.0
+
+
+@pytest.mark.parametrize("lang", sorted(set(SAME) - {"en"}))
+def test_terse_english_template_is_english(lang):
+  for text in ENGLISH_TEMPLATES:
+    score, determined = langid.language_reading(text, lang)
+    assert determined and score <= TH.language_lo, (lang, text, score)
+
+
+def test_short_target_language_answers_are_determined():
+  assert langid.language_reading("Die Antwort ist 8.", "de") == (1.0, True)
+  assert langid.language_reading("La réponse est 8, donc elle a 8 pommes.", "fr") == (1.0, True)
+  assert langid.language_reading("The answer is 8.", "en") == (1.0, True)
+  # One word with no function word: undetermined in a Latin-script language, plainly not the
+  # language in another script.
+  assert langid.language_reading("8 Äpfel", "de") == (0.0, False)
+  assert langid.language_reading("8 Äpfel", "ru") == (0.0, True)
+  score, determined = langid.language_reading("Ответ: 8 яблок.", "ru")
+  assert determined and score == 1.0
 
 
 def test_guard_values():

@@ -18,8 +18,8 @@ import pytest
 from pbrl_jax import rl
 from pbrl_jax.models import decoder
 
-torch = pytest.importorskip("torch")
-trl = pytest.importorskip("trl")
+import torch
+import trl
 
 B, G, M, V = 8, 4, 6, 11
 EPS_LOW, EPS_HIGH = 0.2, 0.28

