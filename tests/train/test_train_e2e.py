@@ -29,7 +29,7 @@ def _check_run(workdir, steps):
   for r in rows:
     for key in ("loss", "reward_mean", "kl"):
       assert isinstance(r[key], float) and math.isfinite(r[key]), (key, r)
-    assert 0.0 <= r["reward_mean"] <= 1.0 and r["kl"] >= -1e-6, r
+    assert 0.0 <= r["reward_mean"] <= 1.0, r  # (PPO's k1 KL may be negative: no sign check)
     assert r["skipped"] == 0.0 and r["nonfinite_total"] == 0.0, r
   assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
   with open(os.path.join(workdir, "config.json")) as f:

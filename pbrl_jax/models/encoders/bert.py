@@ -305,6 +305,11 @@ class BertEncoder:
   def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
     return self._pad([self._wrap(self.token_ids(t)) for t in texts])
 
+  def window_count(self, text: str) -> int:
+    """How many windows `encode` embeds `text` in (1: `tokenize` sees all of it)."""
+    width = self.max_tokens - len(self._prefix) - len(self._suffix)
+    return len(common.windows(self.token_ids(text), width))
+
   def embed(self, params: Params, batch: dict[str, Array]) -> Array:
     return self.module.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
                              batch["token_type_ids"])

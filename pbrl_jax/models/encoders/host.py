@@ -73,6 +73,11 @@ class HostEncoder:
     return jax.pure_callback(host, shape, batch["utf8"], batch["length"],
                              vmap_method="sequential")
 
+  def window_count(self, text: str) -> int:
+    """1: the engine embeds a whole text itself (host encoders never run in the jit)."""
+    del text
+    return 1
+
   def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     texts = [common.clean_text(t) for t in texts]
     if not texts:

@@ -236,6 +236,10 @@ class UseM3Encoder:
     """Ids [B,T] and mask [B,T] at a bucketed T; texts beyond the window are truncated."""
     return self._pad([self._wrap(self.token_ids(t)) for t in texts])
 
+  def window_count(self, text: str) -> int:
+    """How many windows `encode` embeds `text` in (1: `tokenize` sees all of it)."""
+    return len(common.windows(self.token_ids(text), self.max_tokens - 2))
+
   def embed(self, params: Params, batch: dict[str, Array]) -> Array:
     """Pure and jittable: [B,E] L2-normalised float32 embeddings."""
     return self.module.apply({"params": params}, batch["input_ids"], batch["attention_mask"])
