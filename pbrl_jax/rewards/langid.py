@@ -90,11 +90,18 @@ def script_counts(text: str) -> dict[str, int]:
   return counts
 
 
+def _words(text: str) -> list[str]:
+  return [w.lower() for w in _WORD_RE.findall(text)]
+
+
 def stopword_hits(text: str) -> tuple[dict[str, int], int]:
   """(function-word hits per profiled language, number of words)."""
-  words = [w.lower() for w in _WORD_RE.findall(text)]
-  hits = {lang: sum(w in sw for w in words) for lang, sw in STOPWORDS.items()}
-  return hits, len(words)
+  words = _words(text)
+  return _hits(words), len(words)
+
+
+def _hits(words: list[str]) -> dict[str, int]:
+  return {lang: sum(w in sw for w in words) for lang, sw in STOPWORDS.items()}
 
 
 # Evidence needed before a text counts as written in some language: function-word hits of the
@@ -141,13 +148,13 @@ def language_reading(text: str, lang: str | None) -> tuple[float, bool]:
     share *= 0.5  # all-Han text is Chinese, not Japanese
   if scripts is not LATIN or share == 0.0:
     return share, True
-  hits, n_words = stopword_hits(text)
+  words = _words(text)
+  hits, n_words = _hits(words), len(words)
   best = max(hits.values())
   own = hits.get(lang, 0)
   if lang != "en" and hits["en"] >= 1 and hits["en"] > own and hits["en"] == best:
     # English leads: off-language however short. Words both profiles list ("is" in Dutch,
     # "in" in Italian) are no evidence for the target here.
-    words = [w.lower() for w in _WORD_RE.findall(text)]
     own_only = sum(w in STOPWORDS.get(lang, ()) and w not in STOPWORDS["en"] for w in words)
     return share * own_only / best, True
   if best < MIN_STOPWORD_HITS:

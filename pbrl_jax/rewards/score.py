@@ -105,7 +105,7 @@ def reference_embeddings(encoder: TextEncoder, references: Sequence[str],
   return {k: emb[i] for i, k in enumerate(SEGMENTS)}
 
 
-def _finite(x: Any, lo: float, hi: float) -> float:
+def _clamp(x: Any, lo: float, hi: float) -> float:
   """`x` clamped into [lo, hi]; NaN for a non-finite `x`, which must stay visible.
 
   A NaN term makes the row's reward NaN and is listed in `nonfinite`: the trainer's
@@ -180,7 +180,7 @@ def text_scores(spec: RewardSpec, models: RewardModels | TextEncoder,
     for i, v in zip(live, got):
       mt_sim[i] = v
     for row, v in zip(out, mt_sim):
-      row["mt_similarity"] = _finite(v, 0.0, 1.0)
+      row["mt_similarity"] = _clamp(v, 0.0, 1.0)
   return out
 
 
@@ -217,8 +217,8 @@ def finish_scores(spec: RewardSpec, models: RewardModels | TextEncoder,
     else:
       base = row["verifiable"]
     gated = spec.kind != "verifiable" or spec.apply_guards_to_verifiable
-    row["base"] = _finite(base, 0.0, 1.0)
-    row["reward"] = _finite(base * (row["gate"] if gated else 1.0), 0.0, 1.0)
+    row["base"] = _clamp(base, 0.0, 1.0)
+    row["reward"] = _clamp(base * (row["gate"] if gated else 1.0), 0.0, 1.0)
     row["nonfinite"] = sorted(k for k, v in row.items()
                               if isinstance(v, float) and not math.isfinite(v))
     if row["nonfinite"]:
@@ -264,11 +264,11 @@ def _embedding_components(spec: RewardSpec, models: RewardModels,
     comet_scores = comet.estimator_scores(models.comet, pol["answer"], ref["answer"])
   for i, row in enumerate(out):
     for k in SEGMENTS:
-      row[f"cos_{k}"] = _finite(cos[k][i], -1.0, 1.0)
-    row["similarity"] = _finite(similarity.np_calibrate(cos["full"][i], lo, hi), 0.0, 1.0)
+      row[f"cos_{k}"] = _clamp(cos[k][i], -1.0, 1.0)
+    row["similarity"] = _clamp(similarity.np_calibrate(cos["full"][i], lo, hi), 0.0, 1.0)
     has_reasoning = bool(resp_segs[i]["reasoning"].strip() and ref_segs[i]["reasoning"].strip())
     coherence = similarity.np_calibrate(cos["reasoning"][i], lo, hi) if has_reasoning else 0.0
-    row["reasoning_coherence"] = _finite(coherence, 0.0, 1.0)
+    row["reasoning_coherence"] = _clamp(coherence, 0.0, 1.0)
     if comet_scores is not None:
       precision = comet_scores[i]
     elif row["has_reference_answer"] and spec.answer_precision == "graded":
@@ -278,7 +278,7 @@ def _embedding_components(spec: RewardSpec, models: RewardModels,
       precision = row["answer_match"]
     else:
       precision = similarity.np_calibrate(cos["answer"][i], lo, hi)
-    row["answer_precision"] = _finite(precision, 0.0, 1.0)
+    row["answer_precision"] = _clamp(precision, 0.0, 1.0)
 
 
 def _mt_similarity(spec: RewardSpec, models: RewardModels, langs: Sequence[str | None],
