@@ -724,6 +724,25 @@ def _mmlu_prox_file(path: str, lang: str) -> str:
   raise FileNotFoundError(f"{path}: no {lang}.jsonl or {lang}.csv")
 
 
+def evaluate_spec(params: Params, config: DecoderConfig, tokenizer: Any,
+                  examples: Sequence[Example], spec: EvalSpec, *,
+                  trained_langs: Sequence[str] = (), mesh: Mesh | None = None,
+                  lora: Params | None = None, lora_scale: float = 1.0) -> dict[str, Any]:
+  """`evaluate` with every setting of a validated `eval` section.
+
+  The one way a config's evaluation runs: `pbrl-eval` (through `run_datasets`) and the
+  trainer's in-training evaluation both call it, so no `eval` key is honoured by one and
+  ignored by the other.
+  """
+  return evaluate(params, config, tokenizer, examples,
+                  max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
+                  num_samples=spec.num_samples, temperature=spec.temperature,
+                  top_p=spec.top_p, seed=spec.seed, trained_langs=trained_langs, mesh=mesh,
+                  lora=lora, lora_scale=lora_scale, n_boot=spec.n_boot,
+                  language_threshold=spec.language_threshold,
+                  repetition_threshold=spec.repetition_threshold)
+
+
 def run_datasets(params: Params, config: DecoderConfig, tokenizer: Any, spec: EvalSpec, *,
                  workdir: str = ".", trained_langs: Sequence[str] = (),
                  mesh: Mesh | None = None) -> dict[str, dict[str, Any]]:
@@ -746,13 +765,8 @@ def run_datasets(params: Params, config: DecoderConfig, tokenizer: Any, spec: Ev
     examples = load_dataset(ds, workdir)
     logging.info("eval %s: %d examples in %d languages", name, len(examples),
                  len({e.lang for e in examples}))
-    out[name] = evaluate(params, config, tokenizer, examples,
-                         max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
-                         num_samples=spec.num_samples, temperature=spec.temperature,
-                         top_p=spec.top_p, seed=spec.seed, trained_langs=trained_langs,
-                         mesh=mesh, n_boot=spec.n_boot,
-                         language_threshold=spec.language_threshold,
-                         repetition_threshold=spec.repetition_threshold)
+    out[name] = evaluate_spec(params, config, tokenizer, examples, spec,
+                              trained_langs=trained_langs, mesh=mesh)
     s = out[name]["summary"]
     logging.info("eval %s: English %s, non-English mean %s, gap %s", name,
                  s["english_accuracy"], s["non_english_mean"], s["gap"])

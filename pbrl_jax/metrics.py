@@ -7,10 +7,11 @@ one uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -123,6 +124,15 @@ class StepTimer:
 
   def stop(self, name: str) -> None:
     self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - self._start.pop(name)
+
+  @contextlib.contextmanager
+  def span(self, name: str) -> Iterator[None]:
+    """Times the body of a `with` block under `name`."""
+    self.start(name)
+    try:
+      yield
+    finally:
+      self.stop(name)
 
   def pop(self) -> dict[str, float]:
     out = {f"time/{k}": v for k, v in self.times.items()}

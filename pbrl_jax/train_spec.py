@@ -158,6 +158,13 @@ class TrainerSpec:
     if self.rollout.temperature <= 0.0:
       raise ConfigError("config.rollout.temperature: RL rollouts must sample (> 0); greedy "
                         "decoding gives G identical completions and zero advantages")
+    g = self.pipeline.group_size
+    if self.rl.is_sft and g != 1:
+      raise ConfigError(
+          f"config.data.group_size: SFT trains on one reference per prompt, set 1 (got {g})")
+    if g < 2 and not self.rl.is_ppo and not self.rl.is_sft:
+      raise ConfigError(
+          f"config.data.group_size: GRPO needs G >= 2 completions per prompt, got {g}")
     prompts = self.pipeline.global_batch_size
     rows = prompts * self.pipeline.group_size
     units = prompts if self.prompt_group > 1 else rows

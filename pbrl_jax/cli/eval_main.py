@@ -54,8 +54,6 @@ def define_flags() -> None:
   _DTYPE = flags.DEFINE_string("dtype", "float32", "Compute and parameter dtype of the model.")
   flags.mark_flags_as_required(["workdir"])
 
-EMBEDDED_SMOLLM2 = "embedded:smollm2"
-
 
 # ---------------------------------------------------------------------------------------------
 # Models and checkpoints.
@@ -64,9 +62,8 @@ EMBEDDED_SMOLLM2 = "embedded:smollm2"
 
 def resolve_model_path(path: str) -> str:
   """`model.path` -> a file system path ('embedded:smollm2' is the packaged GGUF)."""
-  if path == EMBEDDED_SMOLLM2:
-    from pbrl_jax.models import smollm2_gguf_path  # pylint: disable=g-import-not-at-top
-    return smollm2_gguf_path()
+  from pbrl_jax.models import bundle  # pylint: disable=g-import-not-at-top
+  path = bundle.resolve_path(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"model path {path!r}: no such HF directory or GGUF file")
   return path
@@ -123,8 +120,7 @@ def load_model(config: Any, workdir: str, dtype: str) -> tuple[Any, str, int | N
     raise app.UsageError("--config is required unless --model or --compare is given")
   if config.model.get("random_init", False):
     # A test config's random policy: the same initial weights the trainer started from.
-    from pbrl_jax.models.bundle import ModelBundle  # pylint: disable=g-import-not-at-top
-    from pbrl_jax.train import load_policy  # pylint: disable=g-import-not-at-top
+    from pbrl_jax.models.bundle import ModelBundle, load_policy  # pylint: disable=g-import-not-at-top
     bundle = ModelBundle(*load_policy(config.model, config.seed))
   else:
     bundle = from_pretrained(resolve_model_path(config.model.path), dtype=dtype)

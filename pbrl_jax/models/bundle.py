@@ -93,3 +93,38 @@ def from_pretrained(path: str, dtype: str = "float32", param_dtype: str | None =
       params = load_gguf_params(f, config, mesh=mesh, rules=rules)
       return ModelBundle(config, params, tokenizer.result())
   raise LoadError(f"{path}: no such model directory or GGUF file")
+
+
+def resolve_path(path: str) -> str:
+  """A model path with the `embedded:smollm2` shorthand resolved to the packaged GGUF file."""
+  from pbrl_jax.models import embedded  # pylint: disable=g-import-not-at-top
+  return embedded.smollm2_gguf_path() if path == "embedded:smollm2" else path
+
+
+def config_and_tokenizer(path: str) -> tuple[DecoderConfig, Any]:
+  """Architecture and tokenizer of a model directory or GGUF file, without its weights."""
+  if os.path.isdir(path):
+    return read_hf_config(path), load_hf_tokenizer(path)
+  f = GGUFFile(path)
+  return gguf_config(f), tokenizer_from_gguf_metadata(f.metadata, path)
+
+
+def load_policy(model: Any, seed: int) -> tuple[DecoderConfig, Any, Any]:
+  """(config, host params, tokenizer) of the policy a config's `model` section names.
+
+  `model.random_init` gives the architecture of `model.path` with fresh weights drawn from
+  `seed` (test configs); otherwise the weights are loaded. `model.overrides` replaces config
+  fields (e.g. fewer layers) either way.
+  """
+  path = resolve_path(model.path)
+  if model.random_init:
+    cfg, tokenizer = config_and_tokenizer(path)
+    cfg = cfg.replace(dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat,
+                      **model.overrides)
+    params = jax.jit(decoder.init_params, static_argnums=0)(cfg, jax.random.PRNGKey(seed))
+    return cfg, params, tokenizer
+  bundle = from_pretrained(path, dtype=model.dtype, param_dtype=model.param_dtype)
+  cfg = bundle.config.replace(remat=model.remat)
+  if model.overrides:
+    cfg = cfg.replace(**model.overrides)
+  return cfg, bundle.params, bundle.tokenizer

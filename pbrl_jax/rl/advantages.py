@@ -10,9 +10,12 @@ floors) are plain Python floats.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from pbrl_jax.rl import kl as kl_lib
 
 Array = jax.Array
 
@@ -202,3 +205,42 @@ def group_spread_metrics(rewards: Array, group_size: int) -> dict[str, Array]:
       "reward_group_std_mean": jnp.mean(std),
       "reward_zero_std_group_frac": jnp.mean((std < 1e-8).astype(jnp.float32)),
   }
+
+
+def batch_advantages(rl: Any, group_size: int, rewards: Array, completion_mask: Array,
+                     old_logp: Array, ref_logp: Array, values: Array | None
+                     ) -> tuple[Array, Array | None]:
+  """Token advantages [B, T] of one batch (and PPO's returns), dispatched on the `rl` spec.
+
+  GRPO family: the group estimator of the sequence rewards, broadcast over completion tokens.
+  PPO: the sequence reward at the last token (minus beta * KL per token when the KL goes into
+  the reward), then GAE with the value head's values. SFT: 1 on every reference token.
+  Optional whitening over the batch's completion tokens comes last.
+
+  Args:
+    rl: the validated `rl` section (`pbrl_jax.rl.spec.RLSpec`).
+    group_size: completions per prompt (G consecutive rows).
+    rewards: [B] sequence rewards (shaping terms included).
+    completion_mask: [B, T] completion tokens.
+    old_logp: [B, T] log-probs of the rollout policy (PPO's KL term).
+    ref_logp: [B, T] log-probs of the reference policy (PPO's KL term).
+    values: [B, T] value-head values (PPO) or None.
+
+  Returns:
+    (advantages [B, T], returns [B, T] for PPO else None).
+  """
+  mask = completion_mask.astype(jnp.float32)
+  if rl.is_sft:
+    return mask, None
+  returns = None
+  if rl.is_ppo:
+    kl_tok = kl_lib.kl_estimate(rl.kl_estimator, old_logp, ref_logp)
+    beta = rl.beta if rl.kl_placement is kl_lib.KLPlacement.REWARD else 0.0
+    token_rewards = kl_lib.kl_penalized_rewards(rewards, kl_tok, mask, beta)
+    adv, returns = gae(token_rewards, values, mask, rl.gamma, rl.lam)
+  else:
+    adv = compute_group_advantages(rl.advantage, rewards, group_size, std_floor=rl.std_floor)
+    adv = jnp.broadcast_to(adv[:, None], mask.shape) * mask
+  if rl.whiten_advantages:
+    adv = masked_whiten(adv, mask)
+  return adv, returns

@@ -16,6 +16,7 @@ import pytest
 import faults_testlib as fl
 from pbrl_jax import config_schema
 from pbrl_jax import train as train_lib
+from pbrl_jax.models import bundle as bundle_lib
 
 _COMPILES = []
 
@@ -77,7 +78,7 @@ def test_bad_config_names_the_key_before_compile(tmp_path, monkeypatch, name, ar
   def tripwire(*args, **kwargs):
     raise AssertionError(f"{name}: the model was loaded before the config was rejected")
 
-  monkeypatch.setattr(train_lib, "load_policy", tripwire)
+  monkeypatch.setattr(bundle_lib, "load_policy", tripwire)
   config = _config(arg, edit)
   _COMPILES.clear()
   with pytest.raises(config_schema.ConfigError, match=match):
@@ -91,7 +92,7 @@ def test_good_config_reaches_the_model_loader(tmp_path, monkeypatch):
   def tripwire(*args, **kwargs):
     raise RuntimeError("reached the model loader")
 
-  monkeypatch.setattr(train_lib, "load_policy", tripwire)
+  monkeypatch.setattr(bundle_lib, "load_policy", tripwire)
   with pytest.raises(RuntimeError, match="reached the model loader"):
     train_lib.train(_config(), str(tmp_path / "run"))
 

@@ -1,0 +1,563 @@
+"""One training step as typed stages: rollout -> score -> reward -> advantages -> update -> record.
+
+  prompts  = PromptBatch.from_loader(next(data_iter))             host
+  rollout  = rollout_stage(fns, state, prompts, step)             jit sampler -> host rows
+  scored   = score_stage(fns, state, prompts, rollout)            host -> mesh, one scoring jit,
+                                                                  host text scores meanwhile
+  rewards  = reward_stage(fns, prompts, rollout, scored)          host (embeddings from mesh)
+  batch    = advantage_stage(fns, rollout, scored, rewards)       host -> mesh, jit advantages
+  state, m = update_stage(fns, state, batch)                      jit update, metrics -> host
+  record   = step_record(fns, rollout, scored, rewards, m)        host
+
+Every stage is a function of `StepFns` (what a run builds once: models, mesh, jitted programs)
+and of the frozen outputs of the stages before it, so each can be called and tested on its
+own, and `pbrl_jax.train` is the loop around them. Host/device moves happen in the stage that
+names them above: rollouts and rewards live on the host (every host holds all rows), scoring,
+advantages and the update run on the mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from pbrl_jax import distributed
+from pbrl_jax import metrics as metrics_lib
+from pbrl_jax import sampling
+from pbrl_jax.models import decoder
+from pbrl_jax.models import lora as lora_lib
+from pbrl_jax.models import sharding as shd
+from pbrl_jax.rewards import score as score_lib
+from pbrl_jax.rl import advantages as adv_lib
+from pbrl_jax.rl import shaping
+from pbrl_jax.rl import steps as steps_lib
+from pbrl_jax.train_spec import TrainerSpec
+
+Array = jax.Array
+
+# ---------------------------------------------------------------------------------------------
+# What passes between stages.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptBatch:
+  """One step's prompts on the host (`pbrl_jax.data.pipeline` batch), B prompts."""
+
+  prompt_tokens: np.ndarray  # [B, P] int32, left-padded
+  prompt_valid: np.ndarray  # [B, P] bool
+  group_size: int  # G completions per prompt
+  ids: tuple[str, ...]
+  langs: tuple[str, ...]
+  questions: tuple[str, ...]
+  gold: tuple[str, ...]
+  reference: tuple[str, ...]
+  reference_answer: tuple[str, ...]
+  ref_emb: dict[str, np.ndarray]  # '{encoder}/{field}' -> [B, E], cached by the pivot step
+
+  @classmethod
+  def from_loader(cls, batch: dict[str, Any]) -> "PromptBatch":
+    return cls(prompt_tokens=np.asarray(batch["prompt_tokens"], np.int32),
+               prompt_valid=np.asarray(batch["prompt_valid"], bool),
+               group_size=int(batch["group_size"]),
+               ids=tuple(batch["ids"]), langs=tuple(batch["langs"]),
+               questions=tuple(batch["questions"]), gold=tuple(batch["gold"]),
+               reference=tuple(batch["reference"]),
+               reference_answer=tuple(batch["reference_answer"]),
+               ref_emb=dict(batch["ref_emb"]))
+
+  def row_langs(self) -> tuple[str, ...]:
+    """The language of every completion row (row i*G + j belongs to prompt i)."""
+    return tuple(lang for lang in self.langs for _ in range(self.group_size))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+  """One step's prompts and completions on the host, row i*G + j = sample j of prompt i."""
+
+  tokens: np.ndarray  # [BG, P+M] prompt (left-padded) then completion (right-padded)
+  valid: np.ndarray  # [BG, P+M]
+  completion_mask: np.ndarray  # [BG, M]
+  sampler_logp: np.ndarray  # [BG, M] log-probs of the sampling distribution
+  texts: tuple[str, ...]
+  finished: np.ndarray  # [BG] stopped by EOS (not by the length cap)
+  lengths: np.ndarray  # [BG]
+  langs: tuple[str, ...]  # [BG] the question's language of each row
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+  """The scoring jit's outputs (on the mesh) and the host text scores computed meanwhile."""
+
+  device_batch: dict[str, Array]  # tokens, valid, completion_mask on the mesh
+  outputs: dict[str, Array]  # ref_logp [, logp, entropy, values, embeddings]
+  items: tuple[dict[str, Any], ...]  # reward inputs, one per row (empty for SFT)
+  text_rows: tuple[dict[str, Any], ...]  # host text scores, one per row (empty for SFT)
+  policy_embeddings: np.ndarray | None  # [BG, S, E] every segment, long ones host-embedded
+
+
+@dataclasses.dataclass(frozen=True)
+class Rewards:
+  """Sequence rewards on the host, with every component the reward reported."""
+
+  rows: tuple[dict[str, Any], ...]  # the reward's own record per row (empty for SFT)
+  rewards: np.ndarray  # [BG] the reward
+  overlong: np.ndarray  # [BG] the shaping term (0 when off)
+
+  @property
+  def shaped(self) -> np.ndarray:
+    """What the advantages see: the reward plus the shaping terms."""
+    return self.rewards + self.overlong
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateBatch:
+  """The update's inputs on the mesh."""
+
+  arrays: dict[str, Array]  # tokens, valid, completion_mask, old_logp, ref_logp,
+  # advantages [, returns, old_values]
+
+
+# ---------------------------------------------------------------------------------------------
+# What a run builds once.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFns:
+  """Models, mesh and jitted programs of a run: everything the stages need but the state."""
+
+  spec: TrainerSpec
+  mesh: Any
+  model_cfg: decoder.DecoderConfig
+  tokenizer: Any
+  reward_models: Any  # score.RewardModels
+  ref_params: Any  # the reference policy on the mesh (with LoRA, also the frozen base)
+  lora: lora_lib.LoraSpec | None
+  on_policy: bool  # the sampler's log-probs stand in for the rollout policy's
+  encoder_params: Any  # the reward encoder's params on the mesh, or None (host encoder)
+  score_fn: Callable[..., dict[str, Array]]
+  update_fn: Callable[..., Any]
+  advantage_fn: Callable[..., tuple[Array, Array | None]]
+  stop_ids: tuple[tuple[int, ...], ...]
+  base_key: Array
+
+  @property
+  def batch_sharding(self) -> Any:
+    return shd.batch_sharding(self.mesh, 1)
+
+  @property
+  def encoder(self) -> Any:
+    return self.reward_models.encoder
+
+  @property
+  def encoder_in_jit(self) -> bool:
+    return self.encoder_params is not None
+
+  def policy(self, state: Any) -> tuple[Any, Any, float]:
+    """(decoder params, adapters or None, LoRA scale) the policy samples with.
+
+    With LoRA the base is the reference's params and the adapters ride along unmerged.
+    """
+    if self.lora is None:
+      return state.params["policy"], None, 1.0
+    return self.ref_params, state.params["lora"], self.lora.alpha / self.lora.rank
+
+  def update_extra(self) -> tuple[Any, ...]:
+    return (self.ref_params,) if self.lora is not None else ()  # the frozen base, with LoRA
+
+
+def is_on_policy(spec: TrainerSpec) -> bool:
+  """Whether the sampler's log-probs can stand in for a scoring forward of the policy.
+
+  On-policy GRPO (one optimizer update per batch) with untruncated sampling: same model code,
+  so they agree up to rounding, and scoring skips a forward.
+  """
+  return (not spec.rl.is_ppo and not spec.rl.is_sft and spec.rl.num_epochs == 1
+          and spec.rl.num_minibatches == 1 and spec.rollout.top_k == 0
+          and spec.rollout.top_p == 1.0)
+
+
+def build_step_fns(spec: TrainerSpec, mesh: Any, model_cfg: decoder.DecoderConfig,
+                   tokenizer: Any, reward_models: Any, ref_params: Any, state_fns: Any,
+                   optimizer: Any, lora: lora_lib.LoraSpec | None, base_key: Array) -> StepFns:
+  """Jits the scoring, advantage and update programs of `spec` on `mesh`."""
+  on_policy = is_on_policy(spec)
+  # The reward encoder runs in the same jit as the policy scoring, on the same mesh; its
+  # parameters are replicated (USE-m3 is 30 MB). Host-side engines embed on the host.
+  encoder = reward_models.encoder
+  encoder_params, embed_fn = None, None
+  if encoder is not None and encoder.params is not None and not spec.rl.is_sft:
+    encoder_params = distributed.global_from_host(encoder.params, shd.replicated(mesh))
+
+    def embed_fn(params, enc_batch):  # leaves [BG, S, ...] -> embeddings [BG, S, E]
+      rows, segs = jax.tree.leaves(enc_batch)[0].shape[:2]
+      flat = jax.tree.map(lambda x: x.reshape((rows * segs,) + x.shape[2:]), enc_batch)
+      return encoder.embed(params, flat).reshape(rows, segs, -1)
+
+  score_fn = steps_lib.make_score_fn(model_cfg, mesh,
+                                     params_shardings=state_fns.shardings.params,
+                                     temperature=spec.rollout.temperature,
+                                     embed_fn=embed_fn, policy_outputs=not on_policy,
+                                     lora=lora, ref_shardings=state_fns.policy_shardings,
+                                     prompt_group=spec.prompt_group)
+  hook = None
+  if spec.run.debug_nonfinite_at_step >= 0:
+    poison_from = spec.run.debug_nonfinite_at_step
+    poison_to = poison_from + spec.run.debug_nonfinite_count
+    hook = lambda step: (step >= poison_from) & (step < poison_to)
+  hp = spec.rl.update_hparams(spec.rollout.temperature, spec.rollout.max_new_tokens,
+                              spec.prompt_group)
+  update_fn = steps_lib.make_update_fn(model_cfg, hp, optimizer, mesh, state_fns.shardings,
+                                       nonfinite_hook=hook, lora=lora,
+                                       base_shardings=state_fns.policy_shardings)
+  g = spec.pipeline.group_size
+  advantage_fn = jax.jit(lambda *a: adv_lib.batch_advantages(spec.rl, g, *a))
+  stop_ids = tuple(tuple(tokenizer.encode(s, add_special_tokens=False))
+                   for s in spec.rollout.stop_strings)
+  return StepFns(spec=spec, mesh=mesh, model_cfg=model_cfg, tokenizer=tokenizer,
+                 reward_models=reward_models, ref_params=ref_params, lora=lora,
+                 on_policy=on_policy, encoder_params=encoder_params, score_fn=score_fn,
+                 update_fn=update_fn, advantage_fn=advantage_fn, stop_ids=stop_ids,
+                 base_key=base_key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: rollout.
+# ---------------------------------------------------------------------------------------------
+
+
+def rollout_key(base_key: Array, step: int) -> Array:
+  """The sampling key of `step`: a resumed run draws the same completions."""
+  return jax.random.fold_in(base_key, 2 * step)
+
+
+def rollout_stage(fns: StepFns, state: Any, prompts: PromptBatch, step: int) -> Rollout:
+  """G completions per prompt from the current policy (SFT: the pivot references)."""
+  if fns.spec.rl.is_sft:
+    return reference_rollout(prompts, fns.tokenizer, fns.model_cfg,
+                             fns.spec.rollout.max_new_tokens)
+  params, adapters, scale = fns.policy(state)
+  ro = fns.spec.rollout
+  g = prompts.group_size
+  out = sampling.sample(
+      params, fns.model_cfg, prompts.prompt_tokens, prompts.prompt_valid,
+      rollout_key(fns.base_key, step), num_samples=g, max_new_tokens=ro.max_new_tokens,
+      temperature=ro.temperature, top_k=ro.top_k, top_p=ro.top_p,
+      stop_token_sequences=[list(s) for s in fns.stop_ids], max_len=ro.max_new_tokens,
+      prompt_buckets=(prompts.prompt_tokens.shape[1],), mesh=fns.mesh, lora=adapters,
+      lora_scale=scale)
+  out = distributed.host_value(out)  # every host: all rows (multi-host: all-gathered)
+  # np.repeat keeps each prompt's G rows together: the layout `prompt_group` relies on.
+  prompt_tokens = np.repeat(prompts.prompt_tokens, g, axis=0)
+  prompt_valid = np.repeat(prompts.prompt_valid, g, axis=0)
+  comp_valid = np.asarray(out.valid, bool)
+  tokens = np.concatenate([prompt_tokens, np.where(comp_valid, out.tokens,
+                                                   fns.model_cfg.pad_token_id)], axis=1)
+  texts = fns.tokenizer.batch_decode([row[m] for row, m in zip(out.tokens, comp_valid)],
+                                     skip_special_tokens=True)
+  return Rollout(tokens=tokens.astype(np.int32),
+                 valid=np.concatenate([prompt_valid, comp_valid], axis=1),
+                 completion_mask=comp_valid,
+                 # log softmax(logits / temperature): without top-k/top-p this is the
+                 # distribution sampled from and the one the update's ratio uses.
+                 sampler_logp=np.asarray(out.sample_logprobs),
+                 texts=tuple(sampling.truncate_at_stop(t, ro.stop_strings) for t in texts),
+                 finished=np.asarray(out.finished), lengths=np.asarray(out.lengths),
+                 langs=prompts.row_langs())
+
+
+def reference_rollout(prompts: PromptBatch, tokenizer: Any, model_cfg: Any, max_new: int
+                      ) -> Rollout:
+  """SFT: the pivot references as completions (EOS appended when it fits), no sampling."""
+  eos = tokenizer.eos_token_id
+  eos = int(eos) if eos is not None else int(model_cfg.eos_token_ids[0])
+  b = prompts.prompt_tokens.shape[0]
+  comp = np.full((b, max_new), model_cfg.pad_token_id, np.int32)
+  comp_valid = np.zeros((b, max_new), bool)
+  finished = np.zeros((b,), bool)
+  for i, text in enumerate(prompts.reference):
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [eos]
+    finished[i] = len(ids) <= max_new  # a reference cut at the cap teaches no stopping
+    ids = ids[:max_new]
+    comp[i, :len(ids)] = ids
+    comp_valid[i, :len(ids)] = True
+  return Rollout(tokens=np.concatenate([prompts.prompt_tokens, comp], axis=1),
+                 valid=np.concatenate([prompts.prompt_valid, comp_valid], axis=1),
+                 completion_mask=comp_valid, sampler_logp=np.zeros(comp.shape, np.float32),
+                 texts=prompts.reference, finished=finished,
+                 lengths=comp_valid.sum(axis=1), langs=prompts.langs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: score.
+# ---------------------------------------------------------------------------------------------
+
+
+def score_stage(fns: StepFns, state: Any, prompts: PromptBatch, rollout: Rollout,
+                timer: metrics_lib.StepTimer | None = None) -> Scored:
+  """Reference (and policy) log-probs, values and policy-side embeddings, in one jit.
+
+  The jit is dispatched first; the host text scores (final answers, guards, translations)
+  are computed while the devices run. Long policy segments are then re-embedded on the host
+  the way the pivot step embedded the references.
+  """
+  timer = timer or metrics_lib.StepTimer()
+  sft = fns.spec.rl.is_sft
+  timer.start("host_text")
+  host = {"tokens": rollout.tokens, "valid": rollout.valid,
+          "completion_mask": rollout.completion_mask}
+  segments = None
+  if fns.encoder_in_jit:
+    segments = [score_lib.segments(t, lang) for t, lang in zip(rollout.texts, rollout.langs)]
+    host["enc_batch"] = encoder_batch(fns.encoder, segments, score_lib.SEGMENTS)
+  device_batch = distributed.global_from_host(host, fns.batch_sharding)
+  timer.stop("host_text")
+
+  timer.start("scoring")  # dispatched, not waited for
+  extra = (fns.encoder_params,) if fns.encoder_in_jit else ()
+  outputs = fns.score_fn(state.params, fns.ref_params, device_batch, *extra)
+  timer.stop("scoring")
+
+  timer.start("host_text")
+  items, text_rows = (), ()
+  if not sft:  # SFT samples nothing and scores nothing
+    items = tuple(reward_items(prompts, rollout.texts, fns.spec.reward.encoder))
+    text_rows = tuple(score_lib.text_scores(fns.spec.reward, fns.reward_models, list(items)))
+  timer.stop("host_text")
+
+  timer.start("scoring")  # what is left of the device work once the host is done
+  policy_embeddings = None
+  if fns.encoder_in_jit:
+    policy_embeddings = embed_long_segments_on_host(
+        fns.encoder, segments, score_lib.SEGMENTS,
+        np.asarray(distributed.host_value(outputs["embeddings"])))  # [BG, S, E]
+  jax.block_until_ready(outputs)
+  timer.stop("scoring")
+  return Scored(device_batch=device_batch, outputs=outputs, items=items, text_rows=text_rows,
+                policy_embeddings=policy_embeddings)
+
+
+def reward_items(prompts: PromptBatch, texts: Sequence[str], encoder_name: str
+                 ) -> list[dict[str, Any]]:
+  """One reward item per completion (row i*G + j), with the cached reference embeddings."""
+  g = prompts.group_size
+  items = []
+  for row, text in enumerate(texts):
+    i = row // g
+    emb = prompts.ref_emb
+    # The pivot step cached the reference's full text and reasoning; the short answer part
+    # is embedded with the policy side (score_batch fills missing segments).
+    cached = {seg: emb[f"{encoder_name}/{field}"][i]
+              for seg, field in (("full", "response"), ("reasoning", "reasoning"))
+              if f"{encoder_name}/{field}" in emb} or None
+    items.append({
+        "lang": prompts.langs[i], "question": prompts.questions[i], "response": text,
+        "reference": prompts.reference[i], "reference_answer": prompts.reference_answer[i],
+        "gold": prompts.gold[i], "reference_embeddings": cached,
+    })
+  return items
+
+
+def encoder_batch(encoder: Any, segments: Sequence[dict[str, str]], keys: Sequence[str]
+                  ) -> dict[str, np.ndarray]:
+  """Reward-encoder inputs [BG, S, ...] for S text segments of each completion.
+
+  Sequences are padded to the encoder's longest bucket so the scoring program has one shape
+  (zeros beyond the mask are never attended to or pooled).
+  """
+  flat = [seg[k] for seg in segments for k in keys]
+  tok = encoder.tokenize(flat)
+  length = max(encoder.buckets)
+  out = {}
+  for name, arr in tok.items():
+    arr = np.asarray(arr)
+    if arr.ndim >= 2 and arr.shape[1] < length:
+      arr = np.pad(arr, [(0, 0), (0, length - arr.shape[1])] + [(0, 0)] * (arr.ndim - 2))
+    out[name] = arr.reshape((len(segments), len(keys)) + arr.shape[1:])
+  return out
+
+
+def embed_long_segments_on_host(encoder: Any, segments: Sequence[dict[str, str]],
+                                keys: Sequence[str], embeddings: np.ndarray) -> np.ndarray:
+  """`embeddings` [BG, S, E] with every segment longer than one window re-embedded on the host.
+
+  The scoring jit embeds each segment from its first window (`encoder.tokenize` truncates),
+  while the pivot step embeds references with `encoder.encode`, which averages the windows of
+  a long text. Re-embedding the few long policy segments with `encode` makes both sides embed
+  the same text the same way. Returns a copy; short segments keep the jit's embeddings.
+  """
+  long = [(i, k, seg[key]) for i, seg in enumerate(segments) for k, key in enumerate(keys)
+          if encoder.window_count(seg[key]) > 1]
+  out = np.array(embeddings, copy=True)
+  if long:
+    for (i, k, _), emb in zip(long, encoder.encode([text for _, _, text in long])):
+      out[i, k] = emb
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: reward.
+# ---------------------------------------------------------------------------------------------
+
+
+def reward_stage(fns: StepFns, rollout: Rollout, scored: Scored) -> Rewards:
+  """The reward of every row (similarity to the cached pivot embeddings, guards, answers)."""
+  spec = fns.spec
+  rows: tuple[dict[str, Any], ...] = ()
+  if spec.rl.is_sft:
+    rewards = np.zeros((len(rollout.texts),), np.float32)
+  else:
+    items = [dict(item) for item in scored.items]  # the scorer fills them; Scored stays as is
+    if scored.policy_embeddings is not None:
+      for item, emb in zip(items, scored.policy_embeddings):
+        item["response_embeddings"] = dict(zip(score_lib.SEGMENTS, emb))
+    rows = tuple(score_lib.finish_scores(spec.reward, fns.reward_models, items,
+                                         [dict(r) for r in scored.text_rows]))
+    rewards = np.asarray([r["reward"] for r in rows], np.float32)
+  # Shaping terms join the reward the advantages see; `reward_mean` stays the reward.
+  overlong = np.asarray(shaping.overlong_penalty(
+      rollout.lengths, spec.rollout.max_new_tokens, spec.rl.overlong_buffer,
+      spec.rl.overlong_penalty), np.float32)
+  return Rewards(rows=rows, rewards=rewards, overlong=overlong)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 4: advantages.
+# ---------------------------------------------------------------------------------------------
+
+
+def advantage_stage(fns: StepFns, rollout: Rollout, scored: Scored, rewards: Rewards
+                    ) -> UpdateBatch:
+  """The update's inputs: old and reference log-probs, advantages (and PPO returns)."""
+  spec = fns.spec
+  sh = fns.batch_sharding
+  dev, out = scored.device_batch, scored.outputs
+  arrays = {k: dev[k] for k in ("tokens", "valid", "completion_mask")}
+  if spec.rl.mask_truncated and not spec.rl.is_sft:  # DAPO's overlong filtering
+    arrays["completion_mask"] = distributed.global_from_host(
+        np.asarray(shaping.mask_truncated(rollout.completion_mask, rollout.finished)), sh)
+  old_logp = (distributed.global_from_host(rollout.sampler_logp * rollout.completion_mask, sh)
+              if fns.on_policy else out["logp"])
+  arrays["old_logp"] = old_logp
+  arrays["ref_logp"] = out["ref_logp"]
+  arrays["advantages"], returns = fns.advantage_fn(
+      distributed.global_from_host(rewards.shaped, sh), dev["completion_mask"], old_logp,
+      out["ref_logp"], out.get("values"))
+  if spec.rl.is_ppo:
+    arrays["returns"] = returns
+    arrays["old_values"] = out["values"]
+  return UpdateBatch(arrays=jax.device_put(arrays, sh))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 5: update.
+# ---------------------------------------------------------------------------------------------
+
+
+def update_stage(fns: StepFns, state: Any, batch: UpdateBatch) -> tuple[Any, dict[str, float]]:
+  """One optimizer step (or epochs x minibatches); the metrics come back to the host."""
+  state, metrics = fns.update_fn(state, batch.arrays, *fns.update_extra())
+  return state, {k: float(v) for k, v in distributed.host_value(metrics).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 6: the step's record.
+# ---------------------------------------------------------------------------------------------
+
+
+REWARD_LOG_KEYS = ("reward", "base", "gate", "answer_precision", "reasoning_coherence",
+                   "similarity", "answer_match", "answer_closeness", "format", "verifiable",
+                   "language_consistency",
+                   "gate_language", "gate_copy", "gate_length", "gate_repetition", "gate_empty",
+                   "repetition", "length_ratio", "mt_similarity")
+LANG_LOG_KEYS = ("reward", "answer_precision", "answer_match", "reasoning_coherence",
+                 "verifiable", "language_consistent", "length_capped", "length_ratio")
+SAMPLE_KEYS = ("reward", "answer_match", "format", "language_consistent",
+               "language_undetermined")
+
+
+def step_record(fns: StepFns, rollout: Rollout, scored: Scored, rewards: Rewards,
+                update_metrics: dict[str, float]) -> dict[str, float]:
+  """The step's metrics: the update's, then the reward's (SFT: the references' NLL)."""
+  spec = fns.spec
+  record = dict(update_metrics)
+  if spec.rl.is_sft:
+    # The update's own loss is -1 by construction (unit advantages at ratio 1); the SFT
+    # loss is the reference tokens' NLL under the policy before this update.
+    logp = np.asarray(distributed.host_value(scored.outputs["logp"]))
+    mask = rollout.completion_mask
+    record["loss"] = record["sft/nll"] = float(-np.sum(logp * mask) / max(mask.sum(), 1))
+    record["rollout/mean_length"] = float(np.mean(rollout.lengths))
+    return record
+  record.update(reward_record(rewards, rollout, spec.pipeline.group_size,
+                              shaping_on=spec.rl.overlong_buffer > 0))
+  if spec.rl.mask_truncated:  # rows the update left out (DAPO's overlong filtering)
+    record["rollout/loss_masked_frac"] = float(np.mean(~rollout.finished))
+  return record
+
+
+def reward_record(rewards: Rewards, rollout: Rollout, g: int, shaping_on: bool
+                  ) -> dict[str, float]:
+  """The reward side of one step's metrics: means, components, guards, per language."""
+  capped = ~rollout.finished
+  rows = [dict(r, length_capped=float(c)) for r, c in zip(rewards.rows, capped)]
+  record = {k: float(v) for k, v in jax.device_get(
+      adv_lib.group_spread_metrics(np.asarray(rewards.rewards), g)).items()}
+  if shaping_on:
+    record["reward_shaped_mean"] = float(np.mean(rewards.shaped))
+    record["reward/overlong_penalty"] = float(np.mean(rewards.overlong))
+  for k in REWARD_LOG_KEYS:
+    vals = [float(r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+    if vals:
+      record[f"reward/{k}"] = float(np.mean(vals))
+  record.update({
+      "rollout/length_capped_frac": float(np.mean(capped)),
+      # Rows whose reward came out non-finite (their NaN reaches the update, which is then
+      # skipped and counted by the non-finite guard).
+      "reward/nonfinite_frac": float(np.mean([bool(r.get("nonfinite")) for r in rows])),
+      "rollout/repetition_frac": float(np.mean([r.get("gate_repetition", 1.0) < 1.0
+                                                for r in rows])),
+      "rollout/mean_length": float(np.mean(rollout.lengths)),
+      "rollout/language_consistent_frac": float(np.mean([r["language_consistent"]
+                                                         for r in rows])),
+      "rollout/language_undetermined_frac": float(np.mean([r["language_undetermined"]
+                                                           for r in rows])),
+  })
+  determined = [r["language_consistent"] for r in rows if not r["language_undetermined"]]
+  if determined:  # the rate to compare between steps: undetermined answers are no evidence
+    record["rollout/language_consistent_determined_frac"] = float(np.mean(determined))
+  record.update(per_language(rollout.langs, rows, LANG_LOG_KEYS))
+  return record
+
+
+def per_language(langs: Sequence[str], rows: Sequence[dict[str, Any]], keys: Sequence[str]
+                 ) -> dict[str, float]:
+  """`lang/{lang}/{key}` means over the rows of each language."""
+  out = {}
+  for lang in sorted(set(langs)):
+    sel = [r for l, r in zip(langs, rows) if l == lang]
+    for k in keys:
+      vals = [float(r[k]) for r in sel if isinstance(r.get(k), (int, float))]
+      if vals:
+        out[f"lang/{lang}/{k}"] = float(np.mean(vals))
+  return out
+
+
+def sample_records(rollout: Rollout, rewards: Rewards, g: int) -> list[dict[str, Any]]:
+  """The first completion of every group, for `samples.jsonl` and the report's table."""
+  rows = rewards.rows
+  return [{"lang": rollout.langs[i], "text": rollout.texts[i],
+           "length": int(rollout.lengths[i]), "capped": bool(not rollout.finished[i]),
+           **{k: float(rows[i][k]) for k in SAMPLE_KEYS if k in rows[i]}}
+          for i in range(0, len(rows), g)]
+
+
+def sample_text(rollout: Rollout, rewards: Rewards, g: int) -> str:
+  """The first completion of every group as text, for TensorBoard."""
+  return "\n\n".join(
+      f"[{rollout.langs[i]}] reward={rewards.rows[i]['reward']:.3f}\n{rollout.texts[i][:600]}"
+      for i in range(0, len(rewards.rows), g))

@@ -1,0 +1,146 @@
+"""The trainer's stages one by one, on configs/tiny.py (random tiny policy, USE-m3 reward).
+
+Each stage's output is checked against a path that does not go through it: the sampler's
+log-probs against the scoring forward, the jitted embeddings against the encoder's host
+`encode`, the reward against `score.score_batch` run from scratch, the advantages against the
+NumPy loops of tests/rl/rl_numpy_refs.py.
+"""
+
+import contextlib
+
+import jax
+import numpy as np
+import pytest
+
+import train_testlib as tl
+from rl import rl_numpy_refs as npref
+from pbrl_jax import evaluate as eval_lib
+from pbrl_jax import stages
+from pbrl_jax import train as train_lib
+from pbrl_jax.models import sharding as shd
+from pbrl_jax.rewards import score as score_lib
+from pbrl_jax.train_spec import TrainerSpec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("stages"))
+  tl.build_tiny_pivot(workdir)
+  spec = TrainerSpec.from_config(tl.tiny_config("grpo"))
+  with contextlib.ExitStack() as scope:
+    mesh = train_lib.make_mesh(spec)
+    scope.enter_context(jax.set_mesh(mesh))
+    scope.enter_context(shd.axis_rules())
+    r = train_lib.build(spec, mesh, workdir)
+    yield r
+    r.manager.close()
+
+
+@pytest.fixture(scope="module")
+def step1(run):
+  """Every stage's output for step 1 of a fresh run."""
+  prompts = stages.PromptBatch.from_loader(next(run.data_iter))
+  rollout = stages.rollout_stage(run.fns, run.state, prompts, 1)
+  scored = stages.score_stage(run.fns, run.state, prompts, rollout)
+  rewards = stages.reward_stage(run.fns, rollout, scored)
+  batch = stages.advantage_stage(run.fns, rollout, scored, rewards)
+  # The same step draws the same completions (exact resume relies on it), another step not.
+  again = stages.rollout_stage(run.fns, run.state, prompts, 1)
+  other = stages.rollout_stage(run.fns, run.state, prompts, 2)
+  before = [np.array(x) for x in jax.tree.leaves(run.state.params)]
+  # The update donates the state it is given: `run.state` must not be used after it.
+  run.state, metrics = stages.update_stage(run.fns, run.state, batch)
+  return dict(prompts=prompts, rollout=rollout, scored=scored, rewards=rewards, batch=batch,
+              again=again, other=other, params_before=before, metrics=metrics)
+
+
+def test_rollout_rows_are_groups_of_one_prompt_with_their_decoded_text(run, step1):
+  p, ro = step1["prompts"], step1["rollout"]
+  g = p.group_size
+  b, plen = p.prompt_tokens.shape
+  assert ro.tokens.shape == (b * g, plen + run.spec.rollout.max_new_tokens)
+  for row in range(b * g):
+    np.testing.assert_array_equal(ro.tokens[row, :plen], p.prompt_tokens[row // g])
+    assert ro.langs[row] == p.langs[row // g]
+    completion = ro.tokens[row, plen:][ro.completion_mask[row]]
+    assert len(completion) == ro.lengths[row]
+    assert ro.texts[row] == run.fns.tokenizer.decode(completion, skip_special_tokens=True)
+  np.testing.assert_array_equal(step1["again"].tokens, ro.tokens)
+  assert not np.array_equal(step1["other"].tokens, ro.tokens)
+
+
+def test_scoring_forward_agrees_with_the_sampler_and_the_host_encoder(run, step1):
+  ro, sc = step1["rollout"], step1["scored"]
+  # A fresh state is the reference policy: the scoring jit's full forward must give the
+  # sampler's incremental (KV-cache) log-probs on every completion token.
+  ref_logp = np.asarray(sc.outputs["ref_logp"])
+  mask = ro.completion_mask
+  np.testing.assert_allclose(ref_logp[mask], ro.sampler_logp[mask], rtol=1e-4, atol=1e-5)
+  # Policy-side embeddings from the jit equal the encoder's own host `encode` of each segment.
+  segs = [score_lib.segments(t, l) for t, l in zip(ro.texts, ro.langs)]
+  flat = [s[k] for s in segs for k in score_lib.SEGMENTS]
+  host = np.asarray(run.fns.encoder.encode(flat)).reshape(sc.policy_embeddings.shape)
+  np.testing.assert_allclose(sc.policy_embeddings, host, rtol=1e-4, atol=1e-6)
+
+
+def test_reward_stage_equals_the_scorer_run_from_scratch(run, step1):
+  ro, sc, rw = step1["rollout"], step1["scored"], step1["rewards"]
+  # score_batch embeds the policy side itself on the host: no jit, no cached split.
+  items = [{k: v for k, v in it.items() if k != "response_embeddings"} for it in sc.items]
+  expected = score_lib.score_batch(run.spec.reward, run.fns.reward_models, items)
+  np.testing.assert_allclose(rw.rewards, [r["reward"] for r in expected], rtol=1e-4,
+                             atol=1e-6)
+  assert len(rw.rows) == len(ro.texts)
+  np.testing.assert_array_equal(rw.overlong, np.zeros(len(ro.texts)))  # tiny: shaping off
+
+
+def test_advantages_match_the_numpy_loop_and_update_moves_the_policy(run, step1):
+  ro, rw, batch = step1["rollout"], step1["rewards"], step1["batch"]
+  rl = run.spec.rl
+  g = step1["prompts"].group_size
+  ref = {"grpo": lambda r: npref.grpo(r, g, std_floor=rl.std_floor),
+         "rloo": lambda r: npref.rloo(r, g),
+         "rank": lambda r: npref.rank(r, g)}[rl.advantage.value](rw.shaped)
+  expected = ref[:, None] * ro.completion_mask
+  np.testing.assert_allclose(np.asarray(batch.arrays["advantages"]), expected, rtol=1e-4,
+                             atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(batch.arrays["old_logp"]),
+                                ro.sampler_logp * ro.completion_mask)  # on-policy GRPO
+  m = step1["metrics"]
+  assert np.isfinite(m["loss"]) and m["skipped"] == 0.0
+  assert abs(m["kl"]) < 1e-6  # the first update starts at the reference
+  after = jax.tree.leaves(run.state.params)
+  assert any(not np.array_equal(a, b) for a, b in zip(step1["params_before"], after))
+
+
+def test_step_record_means_are_the_rows_means(run, step1):
+  ro, rw = step1["rollout"], step1["rewards"]
+  rec = stages.step_record(run.fns, ro, step1["scored"], rw, step1["metrics"])
+  assert rec["reward_mean"] == pytest.approx(float(np.mean(rw.rewards)), rel=1e-6)
+  assert rec["rollout/mean_length"] == pytest.approx(float(np.mean(ro.lengths)))
+  for lang in set(ro.langs):
+    sel = [r["reward"] for r, l in zip(rw.rows, ro.langs) if l == lang]
+    assert rec[f"lang/{lang}/reward"] == pytest.approx(float(np.mean(sel)), rel=1e-6)
+  assert rec["loss"] == step1["metrics"]["loss"]
+
+
+def test_in_training_evaluation_honours_every_eval_key(run, monkeypatch, tmp_path):
+  """The trainer evaluates through `evaluate_spec`, the path `pbrl-eval` takes."""
+  seen = {}
+
+  def fake_evaluate(params, config, tokenizer, examples, **kwargs):
+    seen.update(kwargs)
+    return {"summary": {}}
+
+  monkeypatch.setattr(eval_lib, "evaluate", fake_evaluate)
+  config = tl.tiny_config("grpo")
+  custom = dict(max_new_tokens=7, batch_size=3, num_samples=4, temperature=0.6, top_p=0.9,
+                seed=5, n_boot=11, language_threshold=0.55, repetition_threshold=0.45)
+  for k, v in custom.items():
+    config.eval[k] = v
+  r = train_lib.Run(**{**vars(run), "spec": TrainerSpec.from_config(config),
+                       "workdir": str(tmp_path)})
+  train_lib._evaluate(r, "probe")  # pylint: disable=protected-access
+  assert {k: seen[k] for k in custom} == custom
