@@ -13,6 +13,8 @@ METHOD is one of
   pbrl_embedding  PB-RLSVR, embedding-similarity reward (USE-m3) to the pivot reference
   pbrl_hybrid     PB-RLSVR, hybrid: answer precision vs the pivot's answer + coherence
   pbrl_mt         PB-RLSVR, translate-then-compare; Portuguese only (the one shipped MT pair)
+  sft_en          the premise: SFT on the English references for the English questions only
+                  (gives the policy an English lead; every arm then starts from it, init=DIR)
 experiments/miniature/run.py runs them all, evaluates base and each method, writes the page.
 
 Data: our one-step arithmetic word problems (pbrl_jax.data.arith), parallel in eight
@@ -30,7 +32,8 @@ as extra arms (PPO with the same rollouts and a value head; MT on Portuguese onl
 
 from configs import common
 
-METHODS = ("sft", "rlvr_grpo", "rlvr_ppo", "pbrl_embedding", "pbrl_hybrid", "pbrl_mt")
+METHODS = ("sft", "rlvr_grpo", "rlvr_ppo", "pbrl_embedding", "pbrl_hybrid", "pbrl_mt",
+           "sft_en")
 # The arms of the study (v2); the other two methods run when named.
 STUDY_METHODS = ("sft", "rlvr_grpo", "pbrl_hybrid", "pbrl_embedding")
 # Test problems per language: 96 gives a smallest detectable effect of about 10 points with
@@ -48,9 +51,9 @@ def _parse_arg(arg: str) -> tuple[str, dict[str, str]]:
   options = {}
   for item in rest:
     key, sep, value = item.partition("=")
-    if not sep or key not in ("data_dir", "smoke"):
+    if not sep or key not in ("data_dir", "smoke", "init"):
       raise ValueError(f"configs/miniature.py: bad option {item!r} in {arg!r}; expected"
-                       " data_dir=DIR or smoke=1")
+                       " data_dir=DIR, init=DIR or smoke=1")
     options[key] = value
   if method not in METHODS:
     raise ValueError(f"configs/miniature.py: unknown method {method!r}; one of {METHODS}")
@@ -58,10 +61,14 @@ def _parse_arg(arg: str) -> tuple[str, dict[str, str]]:
 
 
 def get_config(arg: str = "pbrl_hybrid"):
-  """arg: 'METHOD[,data_dir=DIR][,smoke=1]'; smoke=1 swaps in a tiny random policy (tests)."""
+  """arg: 'METHOD[,data_dir=DIR][,init=DIR][,smoke=1]'.
+
+  init=DIR starts from that HF directory instead of the embedded SmolLM2 (the English-SFT
+  premise policy); smoke=1 swaps in a tiny random policy (tests).
+  """
   method, options = _parse_arg(arg)
   data_dir = options.get("data_dir", DATA_DIR)
-  algorithm = {"sft": "sft", "rlvr_ppo": "ppo"}.get(method, "grpo")
+  algorithm = {"sft": "sft", "sft_en": "sft", "rlvr_ppo": "ppo"}.get(method, "grpo")
   c = common.base_config(algorithm)
   c.total_steps = 40
   c.checkpoint_every = 20
@@ -69,14 +76,16 @@ def get_config(arg: str = "pbrl_hybrid"):
   c.eval_before_after = False  # run.py evaluates base and every method on one test set
   c.rollout.max_new_tokens = 64  # the worked solutions take 25-45 tokens
   c.rollout.temperature = 0.7  # see experiments/diagnosis/README.md (F3)
+  if options.get("init"):
+    c.model.path = options["init"]
   c.model.lora_rank = 16
   c.model.lora_alpha = 32.0
   c.optim.learning_rate = 1e-4
   c.data.source = "jsonl"
   c.data.path = f"{data_dir}/train.jsonl"
-  c.data.langs = MT_LANGS if method == "pbrl_mt" else TRAIN_LANGS
+  c.data.langs = {"pbrl_mt": MT_LANGS, "sft_en": ("en",)}.get(method, TRAIN_LANGS)
   c.data.global_batch_size = 4
-  c.data.group_size = 1 if method == "sft" else 8
+  c.data.group_size = 1 if algorithm == "sft" else 8
   c.data.buckets = (128, 256)
   if algorithm == "grpo":
     c.rl.advantage = "rloo"
@@ -91,7 +100,8 @@ def get_config(arg: str = "pbrl_hybrid"):
   c.eval.batch_size = 16
   c.eval.n_boot = 1000
   if options.get("smoke") == "1":
-    c.model.random_init = True
+    # A tiny random policy; from a premise directory, that directory's tiny weights.
+    c.model.random_init = not options.get("init")
     c.model.overrides = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                              num_kv_heads=2, head_dim=16)
     c.total_steps = 1

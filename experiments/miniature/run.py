@@ -57,8 +57,10 @@ def _run(cmd: Sequence[str], log_path: str) -> None:
   _STAGE_SECONDS.append(time.time() - t0)
 
 
-def _config_arg(method: str, data_dir: str, smoke: bool) -> str:
+def _config_arg(method: str, data_dir: str, smoke: bool, init: str | None = None) -> str:
   arg = f"{CONFIG}:{method},data_dir={data_dir}"
+  if init:
+    arg += f",init={init}"
   return arg + ",smoke=1" if smoke else arg
 
 
@@ -68,11 +70,15 @@ def _eval_result(path: str) -> dict[str, Any]:
 
 
 def run_method(method: str, seed: int, out: str, data_dir: str, steps: int | None,
-               smoke: bool) -> dict[str, Any]:
-  """Pivot, train and evaluate one method with one seed; returns the evaluation result."""
-  workdir = os.path.join(out, f"{method}-s{seed}")
+               smoke: bool, init: str | None = None, workdir: str | None = None
+               ) -> dict[str, Any]:
+  """Pivot, train and evaluate one method with one seed; returns the evaluation result.
+
+  `init`: an HF directory to start from instead of the embedded policy (the premise).
+  """
+  workdir = workdir or os.path.join(out, f"{method}-s{seed}")
   os.makedirs(workdir, exist_ok=True)
-  cfg = _config_arg(method, data_dir, smoke)
+  cfg = _config_arg(method, data_dir, smoke, init)
   overrides = [f"--config.seed={seed}"] + ([f"--config.total_steps={steps}"] if steps else [])
   py = sys.executable
   if not os.path.exists(os.path.join(workdir, "pivot", "manifest.json")):
@@ -88,6 +94,21 @@ def run_method(method: str, seed: int, out: str, data_dir: str, steps: int | Non
     _run([py, "-m", "pbrl_jax.cli.eval_main", f"--config={cfg}", f"--workdir={workdir}",
           "--name=final", f"--config.seed={seed}"], os.path.join(workdir, "eval.log"))
   return _eval_result(result)
+
+
+def run_premise(out: str, data_dir: str, steps: int | None, smoke: bool
+                ) -> tuple[dict[str, Any], str]:
+  """The paper's premise, a policy with an English lead: SFT on the English pivot references
+  for the English questions only (`sft_en`, seed 0). Returns its evaluation and the HF
+  directory (adapters merged) that every arm starts from."""
+  workdir = os.path.join(out, "premise")
+  result = run_method("sft_en", 0, out, data_dir, steps, smoke, workdir=workdir)
+  model = os.path.join(workdir, "model")
+  if not os.path.exists(os.path.join(model, "config.json")):
+    _run([sys.executable, "-m", "pbrl_jax.cli.eval_main",
+          f"--config={_config_arg('sft_en', data_dir, smoke)}", f"--workdir={workdir}",
+          f"--export_hf={model}"], os.path.join(workdir, "export.log"))
+  return result, model
 
 
 def run_base(out: str, data_dir: str, smoke: bool) -> dict[str, Any]:
@@ -199,20 +220,21 @@ def endpoint_rows(results: dict[str, dict[str, Any]], n_boot: int = 2000
   trained languages (the dense pivot reward against the sparse verifiable one).
   """
   by_method = _records_by_method(results)
-  base = by_method.get("base")
-  if not base:
+  # Every arm's starting policy: the English-SFT premise when the study built one.
+  start = "premise" if "premise" in by_method else "base"
+  if start not in by_method:
     return []
-  ids = sorted({r["id"] for r in base[0]})
+  ids = sorted({r["id"] for r in by_method[start][0]})
   groups = {"trained": list(miniature.TRAIN_LANGS), "held-out": list(miniature.HELD_OUT_LANGS)}
   tables = {m: {g: endpoints.correctness(recs, ids, langs) for g, langs in groups.items()}
             for m, recs in by_method.items()}
   rows = []
   for method in by_method:
-    if method == "base":
+    if method in ("base", start):
       continue
     for group in groups:
-      rows.append({"comparison": f"{method} - base", "languages": group,
-                   **endpoints.two_level_delta(tables[method][group], tables["base"][group],
+      rows.append({"comparison": f"{method} - {start}", "languages": group,
+                   **endpoints.two_level_delta(tables[method][group], tables[start][group],
                                                n_boot=n_boot)})
   if "pbrl_hybrid" in tables and "rlvr_grpo" in tables:
     rows.append({"comparison": "pbrl_hybrid - rlvr_grpo", "languages": "trained",
@@ -234,7 +256,8 @@ def endpoint_table(rows: list[dict[str, Any]]) -> list[str]:
 def verdict(rows: list[dict[str, Any]]) -> str:
   """Plain words on the primary endpoint for PB-RLSVR hybrid (and against RLVR)."""
   get = {(r["comparison"], r["languages"]): r for r in rows}
-  main = get.get(("pbrl_hybrid - base", "trained"))
+  main = get.get(("pbrl_hybrid - premise", "trained")) or get.get(("pbrl_hybrid - base",
+                                                                     "trained"))
   if main is None:
     return "The hybrid arm has not been run: no verdict."
   vs = get.get(("pbrl_hybrid - rlvr_grpo", "trained"))
@@ -293,6 +316,22 @@ def _wall(meta: dict[str, Any]) -> str:
   return f"{meta['wall_minutes']:.0f} min"
 
 
+def _english_lead(result: dict[str, Any]) -> str:
+  s = result["summary"]
+  return (f"English {_pct(s['english_accuracy'])}% vs non-English mean"
+          f" {_pct(s['non_english_mean'])}%")
+
+
+def _premise_note(results: dict[str, Any], meta: dict[str, Any]) -> str:
+  if meta.get("premise") == "english_sft" and "premise" in results:
+    return ("Starting policy (`premise`): the paper starts from a policy that is better in"
+            " English, so every arm starts from the base fine-tuned with SFT on the English"
+            " references of the training problems, asked in English only (`sft_en`, LoRA"
+            f" merged). Base: {_english_lead(results['base'])}; premise:"
+            f" {_english_lead(results['premise'])}. Deltas are measured against the premise.")
+  return "Starting policy: the base model (no premise stage)."
+
+
 def write_page(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
   lines = [
       "# The paper's comparison in miniature", "",
@@ -303,8 +342,10 @@ def write_page(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
       f" {', '.join(miniature.TRAIN_LANGS)}{_mt_note(results)}; held"
       f" out {', '.join(miniature.HELD_OUT_LANGS)}. Steps per method: {meta['steps']}; seeds:"
       f" {meta['seeds']}. Wall time: {_wall(meta)} on {meta['machine']}.", "",
+      _premise_note(results, meta), "",
       "## Primary endpoint", "",
-      "Delta = method minus base accuracy, averaged over the trained languages (and the"
+      "Delta = method minus its starting policy's accuracy, averaged over the trained"
+      " languages (and the"
       " held-out ones, secondary), seeds averaged; 95% interval from a two-level bootstrap"
       " (problems, shared by every language and arm, then seeds; experiments/miniature/"
       "endpoints.py).", "",
@@ -338,6 +379,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument("--steps", type=int, default=0, help="0: the config's total_steps")
   ap.add_argument("--n_train", type=int, default=64)
   ap.add_argument("--n_test", type=int, default=miniature.N_TEST)
+  ap.add_argument("--premise", choices=("english_sft", "none"), default="english_sft",
+                  help="english_sft: every arm starts from the base fine-tuned on the English"
+                  " references in English (the paper's premise of an English lead); none: from"
+                  " the base")
   ap.add_argument("--smoke", action="store_true", help="tiny random policy, 1 step (tests)")
   args = ap.parse_args(argv)
   methods = [m for m in args.methods.split(",") if m]
@@ -355,15 +400,21 @@ def main(argv: Sequence[str] | None = None) -> int:
   arith.write_split(data_dir, langs=langs, n_train=args.n_train, n_test=args.n_test, seed=0)
 
   results = {"base": run_base(out, data_dir, args.smoke)}
+  init = None
+  if args.premise == "english_sft":
+    results["premise"], init = run_premise(out, data_dir, args.steps or None, args.smoke)
   runs = [(m, sd) for m in methods for sd in (seeds[:1] if m == "sft" else seeds)]
   for method, seed in runs:
     results[f"{method} (seed {seed})"] = run_method(method, seed, out, data_dir,
-                                                    args.steps or None, args.smoke)
+                                                    args.steps or None, args.smoke, init)
   training = {f"{m} (seed {sd})": training_summary(os.path.join(out, f"{m}-s{sd}"))
               for m, sd in runs}
+  if init:
+    training = {"premise (sft_en)": training_summary(os.path.join(out, "premise")), **training}
   meta = {"command": " ".join(["python", "experiments/miniature/run.py",
                                *(argv if argv is not None else sys.argv[1:])]),
           "n_train": args.n_train, "n_test": args.n_test, "seeds": seeds,
+          "premise": args.premise,
           "steps": args.steps or miniature.get_config(methods[0]).total_steps,
           "eval_tokens": miniature.get_config().eval.max_new_tokens,
           "wall_minutes": (time.time() - t0) / 60, "machine": os.environ.get(

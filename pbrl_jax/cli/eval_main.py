@@ -34,7 +34,7 @@ from ml_collections import config_flags
 
 def define_flags() -> None:
   """Defines this command's flags when it runs, so that importing the module defines none."""
-  global _CONFIG, _WORKDIR, _NAME, _BASE, _MODEL, _CHECKPOINT_STEP, _PARAMS_FROM, _TRAINED_LANGS, _COMPARE, _DTYPE
+  global _CONFIG, _WORKDIR, _NAME, _BASE, _MODEL, _CHECKPOINT_STEP, _PARAMS_FROM, _TRAINED_LANGS, _COMPARE, _DTYPE, _EXPORT_HF
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                             lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; results go to DIR/eval/.")
@@ -52,6 +52,9 @@ def define_flags() -> None:
   _COMPARE = flags.DEFINE_list("compare", None, "Two result JSONs (before,after): write a "
                                "comparison report only.")
   _DTYPE = flags.DEFINE_string("dtype", "float32", "Compute and parameter dtype of the model.")
+  _EXPORT_HF = flags.DEFINE_string("export_hf", "", "Write the chosen model (a LoRA run's "
+                                   "adapters merged) as an HF directory here instead of "
+                                   "evaluating it.")
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -377,6 +380,13 @@ def compare(workdir: str, paths: Sequence[str], name: str) -> str:
   return write_report(os.path.join(workdir, "eval"), name or "compare", runs)
 
 
+def run_export(config: Any, workdir: str, out_dir: str) -> str:
+  """Writes the model the flags select (LoRA adapters merged) as an HF directory."""
+  from pbrl_jax.models import export_hf  # pylint: disable=g-import-not-at-top
+  bundle, _, _ = load_model(config, workdir, _DTYPE.value)
+  return export_hf(bundle, out_dir, dtype=_DTYPE.value)
+
+
 def run_eval(config: Any, workdir: str) -> str:
   """Evaluates the model the flags select on every configured dataset; returns the JSON path."""
   from pbrl_jax import evaluate as ev  # pylint: disable=g-import-not-at-top
@@ -411,6 +421,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _COMPARE.value:
     path = compare(_WORKDIR.value, _COMPARE.value, _NAME.value)
+  elif _EXPORT_HF.value:
+    path = run_export(_CONFIG.value, _WORKDIR.value, _EXPORT_HF.value)
   else:
     path = run_eval(_CONFIG.value, _WORKDIR.value)
   logging.info("wrote %s", path)

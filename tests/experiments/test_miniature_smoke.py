@@ -24,7 +24,17 @@ def test_smoke_run_writes_the_page(tmp_path):
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   with open(os.path.join(out, "results.json")) as f:
     results = json.load(f)["results"]
-  assert list(results) == ["base", "sft (seed 0)", "rlvr_grpo (seed 0)", "pbrl_hybrid (seed 0)"]
+  assert list(results) == ["base", "premise", "sft (seed 0)", "rlvr_grpo (seed 0)",
+                           "pbrl_hybrid (seed 0)"]
+  # Every arm starts from the premise policy (English SFT, adapters merged and exported).
+  premise = os.path.join(out, "premise", "model")
+  assert os.path.exists(os.path.join(premise, "config.json"))
+  for arm in ("sft-s0", "rlvr_grpo-s0", "pbrl_hybrid-s0"):
+    with open(os.path.join(out, arm, "config.json")) as f:
+      model = json.load(f)["model"]
+    assert model["path"] == premise and not model["random_init"], (arm, model)
+  with open(os.path.join(out, "premise", "config.json")) as f:
+    assert json.load(f)["data"]["langs"] == ["en"]
   for r in results.values():
     assert set(r["per_language"]) == {"en", "de", "fr", "ru", "zh", "es", "ja", "pt"}
     assert all(v["n"] == 2 for v in r["per_language"].values())
@@ -34,9 +44,9 @@ def test_smoke_run_writes_the_page(tmp_path):
   assert "| base |" in page and "| pbrl_hybrid (seed 0) |" in page
   assert "Language consistency" in page
   assert "| sft (seed 0) | 1 |" in page and "| rlvr_grpo (seed 0) | 1 |" in page  # training
-  # The primary endpoint: every arm against the base, and hybrid against RLVR.
+  # The primary endpoint: every arm against its starting policy, and hybrid against RLVR.
   assert "## Primary endpoint" in page
-  assert "| pbrl_hybrid - base | trained |" in page
+  assert "| pbrl_hybrid - premise | trained |" in page
   assert "| pbrl_hybrid - rlvr_grpo | trained |" in page
   assert os.path.getsize(os.path.join(out, "accuracy.png")) > 1000
   # Finished stages are skipped on a rerun.
