@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pbrl_jax import padding
 from pbrl_jax import sampling
 from pbrl_jax.models import DecoderConfig, ModelBundle, export_hf, from_pretrained, init_params
 from pbrl_jax.models.decoder import count_params
@@ -132,8 +133,8 @@ def main() -> None:
   prompts = rng.integers(3, config.vocab_size, size=(args.batch, args.prompt_len),
                          dtype=np.int32)
   bandwidth = copy_bandwidth((64 if args.quick else 1024) * 2**20)
-  cache_len = (sampling.bucket_length(args.prompt_len, sampling.PROMPT_BUCKETS) +
-               sampling.bucket_length(args.new_tokens, sampling.COMPLETION_BUCKETS))
+  cache_len = (padding.bucket_length(args.prompt_len, sampling.PROMPT_BUCKETS) +
+               padding.bucket_length(args.new_tokens, sampling.COMPLETION_BUCKETS))
   new_tokens_total = args.batch * args.new_tokens
   results = {
       "model": "tiny-random" if args.quick else "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)",

@@ -218,3 +218,74 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs of `tree` carrying the given shardings (restore targets)."""
   return jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a finished run's policy (pbrl-eval, exports, warm starts).
+# ---------------------------------------------------------------------------------------------
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Steps with a finished checkpoint in DIR/checkpoints (Orbax's step directories)."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory)
+                if d.isdigit() and os.path.isdir(os.path.join(directory, d, "state")))
+
+
+def restore_params(workdir: str, step: int, abstract_params: Any, item: str = "policy") -> Any:
+  """Restores only `state.params[item]` of one trainer checkpoint, onto the default device.
+
+  Args:
+    workdir: run directory holding checkpoints/<step>/state.
+    step: the checkpoint step.
+    abstract_params: pytree of jax.ShapeDtypeStruct: the restored arrays take these shapes
+      and dtypes.
+    item: 'policy' (full fine-tuning) or 'lora' (the adapters of a LoRA run).
+
+  Returns:
+    The restored parameter pytree.
+  """
+  path = os.path.abspath(os.path.join(workdir, "checkpoints", str(step), "state"))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: no 'state' item of checkpoint {step}")
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = {"params": {item: abstract_params}}
+  restore_args = jax.tree.map(
+      lambda x: ocp.ArrayRestoreArgs(dtype=x.dtype, sharding=sharding, global_shape=x.shape),
+      target)
+  with ocp.PyTreeCheckpointer() as ckptr:
+    out = ckptr.restore(path, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True))
+  return out["params"][item]
+
+
+def restore_policy(bundle: Any, workdir: str, step: int, model: Any) -> None:
+  """Replaces `bundle.params` (the run's base model) with the policy of checkpoint `step`.
+
+  A LoRA run (`model.lora_rank` > 0) checkpoints its adapters only: they are restored and
+  merged into the base. A full fine-tuning run's params replace the base's, in its dtypes;
+  the base weights are released before the checkpoint's arrive.
+
+  Args:
+    bundle: a `ModelBundle` holding the run's base model.
+    workdir: run directory.
+    step: the checkpoint step.
+    model: the run config's `model` section.
+  """
+  from pbrl_jax.models import decoder  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
+  rank = int(model.get("lora_rank", 0) or 0)
+  if rank:
+    adapters = restore_params(
+        workdir, step, lora_lib.lora_shapes(bundle.config, tuple(model.lora_targets), rank),
+        "lora")
+    bundle.params = lora_lib.apply_lora(bundle.params, adapters, float(model.lora_alpha), rank)
+    logging.info("restored the LoRA adapters of checkpoint %d (merged)", step)
+    return
+  abstract = jax.tree.map(lambda a, p: jax.ShapeDtypeStruct(a.shape, p.dtype),
+                          decoder.param_shapes(bundle.config), bundle.params)
+  bundle.params = None  # free the base weights before the checkpoint's arrive
+  bundle.params = restore_params(workdir, step, abstract)
+  logging.info("restored the policy of checkpoint %d", step)

@@ -1,4 +1,4 @@
-"""`make demo`: write the problems, import the oracle pivot references, train, evaluate, report.
+"""`make demo`: problems, oracle pivot references, an English warm start, GRPO, evaluation, report.
 
   python -m pbrl_jax.demo --workdir runs/demo [--config configs/demo.py]
 
@@ -17,11 +17,14 @@ from ml_collections import config_flags
 
 def define_flags() -> None:
   """Defines this command's flags when it runs, so that importing the module defines none."""
-  global _CONFIG, _WORKDIR
+  global _CONFIG, _WORKDIR, _PREMISE_STEPS
   _CONFIG = config_flags.DEFINE_config_file(
       "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "configs", "demo.py"), "Demo config file.")
   _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Run directory.")
+  _PREMISE_STEPS = flags.DEFINE_integer(
+      "premise_steps", -1, "SFT steps of the English warm start (-1: the config file's "
+      "'premise' variant; 0: no warm start, GRPO from the base model).")
 
 
 # Training problems the demo writes, each in every language: 64 x 4 training languages is
@@ -41,7 +44,7 @@ def prepare(config, workdir: str) -> None:
 
   Fills the `{workdir}` placeholders of `config` first; skipped when the references exist.
   """
-  from pbrl_jax.cli import pivot_main  # pylint: disable=g-import-not-at-top
+  from pbrl_jax import pivot_step  # pylint: disable=g-import-not-at-top
   from pbrl_jax.data import arith  # pylint: disable=g-import-not-at-top
   from pbrl_jax.data import pivot as pivot_lib  # pylint: disable=g-import-not-at-top
   os.makedirs(workdir, exist_ok=True)
@@ -54,7 +57,50 @@ def prepare(config, workdir: str) -> None:
   n_test = max(int(ds["limit"]) for ds in config.eval.datasets)
   paths = arith.write_split(os.path.join(workdir, "data"), langs=arith.LANGS,
                             n_train=N_TRAIN_PROBLEMS, n_test=n_test)
-  pivot_main.build(config, workdir, references=paths["train_references"])
+  pivot_step.build(config, workdir, references=paths["train_references"])
+
+
+def _premise_config(config_path: str):
+  """The 'premise' variant of the demo's config file (the English SFT warm start)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = config_path.split(":")[0]
+  spec = importlib.util.spec_from_file_location("_demo_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("premise")
+
+
+def warm_start(premise, workdir: str, steps: int = -1) -> str:
+  """SFT on the English references asked in English; returns the HF directory it exports.
+
+  The paper's premise is a policy better in English than in the other languages; this gives
+  the 135M policy one (see configs/demo.py `premise_config`). The run lives in
+  WORKDIR/premise; its LoRA adapters are merged into the base and written as an HF directory,
+  which the GRPO run then starts from (as its policy and its KL reference). Skipped when that
+  directory exists.
+  """
+  from pbrl_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from pbrl_jax import pivot_step  # pylint: disable=g-import-not-at-top
+  from pbrl_jax import train  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.data import pivot as pivot_lib  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.models import bundle as bundle_lib  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.models import export_hf  # pylint: disable=g-import-not-at-top
+  run_dir = os.path.join(workdir, "premise")
+  model_dir = os.path.join(run_dir, "model")
+  if os.path.exists(os.path.join(model_dir, "config.json")):
+    return model_dir
+  _fill_workdir(premise, workdir)  # the problems and references the demo wrote
+  if steps >= 0:
+    premise.total_steps = steps
+    premise.checkpoint_every = max(steps, 1)
+  if not os.path.exists(os.path.join(pivot_lib.reference_dir(run_dir), pivot_lib.MANIFEST)):
+    pivot_step.build(premise, run_dir,
+                     references=os.path.join(workdir, "data", "train_references.jsonl"))
+  train.train(premise, run_dir)
+  bundle = bundle_lib.ModelBundle(*bundle_lib.load_policy(premise.model, premise.seed))
+  ckpt_lib.restore_policy(bundle, run_dir, ckpt_lib.checkpoint_steps(run_dir)[-1],
+                          premise.model)
+  return export_hf(bundle, model_dir)
 
 
 def main(argv):
@@ -63,8 +109,16 @@ def main(argv):
   config, workdir = _CONFIG.value, _WORKDIR.value
   t0 = time.perf_counter()
   prepare(config, workdir)
-  print(f"[demo] pivot references ready ({time.perf_counter() - t0:.0f} s); training GRPO "
-        f"for {config.total_steps} steps ...", flush=True)
+  print(f"[demo] pivot references ready ({time.perf_counter() - t0:.0f} s)", flush=True)
+  if _PREMISE_STEPS.value != 0:
+    premise = _premise_config(config_flags.get_config_filename(flags.FLAGS["config"]))
+    steps = _PREMISE_STEPS.value if _PREMISE_STEPS.value > 0 else premise.total_steps
+    print(f"[demo] warm start: SFT on the English references in English for {steps} steps"
+          " (the paper's premise: a policy that is better in English) ...", flush=True)
+    config.model.path = warm_start(premise, workdir, steps)
+    print(f"[demo] warm start ready ({time.perf_counter() - t0:.0f} s): {config.model.path}",
+          flush=True)
+  print(f"[demo] training GRPO for {config.total_steps} steps ...", flush=True)
   summary = train.train_and_report(config, workdir)
   total = time.perf_counter() - t0
   print(f"\n[demo] done in {total / 60:.1f} min: {summary['stopped_by']} at step "

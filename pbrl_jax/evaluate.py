@@ -45,7 +45,10 @@ from jax.sharding import Mesh
 
 from pbrl_jax import config_schema
 from pbrl_jax import distributed
+from pbrl_jax import padding
 from pbrl_jax import sampling
+from pbrl_jax import stats
+from pbrl_jax.stats import ENGLISH, N_BOOT, json_float
 from pbrl_jax.data import tokenize as tokenize_lib
 from pbrl_jax.data.records import Example
 from pbrl_jax.models.config import DecoderConfig
@@ -56,167 +59,16 @@ from pbrl_jax.rewards import langid as langid_lib
 Params = Any
 PromptFn = Callable[[Example], str]
 
-ENGLISH = "en"
 # Our defaults (not the paper's): a response counts as "in the question's language" at the
 # language guard's full-reward point (0.6, configs/reward_defaults.py), and as a repetition
 # loop where the repetition guard starts to cut the reward (0.5).
 LANGUAGE_THRESHOLD = 0.6
 REPETITION_THRESHOLD = 0.5
-N_BOOT = 1000
 
 
 # ---------------------------------------------------------------------------------------------
-# Pure helpers: confidence intervals, pass@k, prompts.
+# Prompts.
 # ---------------------------------------------------------------------------------------------
-
-
-def bootstrap_means(scores: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
-  """Means of `n_boot` resamples (with replacement, same size) of `scores`.
-
-  Resample b uses the indices `rng.integers(0, n, size=n)` of the b-th draw of
-  `np.random.default_rng(seed)`, so a plain loop reproduces it exactly.
-
-  Args:
-    scores: [n] per-example scores (0/1 correctness, or fractions for pass@1).
-    n_boot: number of resamples.
-    seed: seed of the resampling generator.
-
-  Returns:
-    [n_boot] float64 resample means (empty when `scores` is empty).
-  """
-  x = np.asarray(scores, np.float64).reshape(-1)
-  n = x.size
-  if n == 0:
-    return np.zeros(0)
-  rng = np.random.default_rng(seed)
-  # Draw resamples in blocks of rows ([rows, n] at a time: the same stream as one draw per
-  # resample) so memory stays bounded for large n.
-  rows = max(1, (1 << 22) // n)
-  out = [x[rng.integers(0, n, size=(min(rows, n_boot - b), n))].mean(axis=1)
-         for b in range(0, n_boot, rows)]
-  return np.concatenate(out) if out else np.zeros(0)
-
-
-def bootstrap_ci(correct: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
-  """Percentile bootstrap confidence interval of the mean.
-
-  Args:
-    correct: [n] per-example scores in [0, 1].
-    n_boot: number of resamples.
-    seed: fixed seed, so a result file is reproducible.
-    level: coverage of the interval.
-
-  Returns:
-    (low, high): the (1-level)/2 and (1+level)/2 percentiles (numpy's default linear
-    interpolation) of the resample means; (nan, nan) for no examples.
-  """
-  means = bootstrap_means(correct, n_boot, seed)
-  if means.size == 0:
-    return math.nan, math.nan
-  alpha = (1.0 - level) / 2.0
-  low, high = np.percentile(means, [100.0 * alpha, 100.0 * (1.0 - alpha)])
-  return float(low), float(high)
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-  """Unbiased pass@k estimate from n samples of which c are correct (Chen et al., 2021).
-
-  pass@k = 1 - C(n - c, k) / C(n, k): the probability that a uniformly random k-subset of
-  the n samples holds at least one correct one. Computed as the stable product
-  1 - prod_{i = n-c+1}^{n} (1 - k / i) (the paper's numpy form).
-
-  Args:
-    n: samples drawn (n >= 1).
-    c: correct samples, 0 <= c <= n.
-    k: 1 <= k <= n.
-
-  Returns:
-    The estimate in [0, 1].
-  """
-  if not 0 <= c <= n or not 1 <= k <= n:
-    raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
-  if n - c < k:
-    return 1.0
-  return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
-
-
-def pass_k_values(num_samples: int) -> tuple[int, ...]:
-  """The k reported for G samples: powers of two below G, and G itself."""
-  ks = [1 << i for i in range(max(num_samples, 1).bit_length()) if (1 << i) < num_samples]
-  return tuple(ks + [num_samples])
-
-
-def bootstrap_gap_ci(scores: Mapping[str, Mapping[str, float]], n_boot: int = N_BOOT,
-                     seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-  """Bootstrap CI of the gap: English accuracy minus the mean non-English accuracy.
-
-  Questions, not (question, language) pairs, are resampled: one resample draws |U| ids with
-  replacement from the union U of every language's ids and each language averages the drawn
-  ids it has (with their multiplicity). On parallel data (the same ids in every language, as
-  MGSM and GSM-Symbolic) this is a paired bootstrap, which is what the gap between languages
-  answering the same questions calls for.
-
-  Args:
-    scores: {lang: {id: per-example score}}; must hold 'en' and one other language.
-    n_boot: resamples.
-    seed: seed of `np.random.default_rng`; counts come from `multinomial(|U|, uniform)`.
-    level: coverage.
-
-  Returns:
-    (low, high) percentiles over the resamples where every language drew at least one of
-    its ids; (nan, nan) when the gap is undefined.
-  """
-  non_en = sorted(lang for lang in scores if lang != ENGLISH and scores[lang])
-  if not scores.get(ENGLISH) or not non_en:
-    return math.nan, math.nan
-  ids = sorted({i for table in scores.values() for i in table})
-  col = {i: k for k, i in enumerate(ids)}
-  langs = [ENGLISH] + non_en
-  values = np.zeros((len(langs), len(ids)))  # [languages, U]
-  present = np.zeros((len(langs), len(ids)))
-  for row, lang in enumerate(langs):
-    for i, v in scores[lang].items():
-      values[row, col[i]] = v
-      present[row, col[i]] = 1.0
-  rng = np.random.default_rng(seed)
-  num, den = [], []
-  rows = max(1, (1 << 22) // len(ids))  # bounded memory for large benchmarks
-  for b in range(0, n_boot, rows):
-    counts = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)),
-                             size=min(rows, n_boot - b))  # [rows, U]
-    num.append(counts @ (values * present).T)  # [rows, languages]
-    den.append(counts @ present.T)
-  num, den = np.concatenate(num), np.concatenate(den)
-  ok = np.all(den > 0, axis=1)
-  if not ok.any():
-    return math.nan, math.nan
-  means = num[ok] / den[ok]
-  gaps = means[:, 0] - means[:, 1:].mean(axis=1)
-  alpha = (1.0 - level) / 2.0
-  low, high = np.percentile(gaps, [100.0 * alpha, 100.0 * (1.0 - alpha)])
-  return float(low), float(high)
-
-
-def paired_difference_ci(before: Mapping[str, float], after: Mapping[str, float],
-                         n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
-  """Accuracy change on the questions both runs answered, with a paired bootstrap CI.
-
-  Args:
-    before: {id: per-example score} of the first run.
-    after: {id: per-example score} of the second run.
-    n_boot: resamples.
-    seed: bootstrap seed.
-
-  Returns:
-    {n (shared ids), delta (mean of after - before over them), ci_low, ci_high}; the CI of
-    the mean per-question difference (`bootstrap_ci`), None where there is no shared id.
-  """
-  shared = sorted(set(before) & set(after))
-  diff = np.asarray([after[i] - before[i] for i in shared], np.float64)
-  low, high = bootstrap_ci(diff, n_boot, seed)
-  return {"n": len(shared), "delta": float(diff.mean()) if shared else None,
-          "ci_low": _json_float(low), "ci_high": _json_float(high)}
 
 
 def default_prompt(example: Example) -> str:
@@ -246,16 +98,6 @@ class Completions:
   capped: list[list[bool]]  # stopped by the length limit, not by an EOS
   seconds: float  # wall time of generation (compilation included)
   tokens: int  # generated tokens in total
-
-
-def _eos_ids(config: DecoderConfig, tokenizer: Any) -> list[int]:
-  eos = set(config.eos_token_ids)
-  if getattr(tokenizer, "eos_token_id", None) is not None:
-    eos.add(int(tokenizer.eos_token_id))
-  if not eos:
-    raise ValueError("neither the model config nor the tokenizer names an EOS token; "
-                     "generation could never stop before max_new_tokens")
-  return sorted(eos)
 
 
 def generate(params: Params, config: DecoderConfig, tokenizer: Any, prompts: Sequence[str], *,
@@ -292,8 +134,8 @@ def generate(params: Params, config: DecoderConfig, tokenizer: Any, prompts: Seq
   if not ids:
     return Completions([], [], [], 0.0, 0)
   # One bucket for the whole evaluation: every batch has the same shapes, one compilation.
-  bucket = sampling.bucket_length(max(len(x) for x in ids), sampling.PROMPT_BUCKETS)
-  eos = _eos_ids(config, tokenizer)
+  bucket = padding.bucket_length(max(len(x) for x in ids), sampling.PROMPT_BUCKETS)
+  eos = sampling.eos_ids(config, tokenizer)
   key = jax.random.PRNGKey(seed)
   g = num_samples
   texts, lengths, capped = [], [], []
@@ -302,7 +144,7 @@ def generate(params: Params, config: DecoderConfig, tokenizer: Any, prompts: Seq
   for b in range(num_batches):
     chunk = ids[b * batch_size:(b + 1) * batch_size]
     rows = chunk + [[]] * (batch_size - len(chunk))
-    tokens, valid = sampling.left_pad(rows, bucket, config.pad_token_id)
+    tokens, valid = padding.left_pad(rows, bucket, config.pad_token_id)
     out = sampling.sample(params, config, tokens, valid, jax.random.fold_in(key, b),
                           num_samples=g, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_p=top_p, eos_ids=eos,
@@ -380,7 +222,7 @@ def score_examples(examples: Sequence[Example], prompts: Sequence[str],
     Records {id, lang, prompt, gold, response, extracted, correct, length, length_capped,
     language_consistency, language_consistent, language_undetermined, repetition_score,
     repetition}; with G > 1 also
-    num_samples, num_correct, pass@k for k in `pass_k_values(G)`, and `samples` (every
+    num_samples, num_correct, pass@k for k in `stats.pass_k_values(G)`, and `samples` (every
     completion's fields).
   """
   if not len(examples) == len(prompts) == len(completions) == len(lengths) == len(capped):
@@ -404,8 +246,8 @@ def score_examples(examples: Sequence[Example], prompts: Sequence[str],
       c = sum(s["correct"] for s in samples)
       rec["num_samples"] = g
       rec["num_correct"] = c
-      for k in pass_k_values(g):
-        rec[f"pass@{k}"] = pass_at_k(g, c, k)
+      for k in stats.pass_k_values(g):
+        rec[f"pass@{k}"] = stats.pass_at_k(g, c, k)
       rec["samples"] = samples
     records.append(rec)
   return records
@@ -433,10 +275,6 @@ def _determined_rate(recs: Sequence[Mapping[str, Any]]) -> float:
 
 def _mean_or_none(values: Sequence[float]) -> float | None:
   return float(np.mean(values)) if values else None
-
-
-def _json_float(x: float) -> float | None:
-  return None if x is None or not math.isfinite(x) else float(x)
 
 
 def summarize(records: Sequence[Mapping[str, Any]], trained_langs: Sequence[str] = (), *,
@@ -470,17 +308,17 @@ def summarize(records: Sequence[Mapping[str, Any]], trained_langs: Sequence[str]
   for lang in sorted(by_lang):
     recs = by_lang[lang]
     scores = np.asarray([record_score(r) for r in recs])
-    low, high = bootstrap_ci(scores, n_boot=n_boot, seed=seed)
+    low, high = stats.bootstrap_ci(scores, n_boot=n_boot, seed=seed)
     entry: dict[str, Any] = {
         "n": len(recs),
         "accuracy": float(scores.mean()),
-        "ci_low": _json_float(low),
-        "ci_high": _json_float(high),
+        "ci_low": json_float(low),
+        "ci_high": json_float(high),
         "language_consistent": _sample_rate(recs, "language_consistent"),
         # Letterless or nearly wordless answers cannot be placed in any language; the rate
         # over the answers that can is the one to compare between runs.
         "language_undetermined": _sample_rate(recs, "language_undetermined"),
-        "language_consistent_determined": _json_float(_determined_rate(recs)),
+        "language_consistent_determined": json_float(_determined_rate(recs)),
         "length_capped": _sample_rate(recs, "length_capped"),
         "repetition": _sample_rate(recs, "repetition"),
         "mean_length": _sample_rate(recs, "length"),
@@ -496,7 +334,7 @@ def summarize(records: Sequence[Mapping[str, Any]], trained_langs: Sequence[str]
   held_out = [lang for lang in non_en if lang not in trained]
   english = acc.get(ENGLISH)
   non_english_mean = _mean_or_none([acc[lang] for lang in non_en])
-  gap_low, gap_high = bootstrap_gap_ci(
+  gap_low, gap_high = stats.bootstrap_gap_ci(
       {lang: {r["id"]: record_score(r) for r in recs} for lang, recs in by_lang.items()},
       n_boot=n_boot, seed=seed)
   summary: dict[str, Any] = {
@@ -507,8 +345,8 @@ def summarize(records: Sequence[Mapping[str, Any]], trained_langs: Sequence[str]
       "non_english_mean": non_english_mean,
       "gap": (english - non_english_mean
               if english is not None and non_english_mean is not None else None),
-      "gap_ci_low": _json_float(gap_low),
-      "gap_ci_high": _json_float(gap_high),
+      "gap_ci_low": json_float(gap_low),
+      "gap_ci_high": json_float(gap_high),
       "trained_mean": _mean_or_none([acc[lang] for lang in trained_present]),
       "held_out_mean": _mean_or_none([acc[lang] for lang in held_out]),
       "trained_langs": sorted(trained_present),

@@ -16,6 +16,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import jax
 import numpy as np
 
+from pbrl_jax import fileio
+
 
 # Rollout completions, a few per step, for the report's sample table.
 SAMPLES_FILE = "samples.jsonl"
@@ -42,10 +44,7 @@ def truncate_jsonl(path: str, last_step: int) -> None:
           keep.append(line if line.endswith("\n") else line + "\n")
       except (json.JSONDecodeError, KeyError):
         continue  # a line cut by a kill: dropped
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(keep)
-  os.replace(tmp, path)
+  fileio.atomic_write(path, "".join(keep))
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:

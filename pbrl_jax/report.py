@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pbrl_jax import metrics as metrics_lib
+from pbrl_jax.fileio import atomic_savefig, atomic_write
 
 
 def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -56,9 +57,7 @@ def _plot_lines(path: str, rows, keys: Sequence[str], title: str, ylabel: str) -
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  os.replace(tmp, path)
+  atomic_savefig(fig, path)
   plt.close(fig)
   return True
 
@@ -80,9 +79,7 @@ def _plot_before_after(path: str, before: dict, after: dict, metric: str, title:
   ax.set_title(title)
   ax.legend()
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  os.replace(tmp, path)
+  atomic_savefig(fig, path)
   plt.close(fig)
   return True
 
@@ -152,18 +149,10 @@ def _load_json(path: str) -> dict | None:
     return json.load(f)
 
 
-def write_report(workdir: str, title: str = "pbrl_jax run") -> str:
-  """Writes `workdir/report.md` and its PNG plots; returns the report path."""
-  rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  keys = sorted({k for r in rows for k in r})
-  lines = [f"# {title}", ""]
-  lines.append(f"{len(rows)} training steps logged in `metrics.jsonl`.")
-  lines.append("")
-
-  lines.append("## Learning signal (first 20% of steps vs last 20%)")
-  lines.append("")
-  lines.append("| metric | first 20% | last 20% | change | SE of change |")
-  lines.append("|---|---|---|---|---|")
+def _signal_section(rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
+  """First vs last 20% of steps for the reward, its components and the rollout health."""
+  lines = ["## Learning signal (first 20% of steps vs last 20%)", "",
+           "| metric | first 20% | last 20% | change | SE of change |", "|---|---|---|---|---|"]
   summary_keys = (["reward_mean", "reward_shaped_mean", "sft/nll", "kl"]
                   + [k for k in keys if k.startswith(("reward/", "rollout/"))])
   for key in summary_keys:
@@ -172,109 +161,118 @@ def write_report(workdir: str, title: str = "pbrl_jax run") -> str:
       _, se = change_and_stderr(rows, key)
       se_text = f"{se:.4f}" if np.isfinite(se) else ""
       lines.append(f"| {key} | {a:.4f} | {b:.4f} | {b - a:+.4f} | {se_text} |")
-  lines.append("")
-  lines.append("SE: the standard error of the change from the step-to-step spread inside each "
-               "window; a change under twice its SE is within step noise.")
-  lines.append("")
+  return lines + ["", "SE: the standard error of the change from the step-to-step spread inside"
+                  " each window; a change under twice its SE is within step noise.", ""]
 
-  plots = []
+
+def _training_plots(workdir: str, rows: list[dict[str, Any]], keys: list[str]
+                    ) -> list[tuple[str, str]]:
+  """Writes the training curves; returns (caption, file) of those that had data."""
   main_terms = ["reward_mean", "reward/answer_precision", "reward/format",
                 "reward/reasoning_coherence",
                 "reward/similarity", "reward/mt_similarity", "reward/verifiable", "reward/gate"]
-  if _plot_lines(os.path.join(workdir, "reward.png"), rows,
-                 [k for k in main_terms if k in keys], "Reward and its components", "value"):
-    plots.append(("Reward and its components", "reward.png"))
-  if _plot_lines(os.path.join(workdir, "guards.png"), rows,
-                 [k for k in keys if k.startswith("reward/gate_")],
-                 "Guard gates (1 = no penalty)", "gate"):
-    plots.append(("Guard gates", "guards.png"))
-  lang_cons = [k for k in keys if k.startswith("lang/") and k.endswith("/language_consistent")]
-  if _plot_lines(os.path.join(workdir, "language_consistency.png"), rows, lang_cons,
-                 "Language consistency of rollouts", "fraction"):
-    plots.append(("Language consistency per language", "language_consistency.png"))
-  rollout = [k for k in keys if k.startswith("rollout/")]
-  if _plot_lines(os.path.join(workdir, "rollout.png"), rows, rollout,
-                 "Rollout health", "fraction / tokens"):
-    plots.append(("Rollout health (length cap, repetition)", "rollout.png"))
-  if _plot_lines(os.path.join(workdir, "kl_loss.png"), rows, ["loss", "kl"], "Loss and KL",
-                 "value"):
-    plots.append(("Loss and KL to the reference", "kl_loss.png"))
+  specs = [
+      ("Reward and its components", "reward.png", [k for k in main_terms if k in keys],
+       "Reward and its components", "value"),
+      ("Guard gates", "guards.png", [k for k in keys if k.startswith("reward/gate_")],
+       "Guard gates (1 = no penalty)", "gate"),
+      ("Language consistency per language", "language_consistency.png",
+       [k for k in keys if k.startswith("lang/") and k.endswith("/language_consistent")],
+       "Language consistency of rollouts", "fraction"),
+      ("Rollout health (length cap, repetition)", "rollout.png",
+       [k for k in keys if k.startswith("rollout/")], "Rollout health", "fraction / tokens"),
+      ("Loss and KL to the reference", "kl_loss.png", ["loss", "kl"], "Loss and KL", "value"),
+  ]
+  return [(caption, name) for caption, name, series, title, ylabel in specs
+          if _plot_lines(os.path.join(workdir, name), rows, series, title, ylabel)]
 
+
+def _per_language_section(rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
   langs = sorted({k.split("/")[1] for k in keys if k.startswith("lang/")})
-  if langs:
-    lines.append("## Per-language training metrics (first 20% -> last 20%)")
-    lines.append("")
-    metrics_per_lang = sorted({k.split("/", 2)[2] for k in keys if k.startswith("lang/")})
-    lines.append("| lang | " + " | ".join(metrics_per_lang) + " |")
-    lines.append("|---|" + "---|" * len(metrics_per_lang))
-    for lang in langs:
-      cells = []
-      for m in metrics_per_lang:
-        a, b = first_last_fraction(rows, f"lang/{lang}/{m}")
-        cells.append(f"{a:.3f} -> {b:.3f}" if np.isfinite(a) else "")
-      lines.append(f"| {lang} | " + " | ".join(cells) + " |")
-    lines.append("")
+  if not langs:
+    return []
+  metrics_per_lang = sorted({k.split("/", 2)[2] for k in keys if k.startswith("lang/")})
+  lines = ["## Per-language training metrics (first 20% -> last 20%)", "",
+           "| lang | " + " | ".join(metrics_per_lang) + " |",
+           "|---|" + "---|" * len(metrics_per_lang)]
+  for lang in langs:
+    cells = []
+    for m in metrics_per_lang:
+      a, b = first_last_fraction(rows, f"lang/{lang}/{m}")
+      cells.append(f"{a:.3f} -> {b:.3f}" if np.isfinite(a) else "")
+    lines.append(f"| {lang} | " + " | ".join(cells) + " |")
+  return lines + [""]
 
+
+def _accuracy_cell(d: dict[str, Any]) -> str:
+  if "accuracy" not in d:
+    return ""
+  lo, hi = d.get("ci_low"), d.get("ci_high")
+  ci = f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else ""
+  return f"{d['accuracy']:.3f}{ci}"
+
+
+def _pair_cell(a: dict[str, Any], b: dict[str, Any], key: str) -> str:
+  fmt = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) and np.isfinite(v) else "-"
+  return f"{fmt(a.get(key))} -> {fmt(b.get(key))}"
+
+
+def _eval_section(workdir: str) -> tuple[list[str], list[tuple[str, str]]]:
+  """The before/after evaluation table and plots, when the run evaluated."""
   before = _load_json(os.path.join(workdir, "eval_before.json"))
   after = _load_json(os.path.join(workdir, "eval_after.json"))
-  if before or after:
-    before_langs = (before or {}).get("per_language", {})
-    after_langs = (after or {}).get("per_language", {})
-    lines.append("## Evaluation before and after training (held-out questions)")
-    lines.append("")
-    lines.append("Accuracy with its 95% bootstrap interval; `in language`: answers written in "
-                 "the question's language, of those whose language could be told "
-                 "(`undetermined`: letterless or nearly wordless answers); `capped`: cut by the "
-                 "token limit.")
-    lines.append("")
-    lines.append("| lang | n | accuracy before | accuracy after | in language before -> after "
-                 "| undetermined before -> after | capped before -> after |")
-    lines.append("|---|---|---|---|---|---|---|")
+  if not (before or after):
+    return [], []
+  before_langs = (before or {}).get("per_language", {})
+  after_langs = (after or {}).get("per_language", {})
+  lines = ["## Evaluation before and after training (held-out questions)", "",
+           "Accuracy with its 95% bootstrap interval; `in language`: answers written in the"
+           " question's language, of those whose language could be told (`undetermined`:"
+           " letterless or nearly wordless answers); `capped`: cut by the token limit.", "",
+           "| lang | n | accuracy before | accuracy after | in language before -> after "
+           "| undetermined before -> after | capped before -> after |",
+           "|---|---|---|---|---|---|---|"]
+  for lang in sorted(set(before_langs) | set(after_langs)):
+    a, b = before_langs.get(lang, {}), after_langs.get(lang, {})
+    lines.append(f"| {lang} | {b.get('n', a.get('n', ''))} | {_accuracy_cell(a)} |"
+                 f" {_accuracy_cell(b)} | {_pair_cell(a, b, 'language_consistent_determined')} |"
+                 f" {_pair_cell(a, b, 'language_undetermined')} |"
+                 f" {_pair_cell(a, b, 'length_capped')} |")
+  summaries = [(before or {}).get("summary", {}), (after or {}).get("summary", {})]
+  for key, label in (("trained_mean", "trained languages"), ("held_out_mean", "held out"),
+                     ("english_accuracy", "English"), ("gap", "gap (English - rest)")):
+    vals = [sm.get(key) for sm in summaries]
+    if any(isinstance(v, (int, float)) for v in vals):
+      lines.append(f"| *{label}* | | " + " | ".join(
+          f"{v:.3f}" if isinstance(v, (int, float)) else "" for v in vals) + " | | | |")
+  lines.append("")
+  plots = []
+  for metric, name in (("accuracy", "eval_accuracy.png"), ("reward", "eval_reward.png"),
+                       ("language_consistent", "eval_language.png")):
+    if _plot_before_after(os.path.join(workdir, name), before_langs, after_langs, metric,
+                          f"Held-out {metric} per language"):
+      plots.append((f"Held-out {metric} per language, before and after", name))
+  return lines, plots
 
-    def acc(d: dict) -> str:
-      if "accuracy" not in d:
-        return ""
-      lo, hi = d.get("ci_low"), d.get("ci_high")
-      ci = f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else ""
-      return f"{d['accuracy']:.3f}{ci}"
 
-    def pair(a: dict, b: dict, key: str) -> str:
-      fmt = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) and np.isfinite(v) else "-"
-      return f"{fmt(a.get(key))} -> {fmt(b.get(key))}"
-
-    for lang in sorted(set(before_langs) | set(after_langs)):
-      a, b = before_langs.get(lang, {}), after_langs.get(lang, {})
-      lines.append(f"| {lang} | {b.get('n', a.get('n', ''))} | {acc(a)} | {acc(b)} | "
-                   f"{pair(a, b, 'language_consistent_determined')} | "
-                   f"{pair(a, b, 'language_undetermined')} | {pair(a, b, 'length_capped')} |")
-    summaries = [(before or {}).get("summary", {}), (after or {}).get("summary", {})]
-    for key, label in (("trained_mean", "trained languages"), ("held_out_mean", "held out"),
-                       ("english_accuracy", "English"), ("gap", "gap (English - rest)")):
-      vals = [sm.get(key) for sm in summaries]
-      if any(isinstance(v, (int, float)) for v in vals):
-        lines.append(f"| *{label}* | | " + " | ".join(
-            f"{v:.3f}" if isinstance(v, (int, float)) else "" for v in vals) + " | | | |")
-    lines.append("")
-    for metric, name in (("accuracy", "eval_accuracy.png"), ("reward", "eval_reward.png"),
-                         ("language_consistent", "eval_language.png")):
-      if _plot_before_after(os.path.join(workdir, name), before_langs, after_langs, metric,
-                            f"Held-out {metric} per language"):
-        plots.append((f"Held-out {metric} per language, before and after", name))
-
+def write_report(workdir: str, title: str = "pbrl_jax run") -> str:
+  """Writes `workdir/report.md` and its PNG plots; returns the report path."""
+  rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  keys = sorted({k for r in rows for k in r})
+  lines = [f"# {title}", "", f"{len(rows)} training steps logged in `metrics.jsonl`.", ""]
+  lines += _signal_section(rows, keys)
+  plots = _training_plots(workdir, rows, keys)
+  lines += _per_language_section(rows, keys)
+  eval_lines, eval_plots = _eval_section(workdir)
+  lines += eval_lines
+  plots += eval_plots
   samples_path = os.path.join(workdir, metrics_lib.SAMPLES_FILE)
   if os.path.exists(samples_path):
     lines.extend(_samples_table(metrics_lib.read_jsonl(samples_path)))
-
   if plots:
-    lines.append("## Plots")
-    lines.append("")
+    lines += ["## Plots", ""]
     for caption, name in plots:
-      lines.append(f"### {caption}")
-      lines.append(f"![{caption}]({name})")
-      lines.append("")
+      lines += [f"### {caption}", f"![{caption}]({name})", ""]
   path = os.path.join(workdir, "report.md")
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines))
-  os.replace(tmp, path)
+  atomic_write(path, "\n".join(lines))
   return path

@@ -40,7 +40,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pbrl_jax import distributed
-from pbrl_jax.data.tokenize import bucket_for, left_pad
+from pbrl_jax.padding import bucket_length, left_pad
 from pbrl_jax.models import decoder
 from pbrl_jax.models import sharding as sharding_lib
 from pbrl_jax.models.config import DecoderConfig
@@ -144,16 +144,19 @@ class SampleOutput:
 # ---------------------------------------------------------------------------------------------
 
 
-def bucket_length(n: int, buckets: Sequence[int]) -> int:
-  """The smallest bucket >= n.
+def eos_ids(config: DecoderConfig, tokenizer: Any) -> list[int]:
+  """The ids that end a completion: the model config's EOS and the tokenizer's (as TRL does).
 
-  Raises:
-    ValueError: n is larger than every bucket.
+  The one definition, used by the trainer's rollouts, evaluation, `generate_text` and
+  pbrl-compare, so every path stops a completion on the same tokens.
   """
-  b = bucket_for(n, buckets)
-  if b is None:
-    raise ValueError(f"length {n} exceeds the largest bucket {max(buckets)}")
-  return int(b)
+  eos = set(config.eos_token_ids)
+  if getattr(tokenizer, "eos_token_id", None) is not None:
+    eos.add(int(tokenizer.eos_token_id))
+  if not eos:
+    raise ValueError("neither the model config nor the tokenizer names an EOS token; "
+                     "generation could never stop before max_new_tokens")
+  return sorted(eos)
 
 
 def eos_table(eos_ids: Sequence[int]) -> np.ndarray:
@@ -595,13 +598,10 @@ def generate_text(bundle: Any, prompts: Sequence[str], max_new_tokens: int = 128
   # Pad the batch to a power of two with empty rows: a bounded number of programs.
   rows = 1 << (len(ids) - 1).bit_length()
   tokens, valid = left_pad(ids + [[]] * (rows - len(ids)), p, config.pad_token_id)
-  eos = set(config.eos_token_ids)
-  if tokenizer.eos_token_id is not None:
-    eos.add(int(tokenizer.eos_token_id))
   stop_seqs = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in stop if s]
   out = sample(bundle.params, config, tokens, valid, jax.random.PRNGKey(seed),
                max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-               top_p=top_p, eos_ids=sorted(eos),
+               top_p=top_p, eos_ids=eos_ids(config, tokenizer),
                stop_token_sequences=[s for s in stop_seqs if s], mesh=mesh)
   toks, lengths = distributed.host_value((out.tokens, out.lengths))
   texts = []

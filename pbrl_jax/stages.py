@@ -143,6 +143,7 @@ class StepFns:
   update_fn: Callable[..., Any]
   advantage_fn: Callable[..., tuple[Array, Array | None]]
   stop_ids: tuple[tuple[int, ...], ...]
+  eos_ids: tuple[int, ...]  # `sampling.eos_ids`: the tokens that end a completion
   base_key: Array
 
   @property
@@ -181,6 +182,17 @@ def is_on_policy(spec: TrainerSpec) -> bool:
           and spec.rollout.top_p == 1.0)
 
 
+def _segment_embedder(encoder: Any) -> Callable[[Any, Any], Array]:
+  """(params, encoder inputs with leaves [BG, S, ...]) -> embeddings [BG, S, E], jittable."""
+
+  def embed(params, enc_batch):
+    rows, segs = jax.tree.leaves(enc_batch)[0].shape[:2]
+    flat = jax.tree.map(lambda x: x.reshape((rows * segs,) + x.shape[2:]), enc_batch)
+    return encoder.embed(params, flat).reshape(rows, segs, -1)
+
+  return embed
+
+
 def build_step_fns(spec: TrainerSpec, mesh: Any, model_cfg: decoder.DecoderConfig,
                    tokenizer: Any, reward_models: Any, ref_params: Any, state_fns: Any,
                    optimizer: Any, lora: lora_lib.LoraSpec | None, base_key: Array) -> StepFns:
@@ -189,14 +201,10 @@ def build_step_fns(spec: TrainerSpec, mesh: Any, model_cfg: decoder.DecoderConfi
   # The reward encoder runs in the same jit as the policy scoring, on the same mesh; its
   # parameters are replicated (USE-m3 is 30 MB). Host-side engines embed on the host.
   encoder = reward_models.encoder
-  encoder_params, embed_fn = None, None
+  encoder_params = embed_fn = None
   if encoder is not None and encoder.params is not None and not spec.rl.is_sft:
     encoder_params = distributed.global_from_host(encoder.params, shd.replicated(mesh))
-
-    def embed_fn(params, enc_batch):  # leaves [BG, S, ...] -> embeddings [BG, S, E]
-      rows, segs = jax.tree.leaves(enc_batch)[0].shape[:2]
-      flat = jax.tree.map(lambda x: x.reshape((rows * segs,) + x.shape[2:]), enc_batch)
-      return encoder.embed(params, flat).reshape(rows, segs, -1)
+    embed_fn = _segment_embedder(encoder)
 
   score_fn = steps_lib.make_score_fn(model_cfg, mesh,
                                      params_shardings=state_fns.shardings.params,
@@ -222,7 +230,7 @@ def build_step_fns(spec: TrainerSpec, mesh: Any, model_cfg: decoder.DecoderConfi
                  reward_models=reward_models, ref_params=ref_params, lora=lora,
                  on_policy=on_policy, encoder_params=encoder_params, score_fn=score_fn,
                  update_fn=update_fn, advantage_fn=advantage_fn, stop_ids=stop_ids,
-                 base_key=base_key)
+                 eos_ids=tuple(sampling.eos_ids(model_cfg, tokenizer)), base_key=base_key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +254,7 @@ def rollout_stage(fns: StepFns, state: Any, prompts: PromptBatch, step: int) -> 
   out = sampling.sample(
       params, fns.model_cfg, prompts.prompt_tokens, prompts.prompt_valid,
       rollout_key(fns.base_key, step), num_samples=g, max_new_tokens=ro.max_new_tokens,
-      temperature=ro.temperature, top_k=ro.top_k, top_p=ro.top_p,
+      temperature=ro.temperature, top_k=ro.top_k, top_p=ro.top_p, eos_ids=list(fns.eos_ids),
       stop_token_sequences=[list(s) for s in fns.stop_ids], max_len=ro.max_new_tokens,
       prompt_buckets=(prompts.prompt_tokens.shape[1],), mesh=fns.mesh, lora=adapters,
       lora_scale=scale)

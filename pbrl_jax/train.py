@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -34,6 +33,7 @@ from absl import logging
 from pbrl_jax import checkpoint as ckpt_lib
 from pbrl_jax import config_schema
 from pbrl_jax import distributed
+from pbrl_jax import fileio
 from pbrl_jax import metrics as metrics_lib
 from pbrl_jax import stages
 from pbrl_jax.models import bundle as bundle_lib
@@ -81,13 +81,6 @@ class _StopFlag:
 # ---------------------------------------------------------------------------------------------
 
 
-def _write_json_atomic(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
-  os.replace(tmp, path)
-
-
 
 def train(config: Any, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) training; returns a summary dict.
@@ -102,7 +95,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
   spec = TrainerSpec.from_config(config)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
-    _write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+    fileio.atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict(),
+                             indent=2, default=str)
   # The mesh and axis-rule contexts entered while training are left on every exit, also
   # when a bad config or a missing file raises half-way (tests call train() in-process).
   with contextlib.ExitStack() as scope:
@@ -235,7 +229,8 @@ def _evaluate(r: Run, tag: str) -> dict[str, Any]:
       trained_langs=tuple(r.spec.data.langs), mesh=r.fns.mesh, lora=adapters,
       lora_scale=scale)
   if jax.process_index() == 0:
-    _write_json_atomic(os.path.join(r.workdir, f"eval_{tag}.json"), result)
+    fileio.atomic_write_json(os.path.join(r.workdir, f"eval_{tag}.json"), result, indent=2,
+                             default=str)
   return result
 
 

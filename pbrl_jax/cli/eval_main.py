@@ -34,7 +34,8 @@ from ml_collections import config_flags
 
 def define_flags() -> None:
   """Defines this command's flags when it runs, so that importing the module defines none."""
-  global _CONFIG, _WORKDIR, _NAME, _BASE, _MODEL, _CHECKPOINT_STEP, _PARAMS_FROM, _TRAINED_LANGS, _COMPARE, _DTYPE, _EXPORT_HF
+  global _CONFIG, _WORKDIR, _NAME, _BASE, _MODEL, _CHECKPOINT_STEP, _PARAMS_FROM
+  global _TRAINED_LANGS, _COMPARE, _DTYPE, _EXPORT_HF
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                             lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; results go to DIR/eval/.")
@@ -72,49 +73,10 @@ def resolve_model_path(path: str) -> str:
   return path
 
 
-def checkpoint_steps(workdir: str) -> list[int]:
-  """Steps with a finished checkpoint in DIR/checkpoints (Orbax's step directories)."""
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(d) for d in os.listdir(directory)
-                if d.isdigit() and os.path.isdir(os.path.join(directory, d, "state")))
-
-
-def restore_policy_params(workdir: str, step: int, abstract_params: Any,
-                          item: str = "policy") -> Any:
-  """Restores only `state.params[item]` of one trainer checkpoint.
-
-  Args:
-    workdir: run directory holding checkpoints/<step>/state.
-    step: the checkpoint step.
-    abstract_params: pytree of jax.ShapeDtypeStruct: the restored arrays take these shapes
-      and dtypes.
-    item: 'policy' (full fine-tuning) or 'lora' (the adapters of a LoRA run).
-
-  Returns:
-    The restored parameter pytree.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(os.path.join(workdir, "checkpoints", str(step), "state"))
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"{path}: no 'state' item of checkpoint {step}")
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = {"params": {item: abstract_params}}
-  restore_args = jax.tree.map(
-      lambda x: ocp.ArrayRestoreArgs(dtype=x.dtype, sharding=sharding, global_shape=x.shape),
-      target)
-  with ocp.PyTreeCheckpointer() as ckptr:
-    out = ckptr.restore(path, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=True))
-  return out["params"][item]
-
-
 def load_model(config: Any, workdir: str, dtype: str) -> tuple[Any, str, int | None]:
   """The model the flags ask for: (bundle, default result name, checkpoint step or None)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from pbrl_jax.models import decoder, from_pretrained  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.models import from_pretrained  # pylint: disable=g-import-not-at-top
   if _MODEL.value:
     bundle = from_pretrained(resolve_model_path(_MODEL.value), dtype=dtype)
     name = os.path.splitext(os.path.basename(os.path.normpath(_MODEL.value)))[0]
@@ -123,7 +85,8 @@ def load_model(config: Any, workdir: str, dtype: str) -> tuple[Any, str, int | N
     raise app.UsageError("--config is required unless --model or --compare is given")
   if config.model.get("random_init", False):
     # A test config's random policy: the same initial weights the trainer started from.
-    from pbrl_jax.models.bundle import ModelBundle, load_policy  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from pbrl_jax.models.bundle import ModelBundle, load_policy
     bundle = ModelBundle(*load_policy(config.model, config.seed))
   else:
     bundle = from_pretrained(resolve_model_path(config.model.path), dtype=dtype)
@@ -136,7 +99,8 @@ def load_model(config: Any, workdir: str, dtype: str) -> tuple[Any, str, int | N
                        f"base model {config.model.path}")
     bundle.params = other.params
     return bundle, os.path.basename(os.path.normpath(_PARAMS_FROM.value)), None
-  steps = checkpoint_steps(workdir)
+  from pbrl_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  steps = ckpt_lib.checkpoint_steps(workdir)
   if _BASE.value or (not steps and _CHECKPOINT_STEP.value < 0):
     if not _BASE.value:
       logging.info("no checkpoint in %s/checkpoints: evaluating the base model", workdir)
@@ -145,23 +109,7 @@ def load_model(config: Any, workdir: str, dtype: str) -> tuple[Any, str, int | N
   if step not in steps:
     raise ValueError(f"--checkpoint_step={step}: not among the checkpoints {steps} in "
                      f"{workdir}/checkpoints")
-  rank = int(config.model.get("lora_rank", 0) or 0)
-  if rank:
-    # A LoRA run checkpoints the adapters only: restore them and merge into the base.
-    from pbrl_jax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
-    targets = tuple(config.model.lora_targets)
-    adapters = restore_policy_params(workdir, step,
-                                     lora_lib.lora_shapes(bundle.config, targets, rank), "lora")
-    bundle.params = lora_lib.apply_lora(bundle.params, adapters, float(config.model.lora_alpha),
-                                        rank)
-    logging.info("restored the LoRA adapters of checkpoint %d (merged for evaluation)", step)
-    return bundle, f"step_{step}", step
-  abstract = decoder.param_shapes(bundle.config)
-  abstract = jax.tree.map(lambda a, p: jax.ShapeDtypeStruct(a.shape, p.dtype), abstract,
-                          bundle.params)
-  bundle.params = None  # free the base weights before the checkpoint's arrive
-  bundle.params = restore_policy_params(workdir, step, abstract)
-  logging.info("restored the policy of checkpoint %d", step)
+  ckpt_lib.restore_policy(bundle, workdir, step, config.model)
   return bundle, f"step_{step}", step
 
 
@@ -184,9 +132,8 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 
 def _save(fig: Any, path: str) -> None:
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  os.replace(tmp, path)
+  from pbrl_jax.fileio import atomic_savefig  # pylint: disable=g-import-not-at-top
+  atomic_savefig(fig, path)
 
 
 def plot_accuracy(path: str, runs: Sequence[tuple[str, dict[str, Any]]], dataset: str) -> bool:
@@ -258,6 +205,7 @@ def plot_gap(path: str, runs: Sequence[tuple[str, dict[str, Any]]], dataset: str
 def _paired_deltas(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
   """Per language: accuracy change on the shared question ids, with a paired bootstrap CI."""
   from pbrl_jax import evaluate as ev  # pylint: disable=g-import-not-at-top
+  from pbrl_jax import stats  # pylint: disable=g-import-not-at-top
 
   def scores(res):
     out: dict[str, dict[str, float]] = {}
@@ -266,9 +214,9 @@ def _paired_deltas(before: dict[str, Any], after: dict[str, Any]) -> dict[str, A
     return out
 
   a, b = scores(before), scores(after)
-  n_boot = after.get("settings", {}).get("n_boot", ev.N_BOOT)
+  n_boot = after.get("settings", {}).get("n_boot", stats.N_BOOT)
   seed = after.get("settings", {}).get("seed", 0)
-  return {lang: ev.paired_difference_ci(a[lang], b[lang], n_boot, seed)
+  return {lang: stats.paired_difference_ci(a[lang], b[lang], n_boot, seed)
           for lang in set(a) & set(b)}
 
 
@@ -347,10 +295,8 @@ def write_report(out_dir: str, name: str, runs: Sequence[tuple[str, dict[str, An
             "resamples question ids, paired across languages). Means over languages are macro "
             "averages; English is never in the non-English or held-out means.", ""]
   path = os.path.join(out_dir, f"{name}.md")
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines))
-  os.replace(tmp, path)
+  from pbrl_jax.fileio import atomic_write  # pylint: disable=g-import-not-at-top
+  atomic_write(path, "\n".join(lines))
   return path
 
 
@@ -390,7 +336,7 @@ def run_export(config: Any, workdir: str, out_dir: str) -> str:
 def run_eval(config: Any, workdir: str) -> str:
   """Evaluates the model the flags select on every configured dataset; returns the JSON path."""
   from pbrl_jax import evaluate as ev  # pylint: disable=g-import-not-at-top
-  from pbrl_jax.data.records import atomic_write_json  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.fileio import atomic_write_json  # pylint: disable=g-import-not-at-top
   if config is None:
     raise app.UsageError("--config is required to evaluate (it names the datasets)")
   spec = ev.EvalSpec.from_config(config.eval)

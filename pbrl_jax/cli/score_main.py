@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from typing import Any, Iterator
 
 from absl import app
@@ -71,21 +69,6 @@ def _json_safe(row: dict[str, Any]) -> dict[str, Any]:
           for k, v in row.items()}
 
 
-def write_jsonl_atomic(path: str, rows: list[dict[str, Any]]) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".score-", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      for row in rows:
-        f.write(json.dumps(_json_safe(row), ensure_ascii=False, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def score_file(config: Any, input_path: str, output_path: str, batch_size: int = 64) -> int:
   """Scores every line of `input_path` into `output_path`; returns the number of lines."""
   from pbrl_jax import rewards  # pylint: disable=g-import-not-at-top
@@ -101,7 +84,8 @@ def score_file(config: Any, input_path: str, output_path: str, batch_size: int =
     for item, scores in zip(batch, rewards.score_batch(spec, models, batch)):
       rows.append({"id": item["id"], "lang": item["lang"], **scores})
     logging.info("scored %d / %d", len(rows), len(items))
-  write_jsonl_atomic(output_path, rows)
+  from pbrl_jax.fileio import atomic_write_jsonl  # pylint: disable=g-import-not-at-top
+  atomic_write_jsonl(output_path, [_json_safe(r) for r in rows], allow_nan=False)
   return len(rows)
 
 

@@ -26,7 +26,7 @@ import os
 import random
 from typing import Callable, Sequence
 
-from pbrl_jax.data.records import atomic_write_bytes
+from pbrl_jax.fileio import atomic_write
 
 LANGS = ("en", "de", "fr", "es", "pt", "ru", "zh", "ja")
 
@@ -181,10 +181,10 @@ def write_split(out_dir: str, langs: Sequence[str] = LANGS, n_train: int = 64,
   for name, insts in (("train", train), ("test", test)):
     rows = [{"id": i.id, "lang": lang, "question": i.questions[lang], "answer": i.answer}
             for lang in langs for i in insts]
-    atomic_write_bytes(paths[name], _jsonl(rows))
+    atomic_write(paths[name], _jsonl(rows))
   refs = [{"id": i.id, "question": i.questions["en"], "response": i.solution_en,
            "answer": i.answer} for i in train]
-  atomic_write_bytes(paths["train_references"], _jsonl(refs))
+  atomic_write(paths["train_references"], _jsonl(refs))
   return paths
 
 

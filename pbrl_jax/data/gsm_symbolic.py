@@ -50,8 +50,9 @@ from typing import Any, Iterable, Sequence
 from absl import logging
 
 from pbrl_jax.data.readers import canonical_number
-from pbrl_jax.data.records import (DataError, Example, atomic_write_bytes, gsm_symbolic_code,
+from pbrl_jax.data.records import (DataError, Example, gsm_symbolic_code,
                                    GSM_SYMBOLIC_LANGS)
+from pbrl_jax.fileio import atomic_write
 
 PIVOT_VARIANTS = ("eng", "eng_metric")
 CACHE_FORMAT = 1
@@ -533,7 +534,7 @@ def load_or_build(cache_dir: str, langs: Sequence[str], instances_per_template: 
   os.makedirs(cache_dir, exist_ok=True)
   lines = [json.dumps({"args": args, "stats": stats, "count": len(insts)}, ensure_ascii=False)]
   lines += [json.dumps(dataclasses.asdict(i), ensure_ascii=False) for i in insts]
-  atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+  atomic_write(path, ("\n".join(lines) + "\n").encode())
   return insts, stats
 
 
@@ -560,5 +561,5 @@ def write_oracle_references(instances: Sequence[ParallelInstance], path: str) ->
     seen.setdefault(inst.id, {"id": inst.id, "question": inst.question_en,
                               "response": inst.solution_en, "answer": inst.answer})
   lines = [json.dumps(seen[k], ensure_ascii=False) for k in sorted(seen)]
-  atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+  atomic_write(path, ("\n".join(lines) + "\n").encode())
   return len(lines)

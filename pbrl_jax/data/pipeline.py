@@ -42,8 +42,8 @@ from absl import logging
 from pbrl_jax.data.pivot import Reference
 from pbrl_jax.data.records import DataError, Example
 from pbrl_jax.data.tokenize import (DEFAULT_CHOICE_INSTRUCTION, DEFAULT_MATH_INSTRUCTION,
-                                    HFTokenizer, Tokenizer, bucket_for, chat_text, left_pad,
-                                    user_message)
+                                    HFTokenizer, Tokenizer, chat_text, user_message)
+from pbrl_jax.padding import bucket_for, left_pad
 
 MISSING_REFERENCE_CHOICES = ("error", "skip")
 OVERLONG_CHOICES = ("error", "skip")

@@ -33,7 +33,8 @@ import numpy as np
 from absl import logging
 
 from pbrl_jax.data.readers import read_jsonl_objects
-from pbrl_jax.data.records import (DataError, ErrorCounter, atomic_write_json, where)
+from pbrl_jax.data.records import DataError, ErrorCounter, where
+from pbrl_jax.fileio import atomic_write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -266,15 +267,7 @@ def build_references(
   names = [_shard_name(i, n) for i in range(n)]
   mine = [i for i in range(n) if i % process_count == process_index]
 
-  # Leftovers of killed runs: temporaries, and shards of another plan layout.
-  for path in glob.glob(os.path.join(out_dir, "refs-*")):
-    base = os.path.basename(path)
-    m = _SHARD_RE.match(base.split(".tmp-")[0].removesuffix(".done"))
-    if m is None:
-      continue
-    if int(m.group(2)) != n or (".tmp-" in base and int(m.group(1)) in mine):
-      os.remove(path)
-
+  _remove_leftovers(out_dir, n, mine)
   manifest_path = os.path.join(out_dir, MANIFEST)
   for i in mine:
     if shard_is_finished(out_dir, names[i], fingerprint) is not None:
@@ -297,20 +290,48 @@ def build_references(
 
   if process_index != 0:
     return None
-  deadline = time.monotonic() + wait_for_hosts_s
-  while True:
-    markers = [shard_is_finished(out_dir, name, fingerprint) for name in names]
-    if all(m is not None for m in markers):
-      break
-    if time.monotonic() > deadline:
-      missing = [name for name, m in zip(names, markers) if m is None]
-      raise TimeoutError(f"{out_dir}: shards not finished by the other hosts: {missing[:5]}")
-    time.sleep(2.0)
+  markers = _wait_for_shards(out_dir, names, fingerprint, wait_for_hosts_s)
   if os.path.exists(manifest_path):
     with open(manifest_path, encoding="utf-8") as f:
       old = json.load(f)
     if old.get("fingerprint") == fingerprint:
       return old
+  manifest = _manifest(fingerprint, info, items, filter_correct, encoders, embed_fields,
+                       names, markers)
+  atomic_write_json(manifest_path, manifest)
+  return manifest
+
+
+def _remove_leftovers(out_dir: str, n: int, mine: Sequence[int]) -> None:
+  """Leftovers of killed runs: this host's temporaries, and shards of another layout."""
+  for path in glob.glob(os.path.join(out_dir, "refs-*")):
+    base = os.path.basename(path)
+    m = _SHARD_RE.match(base.split(".tmp-")[0].removesuffix(".done"))
+    if m is None:
+      continue
+    if int(m.group(2)) != n or (".tmp-" in base and int(m.group(1)) in mine):
+      os.remove(path)
+
+
+def _wait_for_shards(out_dir: str, names: Sequence[str], fingerprint: str, timeout_s: float
+                     ) -> list[dict[str, Any]]:
+  """Process 0: every shard's `.done` marker, once all hosts have finished theirs."""
+  deadline = time.monotonic() + timeout_s
+  while True:
+    markers = [shard_is_finished(out_dir, name, fingerprint) for name in names]
+    if all(m is not None for m in markers):
+      return markers
+    if time.monotonic() > deadline:
+      missing = [name for name, m in zip(names, markers) if m is None]
+      raise TimeoutError(f"{out_dir}: shards not finished by the other hosts: {missing[:5]}")
+    time.sleep(2.0)
+
+
+def _manifest(fingerprint: str, info: Mapping[str, Any], items: Sequence[PivotItem],
+              filter_correct: bool, encoders: Mapping[str, Encoder],
+              embed_fields: Sequence[str], names: Sequence[str],
+              markers: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """The manifest of a finished set of shards (counts, filter totals, encoder dimensions)."""
   totals: dict[str, int] = {}
   dims: dict[str, int] = {}
   for m in markers:
@@ -320,7 +341,7 @@ def build_references(
   for name, enc in encoders.items():
     if name not in dims:  # every reference was filtered out: ask the encoder itself
       dims[name] = int(np.asarray(enc(["dimension probe"])).shape[-1])
-  manifest = {
+  return {
       "format_version": FORMAT_VERSION,
       "fingerprint": fingerprint,
       **dict(info),
@@ -331,8 +352,6 @@ def build_references(
       "shards": [{"file": name, "count": m["count"], "sha256": m["sha256"]}
                  for name, m in zip(names, markers)],
   }
-  atomic_write_json(manifest_path, manifest)
-  return manifest
 
 
 def _dims(encoders: Mapping[str, Encoder], records: Sequence[bytes]) -> dict[str, int]:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
-import tempfile
 from typing import Any, Iterator
 
 ON_ERROR_CHOICES = ("raise", "skip")
@@ -183,25 +181,3 @@ def read_text_lines(path: str | os.PathLike[str],
       errors(f"{where(path, i)}: not valid UTF-8 ({e.reason} at byte {e.start})", "not_utf8")
       continue
     yield i, line
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-  """Writes `data` to `path` through a temporary file and `os.replace`, so a reader (or a killed
-  writer) never sees a partial file."""
-  path = os.fspath(path)
-  d = os.path.dirname(path) or "."
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-  atomic_write_bytes(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode())

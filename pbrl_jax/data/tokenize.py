@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol, Sequence
 
-import numpy as np
-
 from pbrl_jax.data.readers import format_choices
 
 # Our default instructions (not the paper's: its prompts are not public). They ask for the
@@ -85,34 +83,3 @@ class TfTextSentencePiece:
   def __reduce__(self):
     # TensorFlow ops do not pickle; rebuild from the model proto in each worker.
     return (TfTextSentencePiece, (self._model_proto, self.pad_id))
-
-
-def left_pad(sequences: Sequence[Sequence[int]], length: int,
-             pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """Left-pads token lists to [B, length]; the one padding helper (sampler, data, eval).
-
-  Args:
-    sequences: B lists of token ids, each at most `length` long.
-    length: padded length (normally a prompt bucket).
-    pad_id: id written into padding slots (never attended to).
-
-  Returns:
-    (tokens [B,length] int32, valid [B,length] bool).
-  """
-  tokens = np.full((len(sequences), length), pad_id, np.int32)
-  valid = np.zeros((len(sequences), length), bool)
-  for i, seq in enumerate(sequences):
-    if len(seq) > length:
-      raise ValueError(f"row {i}: {len(seq)} tokens do not fit in length {length}")
-    if len(seq):
-      tokens[i, length - len(seq):] = np.asarray(seq, np.int32)
-      valid[i, length - len(seq):] = True
-  return tokens, valid
-
-
-def bucket_for(n: int, buckets: Sequence[int]) -> int | None:
-  """The smallest bucket >= n, or None when n exceeds the largest."""
-  for b in sorted(buckets):
-    if n <= b:
-      return b
-  return None

@@ -53,12 +53,6 @@ class ModelBundle:
         np.asarray(valid, np.int32)).reshape(tokens.shape)
     return _logits(self.params, self.config, tokens, valid)
 
-  def generate(self, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0,
-               seed: int = 0) -> list[str]:
-    """Completions of plain user `prompts`; the chat template is applied (instruct models)."""
-    from pbrl_jax.sampling import generate_text  # the sampler imports this module
-    return generate_text(self, prompts, max_new_tokens=max_new_tokens,
-                         temperature=temperature, seed=seed)
 
 
 def from_pretrained(path: str, dtype: str = "float32", param_dtype: str | None = None,

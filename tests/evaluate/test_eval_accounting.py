@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pbrl_jax import evaluate as ev
+from pbrl_jax import stats
 from pbrl_jax.data.records import Example
 
 LOOP = " ".join(["so"] * 40)
@@ -73,7 +74,7 @@ def test_per_language_accuracy_gap_and_cis_exactly():
     assert per[lang]["accuracy"] == pytest.approx(acc, abs=1e-12)
     assert per[lang]["trained"] is (lang in ("de", "ar"))
     correct = np.array([c[5] for c in CASES if c[0] == lang], float)
-    assert (per[lang]["ci_low"], per[lang]["ci_high"]) == ev.bootstrap_ci(correct, 1000, 0)
+    assert (per[lang]["ci_low"], per[lang]["ci_high"]) == stats.bootstrap_ci(correct, 1000, 0)
     assert per[lang]["ci_low"] <= acc <= per[lang]["ci_high"]
   # Two questions, one right: resamples are all-wrong, half or all-right.
   assert (per["hi"]["ci_low"], per["hi"]["ci_high"]) == (0.0, 1.0)
@@ -104,7 +105,7 @@ def test_per_language_accuracy_gap_and_cis_exactly():
   by_lang = {}
   for i, c in enumerate(CASES):
     by_lang.setdefault(c[0], {})[f"q{i}"] = float(c[5])
-  assert (s["gap_ci_low"], s["gap_ci_high"]) == ev.bootstrap_gap_ci(by_lang, 1000, 0)
+  assert (s["gap_ci_low"], s["gap_ci_high"]) == stats.bootstrap_gap_ci(by_lang, 1000, 0)
   assert s["gap_ci_low"] < s["gap"] < s["gap_ci_high"]
   json.dumps(out, allow_nan=False)  # JSON-ready, no NaN
 

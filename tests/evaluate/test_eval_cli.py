@@ -89,8 +89,8 @@ def test_base_checkpoint_and_compare(setup):
   ckpt_lib.save(manager, 5, state, {"position": 3}, {"step": 5})
   ckpt_lib.wait(manager)
   manager.close()
-  assert eval_main.checkpoint_steps(workdir) == [5]
-  restored = eval_main.restore_policy_params(
+  assert ckpt_lib.checkpoint_steps(workdir) == [5]
+  restored = ckpt_lib.restore_params(
       workdir, 5, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), trained))
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                restored, trained)

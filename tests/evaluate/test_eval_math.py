@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from pbrl_jax import evaluate as ev
+from pbrl_jax import stats
 
 
 def _pass_at_k_enumerated(n: int, c: int, k: int) -> float:
@@ -19,27 +19,27 @@ def _pass_at_k_enumerated(n: int, c: int, k: int) -> float:
 def test_pass_at_k_matches_enumeration_and_binomials(n):
   for c in range(n + 1):
     for k in range(1, n + 1):
-      got = ev.pass_at_k(n, c, k)
+      got = stats.pass_at_k(n, c, k)
       assert got == pytest.approx(_pass_at_k_enumerated(n, c, k), abs=1e-12), (n, c, k)
       assert got == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k), abs=1e-12)
 
 
 def test_pass_at_k_special_cases_and_errors():
-  assert ev.pass_at_k(10, 3, 1) == pytest.approx(0.3)  # pass@1 is the fraction correct
-  assert ev.pass_at_k(10, 0, 5) == 0.0
-  assert ev.pass_at_k(10, 6, 5) == 1.0  # every 5-subset meets one of the 6 correct
-  assert ev.pass_at_k(200, 13, 100) == pytest.approx(
+  assert stats.pass_at_k(10, 3, 1) == pytest.approx(0.3)  # pass@1 is the fraction correct
+  assert stats.pass_at_k(10, 0, 5) == 0.0
+  assert stats.pass_at_k(10, 6, 5) == 1.0  # every 5-subset meets one of the 6 correct
+  assert stats.pass_at_k(200, 13, 100) == pytest.approx(
       1 - math.comb(187, 100) / math.comb(200, 100), rel=1e-9)
   for bad in [(5, 6, 1), (5, -1, 1), (5, 2, 0), (5, 2, 6)]:
     with pytest.raises(ValueError, match="pass_at_k"):
-      ev.pass_at_k(*bad)
+      stats.pass_at_k(*bad)
 
 
 def test_pass_k_values():
-  assert ev.pass_k_values(1) == (1,)
-  assert ev.pass_k_values(2) == (1, 2)
-  assert ev.pass_k_values(8) == (1, 2, 4, 8)
-  assert ev.pass_k_values(10) == (1, 2, 4, 8, 10)
+  assert stats.pass_k_values(1) == (1,)
+  assert stats.pass_k_values(2) == (1, 2)
+  assert stats.pass_k_values(8) == (1, 2, 4, 8)
+  assert stats.pass_k_values(10) == (1, 2, 4, 8, 10)
 
 
 def test_bootstrap_matches_a_loop_reference():
@@ -48,21 +48,21 @@ def test_bootstrap_matches_a_loop_reference():
   rng = np.random.default_rng(seed)
   ref = np.array([scores[rng.integers(0, scores.size, size=scores.size)].mean()
                   for _ in range(n_boot)])
-  np.testing.assert_allclose(ev.bootstrap_means(scores, n_boot, seed), ref, rtol=0, atol=1e-15)
-  low, high = ev.bootstrap_ci(scores, n_boot, seed)
+  np.testing.assert_allclose(stats.bootstrap_means(scores, n_boot, seed), ref, rtol=0, atol=1e-15)
+  low, high = stats.bootstrap_ci(scores, n_boot, seed)
   assert (low, high) == (pytest.approx(np.percentile(ref, 2.5), abs=1e-15),
                          pytest.approx(np.percentile(ref, 97.5), abs=1e-15))
 
 
 def test_bootstrap_ci_is_reproducible_and_sane():
   x = (np.arange(50) % 3 == 0).astype(float)
-  assert ev.bootstrap_ci(x, seed=0) == ev.bootstrap_ci(x, seed=0)
-  assert ev.bootstrap_ci(x, seed=0) != ev.bootstrap_ci(x, seed=1)
-  low, high = ev.bootstrap_ci(x)
+  assert stats.bootstrap_ci(x, seed=0) == stats.bootstrap_ci(x, seed=0)
+  assert stats.bootstrap_ci(x, seed=0) != stats.bootstrap_ci(x, seed=1)
+  low, high = stats.bootstrap_ci(x)
   assert low < x.mean() < high
-  assert ev.bootstrap_ci(np.ones(9)) == (1.0, 1.0)
-  assert ev.bootstrap_ci(np.zeros(9)) == (0.0, 0.0)
-  assert all(math.isnan(v) for v in ev.bootstrap_ci(np.zeros(0)))
+  assert stats.bootstrap_ci(np.ones(9)) == (1.0, 1.0)
+  assert stats.bootstrap_ci(np.zeros(9)) == (0.0, 0.0)
+  assert all(math.isnan(v) for v in stats.bootstrap_ci(np.zeros(0)))
 
 
 def test_bootstrap_ci_coverage_and_width():
@@ -73,7 +73,7 @@ def test_bootstrap_ci_coverage_and_width():
   covered, widths = 0, []
   for t in range(trials):
     x = (data_rng.random(n) < p).astype(float)
-    low, high = ev.bootstrap_ci(x, n_boot=400, seed=t)
+    low, high = stats.bootstrap_ci(x, n_boot=400, seed=t)
     covered += low <= p <= high
     widths.append(high - low)
   assert 0.90 <= covered / trials <= 0.99, covered / trials
@@ -106,7 +106,7 @@ def test_gap_ci_matches_loop_reference_and_is_paired():
   scores = {"en": {f"q{i}": float(rng.random() < 0.7) for i in range(30)},
             "de": {f"q{i}": float(rng.random() < 0.5) for i in range(30)},
             "th": {f"q{i}": float(rng.random() < 0.3) for i in range(5, 25)}}
-  got = ev.bootstrap_gap_ci(scores, n_boot=300, seed=4)
+  got = stats.bootstrap_gap_ci(scores, n_boot=300, seed=4)
   ref = _gap_ci_loop(scores, 300, 4)
   np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
   en = np.mean(list(scores["en"].values()))
@@ -114,16 +114,16 @@ def test_gap_ci_matches_loop_reference_and_is_paired():
   assert got[0] < gap < got[1]
   # Paired: a language that answers exactly like English gives a zero-width interval.
   same = {"en": scores["en"], "de": dict(scores["en"])}
-  assert ev.bootstrap_gap_ci(same, n_boot=200) == (0.0, 0.0)
-  assert all(math.isnan(v) for v in ev.bootstrap_gap_ci({"de": scores["de"]}))
+  assert stats.bootstrap_gap_ci(same, n_boot=200) == (0.0, 0.0)
+  assert all(math.isnan(v) for v in stats.bootstrap_gap_ci({"de": scores["de"]}))
 
 
 def test_paired_difference_ci_uses_shared_ids_only():
   before = {"a": 0.0, "b": 1.0, "c": 0.0, "d": 1.0, "only_before": 1.0}
   after = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 0.0, "only_after": 0.0}
-  got = ev.paired_difference_ci(before, after, n_boot=300, seed=2)
+  got = stats.paired_difference_ci(before, after, n_boot=300, seed=2)
   diff = np.array([1.0, 0.0, 1.0, -1.0])  # ids a, b, c, d
   assert got["n"] == 4 and got["delta"] == pytest.approx(0.25)
-  assert (got["ci_low"], got["ci_high"]) == ev.bootstrap_ci(diff, 300, 2)
-  empty = ev.paired_difference_ci({"x": 1.0}, {"y": 1.0})
+  assert (got["ci_low"], got["ci_high"]) == stats.bootstrap_ci(diff, 300, 2)
+  empty = stats.paired_difference_ci({"x": 1.0}, {"y": 1.0})
   assert empty == {"n": 0, "delta": None, "ci_low": None, "ci_high": None}

@@ -137,21 +137,6 @@ def test_export_bfloat16(tmp_path):
                  torch_logits(reloaded, ids, valid)[valid == 1]) <= TOL
 
 
-def test_generate_delegates_to_sampler(tmp_path, monkeypatch):
-  import pbrl_jax.sampling
-  _, path = tiny_hf_model("llama", tmp_path)
-  bundle = from_pretrained(path)
-  calls = []
-
-  def fake(model, prompts, *, max_new_tokens, temperature, seed):
-    calls.append((model, list(prompts), max_new_tokens, temperature, seed))
-    return ["x"] * len(prompts)
-
-  monkeypatch.setattr(pbrl_jax.sampling, "generate_text", fake)
-  assert bundle.generate(["a", "b"], 5, temperature=0.7, seed=3) == ["x", "x"]
-  assert calls == [(bundle, ["a", "b"], 5, 0.7, 3)]
-
-
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_tensor_specs_match_decoder_tree(family, tmp_path):
   """The HF mapping covers exactly the decoder's parameters, with the decoder's shapes."""

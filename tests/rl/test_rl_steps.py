@@ -88,15 +88,13 @@ def test_score_with_reward_encoder():
   rng = np.random.default_rng(3)
   w = rng.normal(size=(6, 4)).astype(np.float32)
   feats = rng.normal(size=(B, 6)).astype(np.float32)
-  refs = rng.normal(size=(B, 4)).astype(np.float32)
   batch = _batch(0)
   out = score(state.params, state.params["policy"],
               dict(tokens=batch["tokens"], valid=batch["valid"],
-                   completion_mask=batch["completion_mask"], enc_batch=feats,
-                   ref_embeddings=refs), w)
-  e = feats @ w
-  want = (e * refs).sum(-1) / np.linalg.norm(e, axis=-1) / np.linalg.norm(refs, axis=-1)
-  np.testing.assert_allclose(out["cosine"], want, atol=1e-5)
+                   completion_mask=batch["completion_mask"], enc_batch=feats), w)
+  e = feats.astype(np.float64) @ w
+  want = e / np.linalg.norm(e, axis=-1, keepdims=True)
+  np.testing.assert_allclose(out["embeddings"], want, rtol=1e-5, atol=1e-6)
   assert "values" not in out
 
 

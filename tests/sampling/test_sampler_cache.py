@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sampler_testlib import TINY_CONFIGS, ragged_prompts, random_params
 
+from pbrl_jax import padding
 from pbrl_jax import sampling
 from pbrl_jax.models import logits_fn
 
@@ -30,7 +31,7 @@ def test_cached_decode_matches_full_forward_every_step(family):
   p, m = 16, 10
   prompts = ragged_prompts(rng, 3, p, config.vocab_size)
   prompts[0] = prompts[0][:1]  # a one-token prompt: maximal left padding
-  tokens, valid = sampling.left_pad(prompts, p, config.pad_token_id)
+  tokens, valid = padding.left_pad(prompts, p, config.pad_token_id)
   completion = rng.integers(3, config.vocab_size, size=(3, m)).astype(np.int32)
 
   step_logits = []
@@ -82,7 +83,7 @@ def test_sample_logprobs_match_full_forward(family, temperature, top_k, top_p):
   params = random_params(config, seed=2, scale=3.0)
   rng = np.random.default_rng(1)
   b, g, n_new = 3, 3, 12
-  tokens, valid = sampling.left_pad(ragged_prompts(rng, b, 16, config.vocab_size), 16,
+  tokens, valid = padding.left_pad(ragged_prompts(rng, b, 16, config.vocab_size), 16,
                                     config.pad_token_id)
   out = sampling.sample(params, config, tokens, valid, jax.random.PRNGKey(3), num_samples=g,
                         max_new_tokens=n_new, temperature=temperature, top_k=top_k,
@@ -118,7 +119,7 @@ def test_eos_and_stop_sequences_end_rows():
   config = TINY_CONFIGS["llama_mha"]
   params = random_params(config, seed=4, scale=3.0)
   rng = np.random.default_rng(2)
-  tokens, valid = sampling.left_pad(ragged_prompts(rng, 4, 16, config.vocab_size), 16, 0)
+  tokens, valid = padding.left_pad(ragged_prompts(rng, 4, 16, config.vocab_size), 16, 0)
   kw = dict(max_new_tokens=12, temperature=0.0)
   free = sampling.sample(params, config, tokens, valid, jax.random.PRNGKey(0), eos_ids=(), **kw)
   free_tokens = np.asarray(free.tokens)

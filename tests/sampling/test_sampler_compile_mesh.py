@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from sampler_testlib import TINY_CONFIGS, ragged_prompts, random_params
 
+from pbrl_jax import padding
 from pbrl_jax import sampling
 from pbrl_jax.models.sharding import make_mesh
 
@@ -18,7 +19,7 @@ def test_no_recompilation_within_a_bucket():
   def run(max_prompt, **kw):
     prompts = ragged_prompts(rng, 2, max_prompt, config.vocab_size)
     prompts[0] = rng.integers(3, config.vocab_size, size=max_prompt).tolist()
-    tokens, valid = sampling.left_pad(prompts, max(len(p) for p in prompts),
+    tokens, valid = padding.left_pad(prompts, max(len(p) for p in prompts),
                                       config.pad_token_id)
     return sampling.sample(params, config, tokens, valid, jax.random.PRNGKey(kw.pop("seed", 0)),
                            num_samples=2, **kw)
@@ -48,7 +49,7 @@ def _mesh_vs_single(shape):
   config = TINY_CONFIGS["qwen3_qknorm"]
   params = random_params(config, seed=8, scale=3.0)
   rng = np.random.default_rng(4)
-  tokens, valid = sampling.left_pad(ragged_prompts(rng, 4, 16, config.vocab_size), 16,
+  tokens, valid = padding.left_pad(ragged_prompts(rng, 4, 16, config.vocab_size), 16,
                                     config.pad_token_id)
   kw = dict(num_samples=4, max_new_tokens=12, temperature=0.9, top_p=0.95, eos_ids=(2,))
   single = jax.device_put(params, jax.devices()[0])

@@ -10,6 +10,7 @@ import pytest
 import torch
 from reference_models import hf_smollm2_dir, hf_smollm2_torch_model, tiny_hf_model
 
+from pbrl_jax import padding
 from pbrl_jax import sampling
 from pbrl_jax.models import from_pretrained
 
@@ -25,10 +26,10 @@ def _hf_greedy(model, ids, max_new_tokens, eos_ids, pad_id):
 
 def _ours(bundle, prompt_ids, max_new_tokens, eos_ids):
   config = bundle.config
-  p = sampling.bucket_length(max(len(x) for x in prompt_ids), sampling.PROMPT_BUCKETS)
+  p = padding.bucket_length(max(len(x) for x in prompt_ids), sampling.PROMPT_BUCKETS)
   # Empty rows up to a power of two, as generate_text does: both share one program.
   rows = 1 << (len(prompt_ids) - 1).bit_length()
-  tokens, valid = sampling.left_pad(list(prompt_ids) + [[]] * (rows - len(prompt_ids)), p,
+  tokens, valid = padding.left_pad(list(prompt_ids) + [[]] * (rows - len(prompt_ids)), p,
                                     config.pad_token_id)
   out = sampling.sample(bundle.params, config, tokens, valid, jax.random.PRNGKey(0),
                         max_new_tokens=max_new_tokens, temperature=0.0, eos_ids=eos_ids)

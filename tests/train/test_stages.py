@@ -7,6 +7,7 @@ NumPy loops of tests/rl/rl_numpy_refs.py.
 """
 
 import contextlib
+import math
 
 import jax
 import numpy as np
@@ -15,10 +16,12 @@ import pytest
 import train_testlib as tl
 from rl import rl_numpy_refs as npref
 from pbrl_jax import evaluate as eval_lib
+from pbrl_jax import metrics as metrics_lib
 from pbrl_jax import stages
 from pbrl_jax import train as train_lib
 from pbrl_jax.models import sharding as shd
 from pbrl_jax.rewards import score as score_lib
+from pbrl_jax.rl import steps as steps_lib
 from pbrl_jax.train_spec import TrainerSpec
 
 pytestmark = pytest.mark.slow
@@ -144,3 +147,21 @@ def test_in_training_evaluation_honours_every_eval_key(run, monkeypatch, tmp_pat
                        "workdir": str(tmp_path)})
   train_lib._evaluate(r, "probe")  # pylint: disable=protected-access
   assert {k: seen[k] for k in custom} == custom
+
+
+def test_a_nan_loss_is_skipped_and_counted_like_a_nan_gradient(run, step1, tmp_path):
+  """One non-finite policy: a NaN loss (here from NaN advantages, as a NaN reward gives)
+  skips the update and counts towards `max_nonfinite_in_row`; the metric writer records it."""
+  arrays = dict(step1["batch"].arrays)
+  arrays["advantages"] = arrays["advantages"] * np.nan
+  before = [np.array(x) for x in jax.tree.leaves(run.state.params)]
+  run.state, m = stages.update_stage(
+      run.fns, run.state, stages.UpdateBatch(jax.device_put(arrays, run.fns.batch_sharding)))
+  assert math.isnan(m["loss"]) and m["skipped"] == 1.0 and m["nonfinite_consecutive"] == 1.0
+  for a, b in zip(before, jax.tree.leaves(run.state.params)):
+    np.testing.assert_array_equal(a, b)
+  assert steps_lib.should_stop(run.state, 1) and not steps_lib.should_stop(run.state, 2)
+  writer = metrics_lib.MetricWriter(str(tmp_path))
+  writer.write(1, m)
+  writer.close()
+  assert math.isnan(metrics_lib.read_jsonl(str(tmp_path / "metrics.jsonl"))[0]["loss"])

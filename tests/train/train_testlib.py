@@ -24,8 +24,8 @@ def tiny_config(arg: str = "grpo", **overrides):
 
 def build_tiny_pivot(workdir: str) -> None:
   """Oracle pivot references for configs/tiny.py in `workdir` (in process)."""
-  from pbrl_jax.cli import pivot_main  # pylint: disable=g-import-not-at-top
-  pivot_main.build(tiny_config(), workdir, oracle=True)
+  from pbrl_jax import pivot_step  # pylint: disable=g-import-not-at-top
+  pivot_step.build(tiny_config(), workdir, oracle=True)
 
 
 def copy_pivot(src_workdir: str, dst_workdir: str) -> None:

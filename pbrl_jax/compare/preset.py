@@ -1,0 +1,127 @@
+"""pbrl-compare, the matched preset: what each side is configured with, in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import optax
+
+from pbrl_jax import rl
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The matched preset: one place that says what each side is configured with.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """GRPO hyperparameters shared by both sides (TRL names; our equivalents in `rows`).
+
+  Attributes:
+    beta: KL coefficient in the loss (k3 estimator on both sides).
+    loss_type: TRL loss_type: 'grpo' (sequence-mean of token-means), 'dr_grpo' (sum over
+      B * max_completion_length) or 'dapo' (token mean).
+    num_generations: G completions per prompt.
+    temperature: sampling temperature; logits are divided by it in the loss as well.
+    learning_rate: constant AdamW learning rate (no warmup, no decay).
+    max_completion_length: completion token limit (and the Dr.GRPO constant).
+    epsilon: lower clip range.
+    epsilon_high: upper clip range.
+    use_bias_correction_kl: multiply the per-token KL by the ratio (TRL's default).
+    max_grad_norm: global-norm clipping before the optimizer.
+    adam_b1, adam_b2, adam_eps, weight_decay: AdamW (TRL / transformers defaults).
+    seed: seed of both sides (TRL's `seed`; our sampler and init keys).
+  """
+
+  beta: float = 0.04
+  loss_type: str = "grpo"
+  num_generations: int = 4
+  temperature: float = 1.0
+  learning_rate: float = 1e-6
+  max_completion_length: int = 64
+  epsilon: float = 0.2
+  epsilon_high: float = 0.2
+  use_bias_correction_kl: bool = True
+  max_grad_norm: float = 1.0
+  adam_b1: float = 0.9
+  adam_b2: float = 0.999
+  adam_eps: float = 1e-8
+  weight_decay: float = 0.0
+  seed: int = 0
+
+  def __post_init__(self):
+    rl.Aggregation.parse(self.loss_type)  # raises on an unknown name
+    if self.loss_type not in ("grpo", "dr_grpo", "dapo"):
+      raise ValueError(f"loss_type {self.loss_type!r}; expected grpo, dr_grpo or dapo")
+    if self.num_generations < 2:
+      raise ValueError("GRPO needs num_generations >= 2")
+    if self.temperature <= 0:
+      raise ValueError("sampling temperature must be > 0")
+
+  def update_hparams(self) -> rl.UpdateHParams:
+    """Our update step's settings for this preset."""
+    return rl.UpdateHParams(
+        eps_low=self.epsilon, eps_high=self.epsilon_high,
+        aggregation=rl.Aggregation.parse(self.loss_type),
+        max_completion_length=self.max_completion_length,
+        kl_estimator=rl.KLEstimator.K3, kl_coef_in_loss=self.beta,
+        kl_ratio_correction=self.use_bias_correction_kl, temperature=self.temperature)
+
+  def optimizer(self) -> optax.GradientTransformation:
+    """clip_by_global_norm -> AdamW at a constant learning rate (TRL: lr_scheduler 'constant')."""
+    schedule = rl.make_schedule(rl.Schedule.CONSTANT, self.learning_rate, 0, 1)
+    return rl.make_optimizer(schedule, b1=self.adam_b1, b2=self.adam_b2, eps=self.adam_eps,
+                             weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm)
+
+  def trl_kwargs(self) -> dict[str, Any]:
+    """The GRPOConfig arguments this preset sets."""
+    return dict(beta=self.beta, loss_type=self.loss_type, num_generations=self.num_generations,
+                temperature=self.temperature, top_p=1.0, top_k=0,
+                learning_rate=self.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
+                max_completion_length=self.max_completion_length, epsilon=self.epsilon,
+                epsilon_high=self.epsilon_high,
+                use_bias_correction_kl=self.use_bias_correction_kl,
+                max_grad_norm=self.max_grad_norm, adam_beta1=self.adam_b1,
+                adam_beta2=self.adam_b2, adam_epsilon=self.adam_eps,
+                weight_decay=self.weight_decay, scale_rewards="group", num_iterations=1,
+                seed=self.seed, data_seed=self.seed)
+
+  def rows(self) -> list[tuple[str, str, str]]:
+    """(setting, TRL GRPOConfig, pbrl_jax) for the printed preset table."""
+    agg = rl.Aggregation.parse(self.loss_type)
+    return [
+        ("KL coefficient", f"beta={self.beta}", f"kl_coef_in_loss={self.beta}"),
+        ("KL estimator", "k3 in the loss (fixed)", "kl_estimator=k3"),
+        ("KL ratio correction", f"use_bias_correction_kl={self.use_bias_correction_kl}",
+         f"kl_ratio_correction={self.use_bias_correction_kl}"),
+        ("aggregation", f"loss_type={self.loss_type}", f"aggregation={agg.value}"),
+        ("completions per prompt", f"num_generations={self.num_generations}",
+         f"num_samples={self.num_generations}"),
+        ("advantages", "scale_rewards=group (std ddof=1, +1e-4)",
+         "grpo_advantages (ddof=1, eps=1e-4)"),
+        ("sampling", f"temperature={self.temperature}, top_p=1, top_k=0",
+         f"temperature={self.temperature}, top_p=1, top_k=0"),
+        ("max completion tokens", f"max_completion_length={self.max_completion_length}",
+         f"max_new_tokens={self.max_completion_length}"),
+        ("clip range", f"epsilon={self.epsilon}, epsilon_high={self.epsilon_high}",
+         f"eps_low={self.epsilon}, eps_high={self.epsilon_high}"),
+        ("optimizer", f"AdamW lr={self.learning_rate} constant, betas=({self.adam_b1}, "
+         f"{self.adam_b2}), eps={self.adam_eps}, wd={self.weight_decay}",
+         f"make_optimizer(constant {self.learning_rate}), same betas/eps/wd"),
+        ("grad clipping", f"max_grad_norm={self.max_grad_norm}",
+         f"clip_by_global_norm({self.max_grad_norm})"),
+        ("updates per batch", "num_iterations=1, one optimizer step",
+         "num_epochs=1, num_minibatches=1"),
+        ("seed", f"seed={self.seed}", f"PRNGKey({self.seed})"),
+    ]
+
+
+def preset_table(preset: Preset) -> str:
+  """The preset as a markdown table."""
+  lines = ["| setting | TRL 1.16 GRPOConfig | pbrl_jax |", "|---|---|---|"]
+  lines += [f"| {a} | `{b}` | `{c}` |" for a, b, c in preset.rows()]
+  return "\n".join(lines)
