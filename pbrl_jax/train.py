@@ -202,7 +202,8 @@ def _load_data(spec: TrainerSpec, workdir: str, tokenizer: Any) -> tuple[Any, li
         manifest.get("source_sha256"), source.description, source.sha256,
         spec.data.missing_reference)
   encoder_name = spec.reward.encoder
-  if encoder_name not in manifest.get("encoders", {}) and spec.reward.uses_encoder:
+  if (encoder_name not in manifest.get("encoders", {}) and spec.reward.uses_encoder
+      and not spec.rl.is_sft):  # SFT scores nothing
     logging.warning("the pivot references cache no %r embeddings (they have %s); the"
                     " reference side is embedded during training", encoder_name,
                     sorted(manifest.get("encoders", {})))

@@ -54,11 +54,11 @@ STOPWORDS: dict[str, frozenset[str]] = {k: frozenset(v.split()) for k, v in {
           " aus bei nach",
     "fr": "le la les et est sont de des du un une pour dans que qui il elle ils ce avec sur pas"
           " au aux par combien chaque donc alors ou a en plus",
-    "es": "el la los las y es son de del un una para en que por con se su al lo cuántos cada"
+    "es": "el la los las y es son de del un una para en que por con se su al lo cuántos cada hay"
           " total entonces tiene más como pero",
     "it": "il lo la gli le e è sono di del della un una per che con non si al alla quanti"
           " ogni quindi ha dei anche come più",
-    "pt": "o a os as e é são de do da dos das um uma para em que com não se ao no na quantos"
+    "pt": "o a os as e é são de do da dos das um uma para em que com não se ao no na quantos há"
           " cada então tem mais por como",
     "nl": "de het een en is zijn van in dat niet met voor op te hij zij er hoeveel elke dus"
           " heeft ook als naar",

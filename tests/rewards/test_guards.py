@@ -78,6 +78,11 @@ def test_short_target_language_answers_are_determined():
   assert langid.language_reading("8 Äpfel", "ru") == (0.0, True)
   score, determined = langid.language_reading("Ответ: 8 яблок.", "ru")
   assert determined and score == 1.0
+  # Held-out Spanish answers of the demo's trained policy (2026-12): "hay" is what a Spanish
+  # word problem opens with, and these were counted undetermined before it was profiled.
+  assert langid.language_reading("Hay 9 lápices, cada 6 cajas contiene 9.\n#### 9",
+                                 "es") == (1.0, True)
+  assert langid.language_reading("Há 9 lápis em cada caixa.", "pt") == (1.0, True)
 
 
 def test_guard_values():
