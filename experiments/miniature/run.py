@@ -169,6 +169,24 @@ def consistency_table(results: dict[str, dict[str, Any]]) -> list[str]:
   return lines
 
 
+def in_language_accuracy(records: list[dict[str, Any]], lang: str) -> float | None:
+  """Share of `lang`'s answers that are right AND written in the question's language."""
+  recs = [r for r in records if r["lang"] == lang]
+  if not recs:
+    return None
+  return sum(bool(r["correct"]) and bool(r["language_consistent"]) for r in recs) / len(recs)
+
+
+def in_language_table(results: dict[str, dict[str, Any]]) -> list[str]:
+  """Accuracy (%) counting only answers written in the question's language."""
+  langs = _langs(results)
+  lines = ["| run | " + " | ".join(langs) + " |", "|" + "---|" * (len(langs) + 1)]
+  for name, r in results.items():
+    lines.append("| " + " | ".join([name] + [_pct(in_language_accuracy(r["records"], x))
+                                             for x in langs]) + " |")
+  return lines
+
+
 def training_summary(workdir: str) -> dict[str, Any] | None:
   """Steps, wall time and first vs last 20% of the training curves, from metrics.jsonl."""
   path = os.path.join(workdir, "metrics.jsonl")
@@ -358,6 +376,9 @@ def write_page(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
       "![accuracy per language](accuracy.png)", "",
       "Language consistency in % (answers written in the question's language):", "",
       *consistency_table(results), "",
+      "Accuracy in % counting only answers written in the question's language (a right"
+      " number in English counts as wrong here):", "",
+      *in_language_table(results), "",
       "Training (first vs last 20% of steps; the SFT loss is the references' NLL, its reward"
       " is not defined):", "",
       *training_table(meta.get("training", {})), "",

@@ -43,6 +43,7 @@ def test_smoke_run_writes_the_page(tmp_path):
     page = f.read()
   assert "| base |" in page and "| pbrl_hybrid (seed 0) |" in page
   assert "Language consistency" in page
+  assert "counting only answers written in the question's language" in page
   assert "| sft (seed 0) | 1 |" in page and "| rlvr_grpo (seed 0) | 1 |" in page  # training
   # The primary endpoint: every arm against its starting policy, and hybrid against RLVR.
   assert "## Primary endpoint" in page

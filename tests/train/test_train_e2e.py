@@ -4,6 +4,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -38,37 +39,56 @@ def _check_run(workdir, steps):
   return rows
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
-def test_cli_trains_and_checkpoint_restores(pivot_dir, tmp_path, algorithm):
-  workdir = str(tmp_path / algorithm)
+STEPS = 5
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(pivot_dir, tmp_path_factory):
+  """One uninterrupted 5-step GRPO run through the CLI, shared by the tests below: its outputs
+  are checked, it is resumed for more steps, and it is the reference of the SIGTERM run."""
+  workdir = str(tmp_path_factory.mktemp("uninterrupted") / "full")
   tl.copy_pivot(pivot_dir, workdir)
-  cfg = tl.TINY + (":ppo" if algorithm == "ppo" else "")
+  proc = tl.run_train(workdir, f"--config.total_steps={STEPS}", "--config.checkpoint_every=100")
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return workdir, tl.strip_times(metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl")))
+
+
+def _resume_for_one_more_step(cfg, workdir, done):
+  """The newest checkpoint restores: a second invocation with one more step resumes from it."""
+  proc = subprocess.run(
+      [tl.sys.executable, "-m", "pbrl_jax.cli.train_main", f"--config={cfg}",
+       f"--workdir={workdir}", f"--config.total_steps={done + 1}"],
+      env=tl.cli_env(), capture_output=True, text=True, timeout=900, cwd=tl.REPO)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert f"resumed from step {done}" in proc.stderr
+  _check_run(workdir, done + 1)
+
+
+def test_grpo_cli_trains_and_checkpoint_restores(uninterrupted, tmp_path):
+  workdir, _ = uninterrupted
+  _check_run(workdir, STEPS)
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(workdir, resumed)  # the shared run stays as it was
+  _resume_for_one_more_step(tl.TINY, resumed, STEPS)
+
+
+def test_ppo_cli_trains_and_checkpoint_restores(pivot_dir, tmp_path):
+  workdir = str(tmp_path / "ppo")
+  tl.copy_pivot(pivot_dir, workdir)
+  cfg = tl.TINY + ":ppo"
   proc = subprocess.run(
       [tl.sys.executable, "-m", "pbrl_jax.cli.train_main", f"--config={cfg}",
        f"--workdir={workdir}", "--config.total_steps=3"],
       env=tl.cli_env(), capture_output=True, text=True, timeout=900, cwd=tl.REPO)
   assert proc.returncode == 0, proc.stderr[-4000:]
   rows = _check_run(workdir, 3)
-  if algorithm == "ppo":
-    assert "value_loss" in rows[-1] and "explained_variance" in rows[-1]
-  # The newest checkpoint restores: a second invocation with more steps resumes from it.
-  proc = subprocess.run(
-      [tl.sys.executable, "-m", "pbrl_jax.cli.train_main", f"--config={cfg}",
-       f"--workdir={workdir}", "--config.total_steps=4"],
-      env=tl.cli_env(), capture_output=True, text=True, timeout=900, cwd=tl.REPO)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  assert "resumed from step 3" in proc.stderr
-  _check_run(workdir, 4)
+  assert "value_loss" in rows[-1] and "explained_variance" in rows[-1]
+  _resume_for_one_more_step(cfg, workdir, 3)
 
 
-def test_sigterm_then_resume_equals_uninterrupted(pivot_dir, tmp_path):
-  steps = 5
-  full = str(tmp_path / "full")
-  tl.copy_pivot(pivot_dir, full)
-  proc = tl.run_train(full, f"--config.total_steps={steps}", "--config.checkpoint_every=100")
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  reference = tl.strip_times(metrics_lib.read_jsonl(os.path.join(full, "metrics.jsonl")))
-
+def test_sigterm_then_resume_equals_uninterrupted(uninterrupted, pivot_dir, tmp_path):
+  _, reference = uninterrupted
+  steps = STEPS
   cut = str(tmp_path / "cut")
   tl.copy_pivot(pivot_dir, cut)
   p = subprocess.Popen(tl.train_cmd(cut, f"--config.total_steps={steps}",
