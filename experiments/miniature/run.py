@@ -30,6 +30,7 @@ sys.path.insert(0, REPO)
 from configs import miniature  # pylint: disable=g-import-not-at-top,wrong-import-position
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import endpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
+from pbrl_jax import fileio  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CONFIG = os.path.join(REPO, "configs", "miniature.py")
 DATASET = "arith"
@@ -316,10 +317,8 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
   ax.set_title("Miniature study: accuracy per language (held-out test problems)")
   ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
+  fileio.atomic_savefig(fig, path)
   plt.close(fig)
-  os.replace(tmp, path)
 
 
 def _mt_note(results: dict[str, Any]) -> str:
@@ -384,10 +383,7 @@ def write_page(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
       *training_table(meta.get("training", {})), "",
   ]
   path = os.path.join(out, "results.md")
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  os.replace(tmp, path)
+  fileio.atomic_write(path, "\n".join(lines) + "\n")
   return path
 
 
@@ -449,10 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.path.exists(previous):
       with open(previous, encoding="utf-8") as f:
         meta["wall_minutes"] = json.load(f)["meta"]["wall_minutes"]
-  tmp = os.path.join(out, "results.json.tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump({"meta": meta, "results": results}, f, indent=1)
-  os.replace(tmp, os.path.join(out, "results.json"))
+  fileio.atomic_write_json(os.path.join(out, "results.json"), {"meta": meta, "results": results})
   plot(results, os.path.join(out, "accuracy.png"))
   page = write_page(out, results, meta)
   _log(f"wrote {page}")
