@@ -134,7 +134,8 @@ class StepFns:
   mesh: Any
   model_cfg: decoder.DecoderConfig
   tokenizer: Any
-  reward_models: Any  # score.RewardModels
+  reward_models: Any  # score.RewardModels; None when the rewards come from outside
+  # (`external_rewards`: pbrl-compare's TRL-style reward functions)
   ref_params: Any  # the reference policy on the mesh (with LoRA, also the frozen base)
   lora: lora_lib.LoraSpec | None
   on_policy: bool  # the sampler's log-probs stand in for the rollout policy's
@@ -152,7 +153,7 @@ class StepFns:
 
   @property
   def encoder(self) -> Any:
-    return self.reward_models.encoder
+    return None if self.reward_models is None else self.reward_models.encoder
 
   @property
   def encoder_in_jit(self) -> bool:
@@ -200,7 +201,7 @@ def build_step_fns(spec: TrainerSpec, mesh: Any, model_cfg: decoder.DecoderConfi
   on_policy = is_on_policy(spec)
   # The reward encoder runs in the same jit as the policy scoring, on the same mesh; its
   # parameters are replicated (USE-m3 is 30 MB). Host-side engines embed on the host.
-  encoder = reward_models.encoder
+  encoder = None if reward_models is None else reward_models.encoder
   encoder_params = embed_fn = None
   if encoder is not None and encoder.params is not None and not spec.rl.is_sft:
     encoder_params = distributed.global_from_host(encoder.params, shd.replicated(mesh))
@@ -332,7 +333,8 @@ def score_stage(fns: StepFns, state: Any, prompts: PromptBatch, rollout: Rollout
 
   timer.start("host_text")
   items, text_rows = (), ()
-  if not sft:  # SFT samples nothing and scores nothing
+  # SFT samples nothing and scores nothing; external rewards need no host text scores.
+  if not sft and fns.reward_models is not None:
     items = tuple(reward_items(prompts, rollout.texts, fns.spec.reward.encoder))
     text_rows = tuple(score_lib.text_scores(fns.spec.reward, fns.reward_models, list(items)))
   timer.stop("host_text")
@@ -426,11 +428,26 @@ def reward_stage(fns: StepFns, rollout: Rollout, scored: Scored) -> Rewards:
     rows = tuple(score_lib.finish_scores(spec.reward, fns.reward_models, items,
                                          [dict(r) for r in scored.text_rows]))
     rewards = np.asarray([r["reward"] for r in rows], np.float32)
-  # Shaping terms join the reward the advantages see; `reward_mean` stays the reward.
-  overlong = np.asarray(shaping.overlong_penalty(
+  return Rewards(rows=rows, rewards=rewards, overlong=_overlong(fns, rollout))
+
+
+def _overlong(fns: StepFns, rollout: Rollout) -> np.ndarray:
+  """The shaping term of every row: it joins the reward the advantages see, while
+  `reward_mean` stays the reward."""
+  spec = fns.spec
+  return np.asarray(shaping.overlong_penalty(
       rollout.lengths, spec.rollout.max_new_tokens, spec.rl.overlong_buffer,
       spec.rl.overlong_penalty), np.float32)
-  return Rewards(rows=rows, rewards=rewards, overlong=overlong)
+
+
+def external_rewards(fns: StepFns, rollout: Rollout, values: Sequence[float]) -> Rewards:
+  """The reward stage for rewards computed outside the reward layer, one value per row
+  (pbrl-compare's TRL-style reward functions); the configured shaping is added as for ours."""
+  rewards = np.asarray(values, np.float32)
+  if rewards.shape != (len(rollout.texts),):
+    raise ValueError(f"external rewards: expected {len(rollout.texts)} values (one per"
+                     f" completion), got shape {rewards.shape}")
+  return Rewards(rows=(), rewards=rewards, overlong=_overlong(fns, rollout))
 
 
 # ---------------------------------------------------------------------------------------------

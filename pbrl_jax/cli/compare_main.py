@@ -44,8 +44,9 @@ def define_flags() -> None:
       "cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "pbrl_jax"),
       "Where the default model's HF directory is cached.")
   _JAX_MICROBATCHES = flags.DEFINE_integer(
-      "jax_microbatches", 4, "Gradient-accumulation chunks of pbrl_jax's update (the same "
-      "gradient, less activation memory); must divide prompts x generations.")
+      "jax_microbatches", 0, "Gradient-accumulation chunks of pbrl_jax's update (the same "
+      "gradient, less activation memory); must divide the number of prompts. 0: the largest "
+      "of 4, 2, 1 that does.")
 
 # --quick defaults, used for flags the command line does not set.
 QUICK_DEFAULTS = {"steps": 2, "prompts": 4, "max_new_tokens": 16}
@@ -75,7 +76,14 @@ def options_from_flags():
                          num_prompts=_value(_PROMPTS, quick), preset=preset,
                          reward=_REWARD.value, parity=_PARITY.value,
                          trl_bf16=_TRL_BF16.value, cache_dir=_CACHE_DIR.value,
-                         jax_microbatches=_JAX_MICROBATCHES.value)
+                         jax_microbatches=(_JAX_MICROBATCHES.value or
+                                           auto_microbatches(_value(_PROMPTS, quick))))
+
+
+def auto_microbatches(num_prompts: int) -> int:
+  """4 chunks when they hold whole prompt groups (SmolLM2's comparison then fits in 24 GB,
+  docs/compare.md), else 2, else 1."""
+  return next(n for n in (4, 2, 1) if num_prompts % n == 0)
 
 
 def main(argv):

@@ -12,13 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from pbrl_jax import rl
-from pbrl_jax import sampling
+from pbrl_jax import stages
 from pbrl_jax.models.config import DecoderConfig
 from pbrl_jax.models.hf import hf_state_dict, load_hf_params
 
 from pbrl_jax.compare.prompts import Prompt
-from pbrl_jax.compare.jax_side import (JaxSide, decode_completions, prompt_arrays,
-                                       reward_columns, rollout_batch)
+from pbrl_jax.compare.jax_side import JaxSide, call_reward, prompt_batch
 from pbrl_jax.compare.common import Array, PARITY_RTOL, RewardFunc
 
 
@@ -130,10 +129,11 @@ def _probe(trainer: Any, side: JaxSide, policy_params: Any, batch: Mapping[str, 
   m = batch["completion_mask"]
   mask = m.astype(bool)
   trl_logp = _trl_logps(trainer, trainer.model, batch)
-  ours_logp = np.asarray(side.ref_logp(policy_params, batch["tokens"], batch["valid"], m))
+  scored = side.policy_score({"policy": policy_params}, side.ref_params,
+                             {k: batch[k] for k in ("tokens", "valid", "completion_mask")})
+  ours_logp, ours_ref = (np.asarray(scored[k]) for k in ("logp", "ref_logp"))
   trl_ref = (_trl_logps(trainer, trainer.ref_model, batch)
              if trainer.ref_model is not None else None)
-  ours_ref = np.asarray(side.ref_logp(side.ref_params, batch["tokens"], batch["valid"], m))
   if old_noise:
     noise = np.random.default_rng(p.seed + 2).normal(size=m.shape).astype(np.float32)
     old = (ours_ref + old_noise * noise) * m
@@ -145,7 +145,7 @@ def _probe(trainer: Any, side: JaxSide, policy_params: Any, batch: Mapping[str, 
   jbatch = {"tokens": batch["tokens"], "valid": batch["valid"], "completion_mask": m,
             "old_logp": ours_logp if old is None else old, "ref_logp": ours_ref,
             "advantages": np.broadcast_to(advantages[:, None], m.shape).astype(np.float32)}
-  loss, grads = _jax_loss_and_grad_fn(config, p.update_hparams())(
+  loss, grads = _jax_loss_and_grad_fn(config, side.update_hparams)(
       {"policy": policy_params}, jbatch)
   ours_grads = dict(hf_state_dict(jax.device_get(grads["policy"]), config))
   names = sorted(set(ours_grads) & set(trl_grads))
@@ -213,25 +213,27 @@ def step_parity(trainer: Any, side: JaxSide, prompts: Sequence[Prompt],
   Returns:
     {'probes': {name: errors}, 'max_rel_err': ..., 'passed': bool, ...}.
   """
-  p = side.preset
-  config, tokenizer = side.bundle.config, side.bundle.tokenizer
-  g = p.num_generations
-  ptok, pval = prompt_arrays(tokenizer, prompts, config.pad_token_id)
-  out = sampling.sample(side.ref_params, config, ptok, pval,
-                        jax.random.PRNGKey(p.seed + 1), num_samples=g,
-                        max_new_tokens=p.max_completion_length, temperature=p.temperature,
-                        eos_ids=sampling.eos_ids(config, tokenizer))
-  tokens, lengths = jax.device_get((out.tokens, out.lengths))
-  texts = decode_completions(tokenizer, tokens, lengths)
-  rewards = np.asarray(reward_func(prompts=[pr.question for pr in prompts for _ in range(g)],
-                                   completions=texts, **reward_columns(prompts, g)), np.float32)
+  p, fns = side.preset, side.fns
+  config, g = fns.model_cfg, p.num_generations
+  # The first training step's rollout (policy == reference, step 0's key) and shapes, so
+  # the jitted functions are shared with the training loop.
+  pb = prompt_batch(fns.tokenizer, prompts, g, fns.model_cfg.pad_token_id)
+  rollout = stages.rollout_stage(fns, side.state, pb, 0)
+  rewards = stages.external_rewards(fns, rollout,
+                                    call_reward(reward_func, prompts, rollout.texts, g))
   source = "reward_func"
-  if np.all(rewards.reshape(-1, g).std(1) == 0):
-    rewards = np.random.default_rng(p.seed).normal(size=rewards.shape).astype(np.float32)
+  if np.all(rewards.rewards.reshape(-1, g).std(1) == 0):
+    rewards = stages.external_rewards(
+        fns, rollout, np.random.default_rng(p.seed).normal(size=rewards.rewards.shape))
     source = "seeded_normal"
-  advantages = np.asarray(rl.grpo_advantages(jnp.asarray(rewards), g), np.float32)
-  # Same shapes as the first training step, so the jitted functions are shared.
-  batch = dict(rollout_batch(ptok, pval, out, g), prompt_len=ptok.shape[1])
+  scored = stages.score_stage(fns, side.state, pb, rollout)
+  update_batch = stages.advantage_stage(fns, rollout, scored, rewards)
+  # GRPO's advantages are one value per sequence, broadcast over its tokens.
+  token_adv = np.asarray(update_batch.arrays["advantages"])
+  first = np.argmax(rollout.completion_mask, axis=1)
+  advantages = token_adv[np.arange(len(first)), first].astype(np.float32)
+  batch = {"tokens": rollout.tokens, "valid": rollout.valid,
+           "completion_mask": rollout.completion_mask, "prompt_len": pb.prompt_tokens.shape[1]}
 
   probes = {"checkpoint": _probe(trainer, side, side.ref_params, batch, advantages, 0.0)}
 
@@ -245,7 +247,7 @@ def step_parity(trainer: Any, side: JaxSide, prompts: Sequence[Prompt],
     with tempfile.TemporaryDirectory(prefix="pbrl_compare_perturbed_") as tmp:
       model.save_pretrained(tmp, safe_serialization=True)
       perturbed = load_hf_params(tmp, config)
-    perturbed = jax.device_put(perturbed, side.fns.policy_shardings)
+    perturbed = jax.device_put(perturbed, side.state_fns.policy_shardings)
     probes["perturbed"] = _probe(trainer, side, perturbed, batch, advantages, old_noise)
   finally:
     with torch.no_grad():
@@ -255,7 +257,7 @@ def step_parity(trainer: Any, side: JaxSide, prompts: Sequence[Prompt],
             for k, v in parity_checks(pr, PARITY_RTOL).items()}
   max_err = max(pr[k] for pr in probes.values() for k in PARITY_KEYS if k in pr)
   return {"probes": probes, "advantages_source": source, "rtol": PARITY_RTOL,
-          "rows": int(batch["tokens"].shape[0]),
+          "rows": int(batch["tokens"].shape[0]), "prompt_group": int(fns.spec.prompt_group),
           "completion_tokens": int(batch["completion_mask"].sum()),
           "max_rel_err": max_err, "checks": checks,
           "passed": all(c["passed"] for c in checks.values())}

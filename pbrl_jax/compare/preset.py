@@ -8,6 +8,7 @@ from typing import Any
 import optax
 
 from pbrl_jax import rl
+from pbrl_jax.rl.spec import RLSpec
 
 
 
@@ -62,14 +63,54 @@ class Preset:
     if self.temperature <= 0:
       raise ValueError("sampling temperature must be > 0")
 
-  def update_hparams(self) -> rl.UpdateHParams:
-    """Our update step's settings for this preset."""
-    return rl.UpdateHParams(
-        eps_low=self.epsilon, eps_high=self.epsilon_high,
-        aggregation=rl.Aggregation.parse(self.loss_type),
-        max_completion_length=self.max_completion_length,
-        kl_estimator=rl.KLEstimator.K3, kl_coef_in_loss=self.beta,
-        kl_ratio_correction=self.use_bias_correction_kl, temperature=self.temperature)
+  def rl_section(self, num_microbatches: int = 1) -> dict[str, Any]:
+    """Our `rl` config section for this preset, validated by `RLSpec.from_config` like a
+    config file's: TRL's GRPO (std-scaled group advantages without a floor, k3 KL in the
+    loss, one update per batch) with the trainer's defaults where TRL has no equivalent
+    (each group's prompt run once: `share_prompt`)."""
+    return dict(algorithm="grpo", advantage="grpo", std_floor=0.0, whiten_advantages=False,
+                overlong_buffer=0, overlong_penalty=0.0, mask_truncated=False,
+                kl_estimator="k3", kl_placement="loss", beta=self.beta, kl_clamp=None,
+                kl_ratio_correction=self.use_bias_correction_kl, eps_low=self.epsilon,
+                eps_high=self.epsilon_high, dual_clip=None, loss_aggregation=self.loss_type,
+                entropy_coef=0.0, value_coef=0.0, value_clip=None, gamma=1.0, lam=1.0,
+                num_epochs=1, num_minibatches=1, num_microbatches=num_microbatches,
+                shuffle=False, share_prompt=True)
+
+  def trainer_spec(self, model_dir: str, num_prompts: int, num_microbatches: int = 1) -> Any:
+    """The trainer's spec of this preset: what `stages.build_step_fns` compiles for our side.
+
+    Only the sections the step functions read are set; the reward comes from the compared
+    reward callable (`stages.external_rewards`), so `reward`, `data`, `pivot`, `eval` and
+    `optim` (the optimizer is `self.optimizer()`) are None.
+    """
+    # pylint: disable=g-import-not-at-top
+    from pbrl_jax import train_spec as ts
+    from pbrl_jax.data.pipeline import PipelineOptions
+    spec = ts.TrainerSpec(
+        run=ts.RunSection(seed=self.seed, total_steps=1, checkpoint_every=1,
+                          keep_checkpoints=1, async_checkpoint=False, log_every=1,
+                          sample_every=0, eval_every=0, eval_before_after=False,
+                          max_nonfinite_in_row=1, debug_nonfinite_at_step=-1,
+                          debug_nonfinite_count=1),
+        model=ts.ModelSection(path=model_dir, dtype="float32", param_dtype="float32",
+                              remat=False, random_init=False, overrides={}, lora_rank=0,
+                              lora_alpha=1.0, lora_targets=()),
+        rollout=ts.RolloutSection(max_new_tokens=self.max_completion_length,
+                                  temperature=self.temperature, top_k=0, top_p=1.0,
+                                  stop_strings=()),
+        mesh=ts.MeshSection(data=1, fsdp=1, tensor=1),
+        rl=RLSpec.from_config(self.rl_section(num_microbatches)),
+        optim=None, reward=None, data=None, pivot=None, eval=None,
+        pipeline=PipelineOptions(global_batch_size=num_prompts,
+                                 group_size=self.num_generations, seed=self.seed))
+    spec.check()
+    return spec
+
+  def update_hparams(self, prompt_group: int = 1) -> rl.UpdateHParams:
+    """Our update step's settings for this preset (the trainer's `RLSpec.update_hparams`)."""
+    return RLSpec.from_config(self.rl_section()).update_hparams(
+        self.temperature, self.max_completion_length, prompt_group)
 
   def optimizer(self) -> optax.GradientTransformation:
     """clip_by_global_norm -> AdamW at a constant learning rate (TRL: lr_scheduler 'constant')."""

@@ -44,7 +44,7 @@ class Options:
     trl_bf16: run TRL's training in bf16 autocast (parity stays fp32).
     cache_dir: where the default model directory is cached.
     jax_microbatches: gradient-accumulation chunks of our update (memory only: the gradient
-      is the same); must divide prompts x G.
+      is the same); must divide the number of prompts (micro-batches hold whole groups).
   """
 
   model_dir: str
@@ -59,10 +59,10 @@ class Options:
   jax_microbatches: int = 1
 
   def __post_init__(self):
-    rows = self.num_prompts * self.preset.num_generations
-    if self.jax_microbatches < 1 or rows % self.jax_microbatches:
-      raise ValueError(f"jax_microbatches {self.jax_microbatches} must divide prompts x G ="
-                       f" {rows}")
+    # Our update runs each group's prompt once, so micro-batches hold whole groups.
+    if self.jax_microbatches < 1 or self.num_prompts % self.jax_microbatches:
+      raise ValueError(f"jax_microbatches {self.jax_microbatches} must divide the number of"
+                       f" prompts {self.num_prompts} (micro-batches hold whole groups)")
 
 
 def make_reward_func(kind: str) -> RewardFunc:
@@ -108,7 +108,7 @@ def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:
   log(f"model {source_dir}; {len(prompts)} prompts x {preset.num_generations}; seed {preset.seed}")
   log(preset_table(preset))
 
-  side = build_jax_side(model_dir, preset, opts.jax_microbatches)
+  side = build_jax_side(model_dir, preset, len(prompts), opts.jax_microbatches)
   torch.manual_seed(preset.seed)
   trainer = build_trl_trainer(model_dir, preset, prompts, reward_func, max(opts.steps, 1),
                               os.path.join(opts.out_dir, "trl_output"), bf16=False)

@@ -35,6 +35,7 @@ def test_step_parity_within_tolerance(quick):
   _, result = quick
   par = result["parity"]
   assert set(par["probes"]) == {"checkpoint", "perturbed"}
+  assert par["prompt_group"] == 4  # the trainer's shared-prompt path was compared
   for name, pr in par["probes"].items():
     for key in ("loss_rel_err", "logp_rel_err", "ref_logp_rel_err", "grad_rel_err",
                 "grad_norm_rel_err"):
@@ -85,6 +86,22 @@ def test_curves_speed_and_reports(quick):
   assert "PASS" in report and "| seed |" in report and "tokens / s" in report
   with open(os.path.join(out, "curves.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_our_side_is_the_trainers_spec_with_shared_prompt():
+  """Our side compiles the trainer's step functions from a validated spec: GRPO advantages
+  without a floor (TRL's), one update per batch, each group's prompt run once."""
+  preset = compare.Preset(num_generations=4, max_completion_length=16, temperature=0.7)
+  spec = preset.trainer_spec("unused", num_prompts=6, num_microbatches=3)
+  assert spec.prompt_group == 4 and spec.pipeline.group_size == 4
+  assert spec.rl.advantage is rl.AdvantageEstimator.GRPO and spec.rl.std_floor == 0.0
+  assert (spec.rl.num_epochs, spec.rl.num_minibatches, spec.rl.num_microbatches) == (1, 1, 3)
+  assert (spec.rollout.temperature, spec.rollout.max_new_tokens) == (0.7, 16)
+  assert spec.rl.overlong_buffer == 0 and not spec.rl.mask_truncated
+  with pytest.raises(Exception, match="whole groups|does not divide"):
+    preset.trainer_spec("unused", num_prompts=6, num_microbatches=4)
+  with pytest.raises(ValueError, match="whole groups"):
+    compare.Options(model_dir="x", out_dir="y", num_prompts=6, jax_microbatches=4)
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])

@@ -92,8 +92,10 @@ def test_long_text_is_windowed(encoder):
   assert len(ids) > encoder.max_tokens
   got = encoder.encode([long])[0]
   width = encoder.max_tokens - 2
-  wins = common.windows(ids, width)
-  assert len(wins) >= 2
+  # The specification, written out here rather than taken from `common.windows`: consecutive,
+  # non-overlapping slices of max_tokens - 2 ids (room for BOS and EOS), at most MAX_WINDOWS.
+  wins = [ids[i:i + width] for i in range(0, len(ids), width)][:common.MAX_WINDOWS]
+  assert 2 <= len(wins) <= common.MAX_WINDOWS
   rows = encoder._pad([[use_m3.BOS_ID] + w + [use_m3.EOS_ID] for w in wins])
   each = np.asarray(encoder.embed(encoder.params, rows))
   want = (each * np.array([len(w) + 2 for w in wins])[:, None]).sum(0)

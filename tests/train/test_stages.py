@@ -165,3 +165,15 @@ def test_a_nan_loss_is_skipped_and_counted_like_a_nan_gradient(run, step1, tmp_p
   writer.write(1, m)
   writer.close()
   assert math.isnan(metrics_lib.read_jsonl(str(tmp_path / "metrics.jsonl"))[0]["loss"])
+
+
+def test_external_rewards_keep_values_and_add_shaping(run, step1):
+  """pbrl-compare's reward stage: the callable's values as given, the trainer's shaping."""
+  rollout = step1["rollout"]
+  n = len(rollout.texts)
+  got = stages.external_rewards(run.fns, rollout, np.arange(n) / n)
+  np.testing.assert_array_equal(got.rewards, (np.arange(n) / n).astype(np.float32))
+  np.testing.assert_array_equal(got.overlong, step1["rewards"].overlong)
+  assert got.rows == ()
+  with pytest.raises(ValueError, match="one per completion"):
+    stages.external_rewards(run.fns, rollout, np.zeros(n + 1))
