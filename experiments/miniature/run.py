@@ -330,7 +330,13 @@ def _mt_note(results: dict[str, Any]) -> str:
 def _wall(meta: dict[str, Any]) -> str:
   if meta.get("wall_minutes") is None:
     return "not recorded (page rebuilt from finished stages; training minutes per run below)"
-  return f"{meta['wall_minutes']:.0f} min"
+  text = f"{meta['wall_minutes']:.0f} min"
+  reused = meta.get("reused")
+  if reused:
+    earlier = reused.get("wall_minutes")
+    text += (f", plus {earlier:.0f} min" if earlier is not None else ", plus the time") + (
+        f" of the earlier run whose evaluations were reused ({', '.join(reused['arms'])})")
+  return text
 
 
 def _english_lead(result: dict[str, Any]) -> str:
@@ -387,6 +393,42 @@ def write_page(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
   return path
 
 
+def arm_name(method: str, seed: int) -> str:
+  return f"{method} (seed {seed})"
+
+
+def load_reused(path: str, n_test: int, premise: str
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(results, meta) of an earlier run's results.json, or empty dicts without a path.
+
+  Refuses a file from a different design (test problems per language, premise): its arms
+  would not be comparable with the ones this run adds.
+  """
+  if not path:
+    return {}, {}
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  meta = saved.get("meta", {})
+  for key, want in (("n_test", n_test), ("premise", premise)):
+    if meta.get(key) != want:
+      raise SystemExit(f"--reuse {path}: meta.{key} is {meta.get(key)!r}, this run uses"
+                       f" {want!r}; its arms are not comparable")
+  _log(f"reusing {', '.join(saved['results'])} from {path}")
+  return saved["results"], meta
+
+
+def check_same_premise(reused: dict[str, Any] | None, fresh: dict[str, Any]) -> None:
+  """A rebuilt premise must be the reused one (same seed, same code): otherwise the arms of
+  the two runs start from different policies, and the page must not mix them."""
+  if reused is None:
+    return
+  key = lambda r: {lang: v["accuracy"] for lang, v in r["per_language"].items()}
+  if key(reused) != key(fresh):
+    raise SystemExit("the rebuilt premise differs from the reused one (per-language accuracy"
+                     f" {key(fresh)} vs {key(reused)}): the arms would start from different"
+                     " policies; rerun every arm instead of --reuse")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--out", required=True)
@@ -400,6 +442,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   help="english_sft: every arm starts from the base fine-tuned on the English"
                   " references in English (the paper's premise of an English lead); none: from"
                   " the base")
+  ap.add_argument("--reuse", default="",
+                  help="results.json of an earlier run (experiments/miniature/results.json):"
+                  " its evaluations count as done, so a study continues on a machine that"
+                  " does not hold the earlier run directories")
   ap.add_argument("--smoke", action="store_true", help="tiny random policy, 1 step (tests)")
   args = ap.parse_args(argv)
   methods = [m for m in args.methods.split(",") if m]
@@ -416,18 +462,30 @@ def main(argv: Sequence[str] | None = None) -> int:
   langs = ("en", *miniature.TRAIN_LANGS, *miniature.HELD_OUT_LANGS)
   arith.write_split(data_dir, langs=langs, n_train=args.n_train, n_test=args.n_test, seed=0)
 
-  results = {"base": run_base(out, data_dir, args.smoke)}
+  reused, reused_meta = load_reused(args.reuse, args.n_test, args.premise)
+  runs = [(m, sd) for m in methods for sd in (seeds[:1] if m == "sft" else seeds)]
+  to_train = [(m, sd) for m, sd in runs if arm_name(m, sd) not in reused]
+  results = {"base": reused.get("base") or run_base(out, data_dir, args.smoke)}
   init = None
   if args.premise == "english_sft":
-    results["premise"], init = run_premise(out, data_dir, args.steps or None, args.smoke)
-  runs = [(m, sd) for m in methods for sd in (seeds[:1] if m == "sft" else seeds)]
+    if to_train or "premise" not in reused:  # the arms to train start from its model
+      results["premise"], init = run_premise(out, data_dir, args.steps or None, args.smoke)
+      check_same_premise(reused.get("premise"), results["premise"])
+    else:
+      results["premise"] = reused["premise"]
   for method, seed in runs:
-    results[f"{method} (seed {seed})"] = run_method(method, seed, out, data_dir,
-                                                    args.steps or None, args.smoke, init)
-  training = {f"{m} (seed {sd})": training_summary(os.path.join(out, f"{m}-s{sd}"))
+    name = arm_name(method, seed)
+    results[name] = reused.get(name) or run_method(method, seed, out, data_dir,
+                                                   args.steps or None, args.smoke, init)
+  reused_training = reused_meta.get("training", {})
+  training = {arm_name(m, sd): (reused_training.get(arm_name(m, sd))
+                                if arm_name(m, sd) in reused else
+                                training_summary(os.path.join(out, f"{m}-s{sd}")))
               for m, sd in runs}
-  if init:
-    training = {"premise (sft_en)": training_summary(os.path.join(out, "premise")), **training}
+  if args.premise == "english_sft":
+    premise_training = (training_summary(os.path.join(out, "premise"))
+                        or reused_training.get("premise (sft_en)"))
+    training = {"premise (sft_en)": premise_training, **training}
   meta = {"command": " ".join(["python", "experiments/miniature/run.py",
                                *(argv if argv is not None else sys.argv[1:])]),
           "n_train": args.n_train, "n_test": args.n_test, "seeds": seeds,
@@ -437,6 +495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           "wall_minutes": (time.time() - t0) / 60, "machine": os.environ.get(
               "PBRL_MACHINE", f"{os.cpu_count()} CPU cores"), "training": training,
           "endpoints": endpoint_rows(results, n_boot=200 if args.smoke else 2000)}
+  if reused:
+    meta["reused"] = {"from": args.reuse, "arms": sorted(set(reused) & set(results)),
+                      "wall_minutes": reused_meta.get("wall_minutes")}
   previous = os.path.join(out, "results.json")
   if not _STAGE_SECONDS:
     # Every stage was done before: the page keeps the wall time of the run that did them,

@@ -57,3 +57,22 @@ def test_smoke_run_writes_the_page(tmp_path):
       capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "pbrl_jax.cli" not in proc.stdout  # no stage ran again
+  # Another machine continues the study from the saved results.json alone (the rerun above
+  # rewrote it with base, premise and SFT): the arms it holds are not rerun, and a file of
+  # another design is refused.
+  again = str(tmp_path / "elsewhere")
+  cmd = [sys.executable, os.path.join(REPO, "experiments", "miniature", "run.py"), "--out",
+         again, "--smoke", "--methods", "sft", "--seeds", "0", "--n_train", "8",
+         "--reuse", os.path.join(out, "results.json")]
+  proc = subprocess.run(cmd + ["--n_test", "2"], capture_output=True, text=True, timeout=600,
+                        env=env, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "pbrl_jax.cli" not in proc.stdout  # every arm, the base and the premise reused
+  with open(os.path.join(again, "results.json")) as f:
+    continued = json.load(f)
+  assert continued["results"]["sft (seed 0)"] == results["sft (seed 0)"]
+  assert continued["meta"]["reused"]["arms"] == ["base", "premise", "sft (seed 0)"]
+  assert continued["meta"]["training"]["sft (seed 0)"]["steps"] == 1
+  proc = subprocess.run(cmd + ["--n_test", "3"], capture_output=True, text=True, timeout=600,
+                        env=env, cwd=REPO)
+  assert proc.returncode != 0 and "not comparable" in proc.stderr
