@@ -98,7 +98,8 @@ def test_our_side_is_the_trainers_spec_with_shared_prompt():
   assert (spec.rl.num_epochs, spec.rl.num_minibatches, spec.rl.num_microbatches) == (1, 1, 3)
   assert (spec.rollout.temperature, spec.rollout.max_new_tokens) == (0.7, 16)
   assert spec.rl.overlong_buffer == 0 and not spec.rl.mask_truncated
-  with pytest.raises(Exception, match="whole groups|does not divide"):
+  from pbrl_jax.config_schema import ConfigError
+  with pytest.raises(ConfigError, match="does not divide"):
     preset.trainer_spec("unused", num_prompts=6, num_microbatches=4)
   with pytest.raises(ValueError, match="whole groups"):
     compare.Options(model_dir="x", out_dir="y", num_prompts=6, jax_microbatches=4)
