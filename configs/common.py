@@ -48,6 +48,10 @@ def model_config() -> ml_collections.ConfigDict:
   c.param_dtype = "float32"
   # Recompute each layer's activations in the backward pass: needed to fit full-size models.
   c.remat = False
+  # Scoring and the update compute log-probs and entropies over the vocabulary in blocks of
+  # this many rows, so no float32 [B, T, V] logits exist (with Qwen3's 151,936-token
+  # vocabulary, 8 x 2048 tokens of logits are 10 GB). 0 forms the logits whole.
+  c.vocab_block = 32768
   # Tests: take the architecture and tokenizer from `path`, random weights, with `overrides`.
   c.random_init = False
   c.overrides = {}

@@ -87,9 +87,10 @@ def get_pivot_config() -> ml_collections.ConfigDict:
   # a wrong pivot answer would reward the policy for copying the mistake.
   c.filter_correct = True
   # Reward encoders whose reference-side embeddings are cached (specs of
-  # pbrl_jax.rewards.encoders.load_encoder), and which texts are embedded.
+  # pbrl_jax.rewards.encoders.load_encoder), and which texts are embedded: the reward's
+  # three segments (full response, reasoning, answer), so training embeds none of them again.
   c.encoders = ("use_m3",)
-  c.embed_fields = ("response", "reasoning")
+  c.embed_fields = ("response", "reasoning", "answer")
   # Questions per ArrayRecord shard: a shard is the unit of resume after a crash.
   c.shard_size = 256
   # Bad lines in an imported references JSONL: 'raise' or 'skip'.

@@ -12,7 +12,8 @@ references built once (see README):
 Every value is our choice (the paper's hyperparameters are not public); where a value follows
 common practice for 8B GRPO runs, the comment says so. Check memory first:
 
-  pbrl-plan --config configs/llama31_8b_grpo.py --device v5p-8
+  pbrl-plan --config configs/llama31_8b_grpo.py --model configs/model_configs/llama31_8b.json \
+      --device v5p-8
 """
 
 from configs import common

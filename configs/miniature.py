@@ -80,6 +80,7 @@ def get_config(arg: str = "pbrl_hybrid"):
     c.model.path = options["init"]
   c.model.lora_rank = 16
   c.model.lora_alpha = 32.0
+  c.model.vocab_block = 0  # whole logits, as in every arm run so far (small on the CPU)
   c.optim.learning_rate = 1e-4
   c.data.source = "jsonl"
   c.data.path = f"{data_dir}/train.jsonl"

@@ -48,12 +48,22 @@ def grpo() -> ml_collections.ConfigDict:
   # Multiply the KL term by the importance ratio (TRL 1.16 `use_bias_correction_kl`, default
   # True there). Off: with one update per rollout the ratio is 1 and it changes nothing.
   c.kl_ratio_correction = False
+  # The per-token policy term: 'clip' (PPO's clipped surrogate: GRPO, DAPO, Dr.GRPO, and GSPO
+  # or LUSPO with sequence-level weights), 'cispo' (clipped, detached weight times log pi;
+  # set eps_high to its eps_max, 5.0 in ScaleRL) or 'sapo' (a soft sigmoid gate).
+  c.policy_loss = "clip"
+  # Importance weights per 'token', or per 'sequence' (GSPO: exp of the token-mean log-ratio).
+  c.importance_level = "token"
   # Clip range of the ratio, low and high (DAPO's clip-higher uses eps_high 0.28).
   c.eps_low = 0.2
   c.eps_high = 0.2
+  # SAPO's gate temperatures for positive and non-positive advantages (TRL's defaults).
+  c.sapo_tau_pos = 1.0
+  c.sapo_tau_neg = 1.05
   # Dual-clip constant (> 1) for negative advantages; None: off.
   c.dual_clip = None
-  # 'seq_mean_token_mean' (='grpo'), 'token_mean' (='dapo'), 'constant' (='dr_grpo').
+  # 'seq_mean_token_mean' (='grpo'), 'token_mean' (='dapo'), 'constant' (='dr_grpo'),
+  # 'seq_sum' (LUSPO, with importance_level 'sequence': each sequence scaled by its length).
   c.loss_aggregation = "seq_mean_token_mean"
   # Entropy bonus coefficient (token mean, subtracted from the loss). 0: off.
   c.entropy_coef = 0.0

@@ -17,6 +17,9 @@ def get_config(arg: str = "grpo"):
   c.sample_every = 2
   c.eval_before_after = False
   c.model.random_init = True
+  # Whole logits: the tiny trunk makes the 49,152-token unembedding nearly all of the FLOPs,
+  # which the blockwise pass would recompute (tests/models/test_vocab_blocks.py covers it).
+  c.model.vocab_block = 0
   c.model.overrides = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                            num_kv_heads=2, head_dim=16)
   c.rollout.max_new_tokens = 16

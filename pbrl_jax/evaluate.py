@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -431,7 +430,7 @@ class DatasetSpec:
 
   Attributes:
     kind: 'gsm_symbolic' (built from the multilingual-gsm-symbolic package; `path` is the
-      cache directory, '' for <workdir>/data_cache), 'mgsm' (`path` holds `mgsm_{lang}.tsv`),
+      cache directory, '' for <workdir>/cache, the training source's), 'mgsm' (`path` holds `mgsm_{lang}.tsv`),
       'mmlu_prox' (`path` holds `{lang}.csv` or `{lang}.jsonl`, or is a pattern containing
       '{lang}'), 'jsonl' (`path` is one question JSONL file).
     path: see `kind`.
@@ -528,38 +527,13 @@ def load_dataset(spec: DatasetSpec, workdir: str = ".") -> list[Example]:
   langs = [normalise_lang(x) for x in spec.langs]
   if spec.kind == "gsm_symbolic":
     from pbrl_jax.data import gsm_symbolic  # pylint: disable=g-import-not-at-top
-    cache = spec.path or os.path.join(workdir, "data_cache")
+    cache = spec.path or gsm_symbolic.cache_dir(workdir)
     insts, _ = gsm_symbolic.load_or_build(cache, langs, seed=spec.seed)
     examples = [inst.example() for inst in insts]
-  elif spec.kind == "mgsm":
-    if not langs:
-      names = sorted(f for f in os.listdir(spec.path)
-                     if f.startswith("mgsm_") and f.endswith(".tsv"))
-      langs = [normalise_lang(f[len("mgsm_"):-len(".tsv")]) for f in names]
-      if not langs:
-        raise ValueError(f"{spec.path}: no mgsm_<lang>.tsv files")
-    examples = []
-    for lang in langs:
-      examples += readers.read_mgsm_tsv(readers.mgsm_path(spec.path, lang), lang)
-  elif spec.kind == "mmlu_prox":
-    if not langs:
-      raise ValueError("dataset kind 'mmlu_prox' needs explicit langs")
-    examples = []
-    for lang in langs:
-      examples += readers.read_mmlu_prox(_mmlu_prox_file(spec.path, lang), lang)
-  else:
-    examples = readers.read_jsonl(spec.path)
+  else:  # the reader training sources use
+    examples = [ex for exs in readers.read_dataset(spec.kind, spec.path, langs).values()
+                for ex in exs]
   return _limit_per_lang(examples, langs, spec.limit)
-
-
-def _mmlu_prox_file(path: str, lang: str) -> str:
-  if "{lang}" in path:
-    return path.format(lang=lang)
-  for ext in (".jsonl", ".csv"):
-    candidate = os.path.join(path, lang + ext)
-    if os.path.isfile(candidate):
-      return candidate
-  raise FileNotFoundError(f"{path}: no {lang}.jsonl or {lang}.csv")
 
 
 def evaluate_spec(params: Params, config: DecoderConfig, tokenizer: Any,

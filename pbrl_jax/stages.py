@@ -319,9 +319,13 @@ def score_stage(fns: StepFns, state: Any, prompts: PromptBatch, rollout: Rollout
   timer.start("host_text")
   host = {"tokens": rollout.tokens, "valid": rollout.valid,
           "completion_mask": rollout.completion_mask}
+  # Each completion is parsed once, for the scoring jit's encoder and for the reward.
+  scores_text = not sft and fns.reward_models is not None
+  parsed = (tuple(score_lib.parse(t, lang) for t, lang in zip(rollout.texts, rollout.langs))
+            if fns.encoder_in_jit or scores_text else ())
   segments = None
   if fns.encoder_in_jit:
-    segments = [score_lib.segments(t, lang) for t, lang in zip(rollout.texts, rollout.langs)]
+    segments = [p.segments() for p in parsed]
     host["enc_batch"] = encoder_batch(fns.encoder, segments, score_lib.SEGMENTS)
   device_batch = distributed.global_from_host(host, fns.batch_sharding)
   timer.stop("host_text")
@@ -334,8 +338,8 @@ def score_stage(fns: StepFns, state: Any, prompts: PromptBatch, rollout: Rollout
   timer.start("host_text")
   items, text_rows = (), ()
   # SFT samples nothing and scores nothing; external rewards need no host text scores.
-  if not sft and fns.reward_models is not None:
-    items = tuple(reward_items(prompts, rollout.texts, fns.spec.reward.encoder))
+  if scores_text:
+    items = tuple(reward_items(prompts, rollout.texts, fns.spec.reward.encoder, parsed))
     text_rows = tuple(score_lib.text_scores(fns.spec.reward, fns.reward_models, list(items)))
   timer.stop("host_text")
 
@@ -351,23 +355,27 @@ def score_stage(fns: StepFns, state: Any, prompts: PromptBatch, rollout: Rollout
                 policy_embeddings=policy_embeddings)
 
 
-def reward_items(prompts: PromptBatch, texts: Sequence[str], encoder_name: str
-                 ) -> list[dict[str, Any]]:
-  """One reward item per completion (row i*G + j), with the cached reference embeddings."""
+def reward_items(prompts: PromptBatch, texts: Sequence[str], encoder_name: str,
+                 parsed: Sequence[score_lib.Parsed] = ()) -> list[dict[str, Any]]:
+  """One reward item per completion (row i*G + j), with the cached reference embeddings.
+
+  `parsed`: each text's `score_lib.parse` when the caller has it (else the scorer parses).
+  """
   g = prompts.group_size
   items = []
   for row, text in enumerate(texts):
     i = row // g
     emb = prompts.ref_emb
-    # The pivot step cached the reference's full text and reasoning; the short answer part
-    # is embedded with the policy side (score_batch fills missing segments).
+    # The pivot step cached the reference's segments (`score.SEGMENT_FIELDS`); one it did
+    # not cache (references built with fewer `embed_fields`) is embedded by the scorer.
     cached = {seg: emb[f"{encoder_name}/{field}"][i]
-              for seg, field in (("full", "response"), ("reasoning", "reasoning"))
+              for seg, field in score_lib.SEGMENT_FIELDS.items()
               if f"{encoder_name}/{field}" in emb} or None
     items.append({
         "lang": prompts.langs[i], "question": prompts.questions[i], "response": text,
         "reference": prompts.reference[i], "reference_answer": prompts.reference_answer[i],
         "gold": prompts.gold[i], "reference_embeddings": cached,
+        "parsed": parsed[row] if parsed else None,
     })
   return items
 

@@ -22,6 +22,7 @@ class ModelSection:
   dtype: str  # compute dtype of matmuls
   param_dtype: str  # master weights and optimizer state
   remat: bool  # recompute layer activations in the backward pass
+  vocab_block: int  # vocabulary rows per block of the log-prob/entropy pass (0: whole)
   random_init: bool  # architecture (and tokenizer) from `path`, random weights (tests)
   overrides: dict  # DecoderConfig fields to override, e.g. a tiny num_layers for tests
   lora_rank: int  # LoRA rank; 0 is full fine-tuning

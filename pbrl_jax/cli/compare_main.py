@@ -19,7 +19,7 @@ from absl import flags
 
 def define_flags() -> None:
   """Defines this command's flags when it runs, so that importing the module defines none."""
-  global _QUICK, _MODEL, _OUT, _STEPS, _PROMPTS, _GENERATIONS, _MAX_NEW_TOKENS, _BETA, _LOSS_TYPE, _LR, _TEMPERATURE, _EPSILON, _EPSILON_HIGH, _SEED, _REWARD, _PARITY, _TRL_BF16, _CACHE_DIR, _JAX_MICROBATCHES
+  global _IS_LEVEL, _QUICK, _MODEL, _OUT, _STEPS, _PROMPTS, _GENERATIONS, _MAX_NEW_TOKENS, _BETA, _LOSS_TYPE, _LR, _TEMPERATURE, _EPSILON, _EPSILON_HIGH, _SEED, _REWARD, _PARITY, _TRL_BF16, _CACHE_DIR, _JAX_MICROBATCHES
   _QUICK = flags.DEFINE_bool("quick", False, "Tiny random model, a couple of steps (seconds).")
   _MODEL = flags.DEFINE_string("model", "", "HF model directory; default SmolLM2-135M-Instruct.")
   _OUT = flags.DEFINE_string("out", "runs/compare", "Output directory.")
@@ -28,8 +28,12 @@ def define_flags() -> None:
   _GENERATIONS = flags.DEFINE_integer("generations", 4, "Completions per prompt (G).")
   _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Completion token limit.")
   _BETA = flags.DEFINE_float("beta", 0.04, "KL coefficient (k3 in the loss).")
-  _LOSS_TYPE = flags.DEFINE_enum("loss_type", "grpo", ["grpo", "dr_grpo", "dapo"],
-                                 "TRL loss_type; ours: the matching aggregation.")
+  _LOSS_TYPE = flags.DEFINE_enum(
+      "loss_type", "grpo", ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo"],
+      "TRL loss_type; ours: the matching policy loss and aggregation (rl.TRL_LOSS_TYPES).")
+  _IS_LEVEL = flags.DEFINE_enum("importance_sampling_level", "token", ["token", "sequence"],
+                                "TRL importance_sampling_level ('sequence': GSPO; luspo needs"
+                                " it).")
   _LR = flags.DEFINE_float("learning_rate", 1e-6, "Constant AdamW learning rate.")
   _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
   _EPSILON = flags.DEFINE_float("epsilon", 0.2, "Lower clip range.")
@@ -71,7 +75,7 @@ def options_from_flags():
       temperature=_TEMPERATURE.value, learning_rate=_LR.value,
       max_completion_length=_value(_MAX_NEW_TOKENS, quick), epsilon=_EPSILON.value,
       epsilon_high=_EPSILON.value if _EPSILON_HIGH.value is None else _EPSILON_HIGH.value,
-      seed=_SEED.value)
+      importance_sampling_level=_IS_LEVEL.value, seed=_SEED.value)
   return compare.Options(model_dir=model, out_dir=out, steps=_value(_STEPS, quick),
                          num_prompts=_value(_PROMPTS, quick), preset=preset,
                          reward=_REWARD.value, parity=_PARITY.value,

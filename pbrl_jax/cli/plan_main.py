@@ -1,12 +1,16 @@
 """pbrl-plan: predicted per-device memory of a training run, and whether it fits.
 
-  pbrl-plan --config configs/llama31_8b_grpo.py --device v5e-8
+  pbrl-plan --config configs/tiny.py --device v5e-1
+  pbrl-plan --config configs/llama31_8b_grpo.py --model configs/model_configs/llama31_8b.json \
+      --device v5e-8
   pbrl-plan --model configs/model_configs/qwen3_4b.json --device v6e-1 --group_size 8 \
       --prompts_per_step 4 --max_prompt_len 256 --max_completion_len 512 --lora_rank 16
   pbrl-plan --docs_table   # the table in docs/scaling.md
 
 With --config, the run is read from the training config (sections model, rl, data, mesh,
-train); any flag given explicitly on the command line overrides the config's value.
+train); any flag given explicitly on the command line overrides the config's value. With
+--config and --model, --model's config.json is the architecture (for configs whose
+`model.path` lives on the TPU hosts).
 """
 
 from __future__ import annotations
@@ -91,9 +95,12 @@ def _get(cfg: Any, dotted: str) -> Any:
   return node
 
 
-def inputs_from_config(cfg: Any, base_dir: str = ".") -> tuple[DecoderConfig, dict[str, Any],
-                                                                  tuple[int, int, int] | None]:
+def inputs_from_config(cfg: Any, base_dir: str = ".", model_file: str | None = None
+                       ) -> tuple[DecoderConfig, dict[str, Any], tuple[int, int, int] | None]:
   """Reads the model, the PlanInputs fields and the mesh from a training config.
+
+  `model_file` (a config.json, `--model`) gives the architecture instead of the config's
+  `model.path`: the pod configs name a path on the TPU hosts that is not on this machine.
 
   Returns:
     (model config, PlanInputs keyword arguments, mesh or None when the config has none).
@@ -101,8 +108,8 @@ def inputs_from_config(cfg: Any, base_dir: str = ".") -> tuple[DecoderConfig, di
   Raises:
     PlanError: naming the missing config field.
   """
-  model = None
-  for key in ("model.hf_config", "model.path"):
+  model = load_model_config(model_file) if model_file else None
+  for key in () if model else ("model.hf_config", "model.path"):
     try:
       value = _get(cfg, key)
     except KeyError:
@@ -215,7 +222,7 @@ def _main() -> None:
   kwargs: dict[str, Any] = {}
   mesh = None
   if _CONFIG.value is not None:
-    model, kwargs, mesh = inputs_from_config(_CONFIG.value)
+    model, kwargs, mesh = inputs_from_config(_CONFIG.value, model_file=_MODEL.value)
     for field, flag in flag_fields().items():
       if flags.FLAGS[flag.name].present or field not in kwargs:
         kwargs[field] = flag.value

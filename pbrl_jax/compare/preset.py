@@ -13,6 +13,10 @@ from pbrl_jax.rl.spec import RLSpec
 
 
 
+# The trainer's default `model.vocab_block` (configs/common.py; a test keeps them equal): our
+# side scores log-probs the way `pbrl-train` does, blockwise once V exceeds it.
+TRAINER_VOCAB_BLOCK = 32768
+
 # ---------------------------------------------------------------------------------------------
 # The matched preset: one place that says what each side is configured with.
 # ---------------------------------------------------------------------------------------------
@@ -25,7 +29,11 @@ class Preset:
   Attributes:
     beta: KL coefficient in the loss (k3 estimator on both sides).
     loss_type: TRL loss_type: 'grpo' (sequence-mean of token-means), 'dr_grpo' (sum over
-      B * max_completion_length) or 'dapo' (token mean).
+      B * max_completion_length), 'dapo' or 'bnpo' (token mean), 'cispo' (clipped detached
+      weight times log-prob), 'sapo' (soft gate), 'luspo' (sequence weights, length-scaled);
+      ours: `rl.TRL_LOSS_TYPES`.
+    importance_sampling_level: 'token' or 'sequence' (GSPO).
+    sapo_temperature_pos, sapo_temperature_neg: SAPO's gate temperatures.
     num_generations: G completions per prompt.
     temperature: sampling temperature; logits are divided by it in the loss as well.
     learning_rate: constant AdamW learning rate (no warmup, no decay).
@@ -47,6 +55,9 @@ class Preset:
   epsilon: float = 0.2
   epsilon_high: float = 0.2
   use_bias_correction_kl: bool = True
+  importance_sampling_level: str = "token"
+  sapo_temperature_pos: float = 1.0
+  sapo_temperature_neg: float = 1.05
   max_grad_norm: float = 1.0
   adam_b1: float = 0.9
   adam_b2: float = 0.999
@@ -55,9 +66,14 @@ class Preset:
   seed: int = 0
 
   def __post_init__(self):
-    rl.Aggregation.parse(self.loss_type)  # raises on an unknown name
-    if self.loss_type not in ("grpo", "dr_grpo", "dapo"):
-      raise ValueError(f"loss_type {self.loss_type!r}; expected grpo, dr_grpo or dapo")
+    if self.loss_type not in rl.TRL_LOSS_TYPES:
+      raise ValueError(f"loss_type {self.loss_type!r}; expected one of"
+                       f" {sorted(rl.TRL_LOSS_TYPES)}")
+    rl.ImportanceLevel.parse(self.importance_sampling_level)  # raises on an unknown name
+    needs = rl.TRL_LOSS_TYPES[self.loss_type][2]
+    if needs and self.importance_sampling_level != needs:
+      raise ValueError(f"loss_type {self.loss_type!r} needs importance_sampling_level"
+                       f" {needs!r} (TRL warns and runs it anyway; we do not compare that)")
     if self.num_generations < 2:
       raise ValueError("GRPO needs num_generations >= 2")
     if self.temperature <= 0:
@@ -71,8 +87,12 @@ class Preset:
     return dict(algorithm="grpo", advantage="grpo", std_floor=0.0, whiten_advantages=False,
                 overlong_buffer=0, overlong_penalty=0.0, mask_truncated=False,
                 kl_estimator="k3", kl_placement="loss", beta=self.beta, kl_clamp=None,
-                kl_ratio_correction=self.use_bias_correction_kl, eps_low=self.epsilon,
-                eps_high=self.epsilon_high, dual_clip=None, loss_aggregation=self.loss_type,
+                kl_ratio_correction=self.use_bias_correction_kl,
+                policy_loss=rl.TRL_LOSS_TYPES[self.loss_type][0],
+                importance_level=self.importance_sampling_level, eps_low=self.epsilon,
+                eps_high=self.epsilon_high, sapo_tau_pos=self.sapo_temperature_pos,
+                sapo_tau_neg=self.sapo_temperature_neg, dual_clip=None,
+                loss_aggregation=rl.TRL_LOSS_TYPES[self.loss_type][1],
                 entropy_coef=0.0, value_coef=0.0, value_clip=None, gamma=1.0, lam=1.0,
                 num_epochs=1, num_minibatches=1, num_microbatches=num_microbatches,
                 shuffle=False, share_prompt=True)
@@ -94,8 +114,8 @@ class Preset:
                           max_nonfinite_in_row=1, debug_nonfinite_at_step=-1,
                           debug_nonfinite_count=1),
         model=ts.ModelSection(path=model_dir, dtype="float32", param_dtype="float32",
-                              remat=False, random_init=False, overrides={}, lora_rank=0,
-                              lora_alpha=1.0, lora_targets=()),
+                              remat=False, vocab_block=TRAINER_VOCAB_BLOCK, random_init=False,
+                              overrides={}, lora_rank=0, lora_alpha=1.0, lora_targets=()),
         rollout=ts.RolloutSection(max_new_tokens=self.max_completion_length,
                                   temperature=self.temperature, top_k=0, top_p=1.0,
                                   stop_strings=()),
@@ -126,6 +146,9 @@ class Preset:
                 max_completion_length=self.max_completion_length, epsilon=self.epsilon,
                 epsilon_high=self.epsilon_high,
                 use_bias_correction_kl=self.use_bias_correction_kl,
+                importance_sampling_level=self.importance_sampling_level,
+                sapo_temperature_pos=self.sapo_temperature_pos,
+                sapo_temperature_neg=self.sapo_temperature_neg,
                 max_grad_norm=self.max_grad_norm, adam_beta1=self.adam_b1,
                 adam_beta2=self.adam_b2, adam_epsilon=self.adam_eps,
                 weight_decay=self.weight_decay, scale_rewards="group", num_iterations=1,
@@ -133,13 +156,16 @@ class Preset:
 
   def rows(self) -> list[tuple[str, str, str]]:
     """(setting, TRL GRPOConfig, pbrl_jax) for the printed preset table."""
-    agg = rl.Aggregation.parse(self.loss_type)
+    policy_loss, agg, _ = rl.TRL_LOSS_TYPES[self.loss_type]
     return [
         ("KL coefficient", f"beta={self.beta}", f"kl_coef_in_loss={self.beta}"),
         ("KL estimator", "k3 in the loss (fixed)", "kl_estimator=k3"),
         ("KL ratio correction", f"use_bias_correction_kl={self.use_bias_correction_kl}",
          f"kl_ratio_correction={self.use_bias_correction_kl}"),
-        ("aggregation", f"loss_type={self.loss_type}", f"aggregation={agg.value}"),
+        ("policy loss and aggregation", f"loss_type={self.loss_type}",
+         f"policy_loss={policy_loss}, loss_aggregation={agg}"),
+        ("importance weights", f"importance_sampling_level={self.importance_sampling_level}",
+         f"importance_level={self.importance_sampling_level}"),
         ("completions per prompt", f"num_generations={self.num_generations}",
          f"num_samples={self.num_generations}"),
         ("advantages", "scale_rewards=group (std ddof=1, +1e-4)",

@@ -500,6 +500,11 @@ def _align(lib: _Library, code: str, ours: str, variant: str, t: int, k: int, tr
                           _json_safe(en_values)), ""
 
 
+def cache_dir(workdir: str) -> str:
+  """Where a run keeps its built instances (training and evaluation share it)."""
+  return os.path.join(workdir, "cache")
+
+
 def cache_key(**kwargs: Any) -> str:
   payload = json.dumps({"format": CACHE_FORMAT, "package": package_version(), **kwargs},
                        sort_keys=True, default=list)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
@@ -39,7 +40,9 @@ from pbrl_jax.fileio import atomic_write_json
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SUBDIR = "pivot"
-EMBED_FIELDS = ("response", "reasoning")
+# The reward's segments (`rewards.score.SEGMENTS` full, reasoning, answer) under the
+# reference's field names.
+EMBED_FIELDS = ("response", "reasoning", "answer")
 # Test hook: seconds to sleep after a shard's temporary file is written and before it is
 # renamed, so a fault test can SIGKILL the writer at the worst moment.
 TEST_DELAY_ENV = "PBRL_TEST_PIVOT_SHARD_DELAY_S"
@@ -148,8 +151,9 @@ def _shard_name(i: int, n: int) -> str:
 
 def _default_answer_fns():
   from pbrl_jax.rewards import answers  # pylint: disable=g-import-not-at-top
-  return answers.split_reasoning_answer, answers.extract_final_answer, answers.answers_match, \
-      answers.gold_answer
+  # References are English: their final answers are read as the reward reads them.
+  extract = functools.partial(answers.extract_final_answer, lang="en")
+  return answers.split_reasoning_answer, extract, answers.answers_match, answers.gold_answer
 
 
 def _read_shard(path: str) -> list[bytes]:
@@ -376,7 +380,7 @@ def _build_shard(chunk, encoders, respond, batch_size, filter_correct, embed_fie
         raise RuntimeError(f"pivot model returned {len(got)} responses for {len(todo)} prompts")
       for k, r in zip(todo, got):
         responses[k] = r
-    kept = []
+    kept, answer_texts = [], []
     for it, resp in zip(batch, responses):
       reasoning, answer_part = split_fn(resp)
       answer = extract_fn(resp)
@@ -389,14 +393,17 @@ def _build_shard(chunk, encoders, respond, batch_size, filter_correct, embed_fie
       elif filter_correct and not match_fn(answer, gold):
         stats["dropped_wrong_answer"] += 1
         continue
-      del answer_part
       kept.append(Reference(it.id, it.question, resp, reasoning, answer, gold, {}))
+      # The embedded answer is the reward's answer segment: the final answer, else the part
+      # after the reasoning (`rewards.score.Parsed.segments`).
+      answer_texts.append(answer or answer_part)
     if not kept:
       continue
     emb: dict[str, np.ndarray] = {}
     for name, enc in encoders.items():
       for field in embed_fields:
-        texts = [getattr(r, field) or "" for r in kept]
+        texts = (answer_texts if field == "answer" else
+                 [getattr(r, field) or "" for r in kept])
         e = np.asarray(enc(texts), dtype=np.float32)
         if e.ndim != 2 or e.shape[0] != len(kept) or not np.all(np.isfinite(e)):
           raise RuntimeError(f"encoder {name!r} returned shape {e.shape} (or non-finite values) "

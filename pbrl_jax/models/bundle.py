@@ -114,11 +114,11 @@ def load_policy(model: Any, seed: int) -> tuple[DecoderConfig, Any, Any]:
   if model.random_init:
     cfg, tokenizer = config_and_tokenizer(path)
     cfg = cfg.replace(dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat,
-                      **model.overrides)
+                      vocab_block=model.vocab_block, **model.overrides)
     params = jax.jit(decoder.init_params, static_argnums=0)(cfg, jax.random.PRNGKey(seed))
     return cfg, params, tokenizer
   bundle = from_pretrained(path, dtype=model.dtype, param_dtype=model.param_dtype)
-  cfg = bundle.config.replace(remat=model.remat)
+  cfg = bundle.config.replace(remat=model.remat, vocab_block=model.vocab_block)
   if model.overrides:
     cfg = cfg.replace(**model.overrides)
   return cfg, bundle.params, bundle.tokenizer

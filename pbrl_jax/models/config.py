@@ -60,6 +60,8 @@ class DecoderConfig:
     param_dtype: dtype parameters are stored in.
     dtype: compute dtype of matmuls; norms, softmax and logits run in float32.
     remat: recompute each layer's activations in the backward pass (memory for FLOPs).
+    vocab_block: vocabulary rows per block when scoring log-probs and entropies
+      (`decoder.token_logp_entropy`); 0 forms the [B,T,V] logits whole.
   """
 
   model_type: str
@@ -83,6 +85,7 @@ class DecoderConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"
   remat: bool = False
+  vocab_block: int = 0
 
   def __post_init__(self):
     if self.model_type not in SUPPORTED_ARCHITECTURES:
@@ -93,6 +96,8 @@ class DecoderConfig:
                  "num_heads", "num_kv_heads", "head_dim"):
       if int(getattr(self, name)) <= 0:
         raise ConfigError(f"{name}: must be positive, got {getattr(self, name)}")
+    if int(self.vocab_block) < 0:
+      raise ConfigError(f"vocab_block: must be >= 0 (0: whole vocabulary), got {self.vocab_block}")
     if self.num_heads % self.num_kv_heads:
       raise ConfigError(
           f"num_key_value_heads: {self.num_kv_heads} does not divide num_attention_heads"

@@ -427,6 +427,29 @@ def token_logprobs(logits: Array, targets: Array, temperature: float = 1.0) -> A
   return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
+def output_embedding(params: Params, config: DecoderConfig) -> Array:
+  """The unembedding as [V, D] in the compute dtype (`Decoder.logits` is h times its transpose)."""
+  if config.tie_word_embeddings:
+    return params["embed"].astype(config.jnp_dtype)
+  return params["lm_head"].astype(config.jnp_dtype).T
+
+
+def token_logp_entropy(params: Params, config: DecoderConfig, hidden: Array, targets: Array,
+                       temperature: float = 1.0) -> tuple[Array, Array]:
+  """Log-probs of `targets` and entropies at hidden states [B,T,D]: ([B,T], [B,T]) float32.
+
+  With `config.vocab_block` K > 0 and V > K the vocabulary is processed in blocks of K
+  (`vocab_blocks`): no [B,T,V] logits in the forward or the backward pass. Otherwise the
+  logits are formed whole (`unembed`), which is the same up to float rounding.
+  """
+  if config.vocab_block and config.vocab_size > config.vocab_block:
+    from pbrl_jax.models import vocab_blocks  # pylint: disable=g-import-not-at-top
+    return vocab_blocks.token_logp_entropy(hidden, output_embedding(params, config), targets,
+                                           block=config.vocab_block, temperature=temperature)
+  logits = unembed(params, config, hidden) / temperature
+  return token_logprobs(logits, targets), token_entropy(logits)
+
+
 def token_entropy(logits: Array) -> Array:
   """Entropy of softmax(logits) per position: [B,T,V] -> [B,T]."""
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)

@@ -6,6 +6,10 @@ reference), `answer` or `gold` (the gold answer) and `reference_embeddings` (cac
 pivot step: `{'full': [E], 'reasoning': [E], 'answer': [E]}` from `reference_embeddings`;
 segments missing there are embedded here) and `response_embeddings` (the policy side, same
 keys, when the trainer's scoring jit already computed them from `segments(response, lang)`).
+An item may also carry `parsed`, the `Parsed` response (`parse(response, lang)`), when the
+caller already split it: every text is parsed once per scoring (`score_batch` parses each
+response once for both halves; the trainer parses each completion once for the scoring jit
+and the reward), and each English reference once per process (`parse_reference`).
 
 Output keys (stable; ranges in brackets):
   reward [0,1]            base * gate (for 'verifiable': base, gated only when asked)
@@ -49,6 +53,7 @@ Output keys (stable; ranges in brackets):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Mapping, Sequence
 
@@ -59,6 +64,8 @@ from pbrl_jax.rewards.encoders import TextEncoder, load_encoder
 from pbrl_jax.rewards.spec import RewardSpec
 
 SEGMENTS = ("full", "reasoning", "answer")
+# The pivot step's name of each segment's cached embedding (`data.pivot.EMBED_FIELDS`).
+SEGMENT_FIELDS = {"full": "response", "reasoning": "reasoning", "answer": "answer"}
 
 
 @dataclasses.dataclass
@@ -85,21 +92,59 @@ def load_reward_models(spec: RewardSpec) -> RewardModels:
   return models
 
 
-def segments(text: str, lang: str | None = None) -> dict[str, str]:
-  """The texts that get embedded: the full response, its reasoning and its final answer.
+@dataclasses.dataclass(frozen=True)
+class Parsed:
+  """A response (or reference) as the reward reads it."""
 
-  'answer' is the canonical final answer ("8", "B") when one is found, as the pivot step
-  stores it, else the answer part of the response.
-  """
+  full: str
+  reasoning: str
+  answer_part: str  # what follows the reasoning (`answers.split_reasoning_answer`)
+  final: str | None  # the canonical final answer ("8", "B"), None when there is none
+
+  def segments(self) -> dict[str, str]:
+    """The texts that get embedded, by `SEGMENTS` name.
+
+    'answer' is the canonical final answer when one is found, as the pivot step stores it,
+    else the answer part of the text.
+    """
+    return {"full": self.full, "reasoning": self.reasoning,
+            "answer": self.final or self.answer_part}
+
+
+def parse(text: str, lang: str | None = None) -> Parsed:
+  """`text` split into reasoning and answer part, with its final answer in `lang`."""
   reasoning, answer_part = answers.split_reasoning_answer(text)
-  final = answers.extract_final_answer(text, lang)
-  return {"full": text, "reasoning": reasoning, "answer": final or answer_part}
+  return Parsed(text, reasoning, answer_part, answers.extract_final_answer(text, lang))
+
+
+@functools.lru_cache(maxsize=65536)
+def parse_reference(text: str) -> Parsed:
+  """An English pivot reference, parsed once per process (they recur every epoch)."""
+  return parse(text, "en")
+
+
+def segments(text: str, lang: str | None = None) -> dict[str, str]:
+  """The texts that get embedded: `parse(text, lang).segments()`."""
+  return parse(text, lang).segments()
+
+
+def with_parsed(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """Copies of `items`, each with its response's `Parsed` (kept where already given)."""
+  out = []
+  for it, lang in zip(items, _langs(items)):
+    parsed = it.get("parsed")
+    if parsed is None:
+      parsed = parse(_text(it, "response"), lang)
+    elif parsed.full != _text(it, "response"):
+      raise ValueError("an item's `parsed` is not its response's")
+    out.append({**it, "parsed": parsed})
+  return out
 
 
 def reference_embeddings(encoder: TextEncoder, references: Sequence[str],
                          batch_size: int = 64) -> dict[str, np.ndarray]:
   """Cache for the pivot step: {'full','reasoning','answer'} -> [N,E] float32 (`segments`)."""
-  segs = [segments(r, "en") for r in references]
+  segs = [parse_reference(r).segments() for r in references]
   flat = [s[k] for k in SEGMENTS for s in segs]
   emb = encoder.encode(flat, batch_size).reshape(len(SEGMENTS), len(references), -1)
   return {k: emb[i] for i, k in enumerate(SEGMENTS)}
@@ -124,6 +169,7 @@ def _text(item: Mapping[str, Any], key: str) -> str:
 def score_batch(spec: RewardSpec, models: RewardModels | TextEncoder,
                 items: Sequence[Mapping[str, Any]], batch_size: int = 64) -> list[dict[str, Any]]:
   """Scores a batch of responses against their pivot references (see the module docstring)."""
+  items = with_parsed(items)  # parsed once for both halves
   rows = text_scores(spec, models, items, batch_size)
   return finish_scores(spec, models, items, rows, batch_size)
 
@@ -139,16 +185,17 @@ def text_scores(spec: RewardSpec, models: RewardModels | TextEncoder,
   """
   if not isinstance(models, RewardModels):
     models = RewardModels(encoder=models)
+  items = with_parsed(items)
   langs = _langs(items)
   responses = [_text(it, "response") for it in items]
   references = [_text(it, "reference") for it in items]
   questions = [_text(it, "question") for it in items]
   out: list[dict[str, Any]] = []
   for i, it in enumerate(items):
-    pol = answers.extract_final_answer(responses[i], langs[i])
+    pol = it["parsed"].final
     ref_given = it.get("reference_answer")
     ref = (answers.gold_answer(ref_given, "en") if ref_given not in (None, "")
-           else answers.extract_final_answer(references[i], "en"))
+           else parse_reference(references[i]).final)
     gold_raw = it.get("gold", it.get("answer"))
     gold = answers.gold_answer(gold_raw, langs[i]) if gold_raw not in (None, "") else None
     row = {
@@ -174,8 +221,8 @@ def text_scores(spec: RewardSpec, models: RewardModels | TextEncoder,
     live = [i for i, row in enumerate(out) if row["gate"] > 0.0]
     mt_sim = [0.0] * len(out)
     got = _mt_similarity(spec, models, [langs[i] for i in live],
-                         [segments(responses[i], langs[i])[seg] for i in live],
-                         [segments(references[i], "en")[seg] for i in live],
+                         [items[i]["parsed"].segments()[seg] for i in live],
+                         [parse_reference(references[i]).segments()[seg] for i in live],
                          batch_size) if live else []
     for i, v in zip(live, got):
       mt_sim[i] = v
@@ -197,9 +244,9 @@ def finish_scores(spec: RewardSpec, models: RewardModels | TextEncoder,
     raise ValueError(f"{len(rows)} text scores for {len(items)} items")
   if not rows:
     return rows
-  langs = _langs(items)
-  resp_segs = [segments(_text(it, "response"), lang) for it, lang in zip(items, langs)]
-  ref_segs = [segments(_text(it, "reference"), "en") for it in items]
+  items = with_parsed(items)
+  resp_segs = [it["parsed"].segments() for it in items]
+  ref_segs = [parse_reference(_text(it, "reference")).segments() for it in items]
   if spec.uses_encoder:
     _embedding_components(spec, models, items, resp_segs, ref_segs, rows, batch_size)
   if spec.uses_mt and spec.kind == "hybrid":

@@ -25,15 +25,19 @@ class Aggregation(enum.Enum):
     2024, arXiv 2402.03300, eq. 3).
   CONSTANT: sum over all tokens / (num_sequences * max_completion_length) ('dr_grpo'; Liu et
     al. 2025, arXiv 2503.20783, sec. 3.2).
+  SEQ_SUM: mean over sequences of each sequence's token-sum ('luspo': with sequence-level
+    importance weights, each sequence's term scaled by its length; LUSPO, arXiv 2602.05261).
   """
 
   TOKEN_MEAN = "token_mean"
   SEQ_MEAN_TOKEN_MEAN = "seq_mean_token_mean"
   CONSTANT = "constant"
+  SEQ_SUM = "seq_sum"
 
   @classmethod
   def parse(cls, name: str) -> "Aggregation":
-    """Accepts our names and TRL's loss_type names ('dapo', 'bnpo', 'grpo', 'dr_grpo')."""
+    """Accepts our names and TRL's loss_type names of plain aggregations ('dapo', 'bnpo',
+    'grpo', 'dr_grpo'; see `TRL_LOSS_TYPES` for the others)."""
     alias = {"dapo": cls.TOKEN_MEAN, "bnpo": cls.TOKEN_MEAN, "grpo": cls.SEQ_MEAN_TOKEN_MEAN,
              "dr_grpo": cls.CONSTANT}
     if name in alias:
@@ -52,6 +56,7 @@ def aggregate(per_token: Array, mask: Array, mode: Aggregation,
     TOKEN_MEAN:           (sum_bt l m,                 sum_bt m)
     SEQ_MEAN_TOKEN_MEAN:  (sum_b [sum_t l m / max(sum_t m, 1)],  B)
     CONSTANT:             (sum_bt l m,                 B * max_completion_length)
+    SEQ_SUM:              (sum_bt l m,                 B)
 
   Sums and denominators add over disjoint micro-batches, so (sum_1 + sum_2) / (den_1 + den_2)
   is the full-batch value. Callers clamp the total denominator at 1 (TRL's `.clamp(min=1)`).
@@ -75,6 +80,8 @@ def aggregate(per_token: Array, mask: Array, mode: Aggregation,
   if mode is Aggregation.CONSTANT:
     length = per_token.shape[1] if max_completion_length is None else max_completion_length
     return jnp.sum(masked), jnp.asarray(per_token.shape[0] * length, per_token.dtype)
+  if mode is Aggregation.SEQ_SUM:
+    return jnp.sum(masked), jnp.asarray(per_token.shape[0], per_token.dtype)
   raise ValueError(f"unknown aggregation {mode}")
 
 
@@ -82,6 +89,104 @@ def aggregation_denominator(mask: Array, mode: Aggregation,
                             max_completion_length: int | None = None) -> Array:
   """The denominator of `aggregate` alone (it depends on the mask only, not on params)."""
   return aggregate(jnp.zeros(mask.shape, jnp.float32), mask, mode, max_completion_length)[1]
+
+
+class PolicyLoss(enum.Enum):
+  """The per-token policy term, from the importance weight w (token or sequence level).
+
+  CLIP: PPO's clipped surrogate -min(w A, clip(w, 1 - eps_low, 1 + eps_high) A) (GRPO, DAPO,
+    Dr.GRPO; GSPO and LUSPO at sequence level).
+  CISPO: -sg(min(w, eps_high)) A log pi: the weight is clipped and detached instead of the
+    surrogate, so every token keeps its gradient (MiniMax-M1, arXiv 2506.13585; eps_high is
+    the paper's eps_max, 5.0 in ScaleRL).
+  SAPO: -(4 / tau) sigmoid(tau (w - 1)) A, tau = tau_pos for A > 0 else tau_neg: a soft gate
+    in place of the hard clip, with the surrogate's gradient at w = 1 (SAPO, arXiv
+    2511.20347).
+  """
+
+  CLIP = "clip"
+  CISPO = "cispo"
+  SAPO = "sapo"
+
+  @classmethod
+  def parse(cls, name: str) -> "PolicyLoss":
+    try:
+      return cls(name)
+    except ValueError as e:
+      raise ValueError(f"policy loss {name!r}; expected one of {[m.value for m in cls]}") from e
+
+
+class ImportanceLevel(enum.Enum):
+  """TOKEN: w_t = pi(y_t) / pi_old(y_t). SEQUENCE: one w per sequence, the exponent of the
+  token-mean log-ratio (GSPO, arXiv 2507.18071, eq. 7; TRL `importance_sampling_level`)."""
+
+  TOKEN = "token"
+  SEQUENCE = "sequence"
+
+  @classmethod
+  def parse(cls, name: str) -> "ImportanceLevel":
+    try:
+      return cls(name)
+    except ValueError as e:
+      raise ValueError(f"importance level {name!r}; expected 'token' or 'sequence'") from e
+
+
+# TRL 1.16 `loss_type` -> (policy loss, aggregation, importance level it needs or None).
+TRL_LOSS_TYPES = {
+    "grpo": ("clip", "seq_mean_token_mean", None),
+    "bnpo": ("clip", "token_mean", None),
+    "dapo": ("clip", "token_mean", None),
+    "dr_grpo": ("clip", "constant", None),
+    "cispo": ("cispo", "token_mean", None),
+    "sapo": ("sapo", "seq_mean_token_mean", None),
+    "luspo": ("clip", "seq_sum", "sequence"),
+}
+
+
+def log_importance_weights(logp: Array, old_logp: Array, mask: Array,
+                           level: ImportanceLevel) -> Array:
+  """log w: [B,T] per token, or [B,1] per sequence (the masked mean of the token log-ratios;
+  its gradient reaches every token of the sequence)."""
+  log_ratio = logp - old_logp
+  if level is ImportanceLevel.TOKEN:
+    return log_ratio
+  m = mask.astype(log_ratio.dtype)
+  return (jnp.sum(log_ratio * m, axis=-1) / jnp.maximum(jnp.sum(m, axis=-1), 1.0))[:, None]
+
+
+def clip_surrogate_of_weights(weights: Array, advantages: Array, eps_low: float,
+                              eps_high: float, dual_clip: float | None = None
+                              ) -> tuple[Array, Array, Array]:
+  """`clipped_surrogate` from importance weights [B,T] or [B,1] (see there)."""
+  if advantages.ndim == 1:
+    advantages = advantages[:, None]
+  clipped = jnp.clip(weights, 1.0 - eps_low, 1.0 + eps_high)
+  loss = -jnp.minimum(weights * advantages, clipped * advantages)
+  if dual_clip is not None:
+    loss = jnp.where(advantages < 0, jnp.minimum(loss, -dual_clip * advantages), loss)
+  low = ((weights < 1.0 - eps_low) & (advantages < 0)).astype(weights.dtype)
+  high = ((weights > 1.0 + eps_high) & (advantages > 0)).astype(weights.dtype)
+  return loss, low, high
+
+
+def cispo_surrogate(logp: Array, weights: Array, advantages: Array, eps_high: float
+                    ) -> tuple[Array, Array]:
+  """Per-token CISPO loss -sg(min(w, eps_high)) A log pi, and where the weight was clipped
+  (w > eps_high with A > 0, TRL's `cispo_clip_ratio`)."""
+  if advantages.ndim == 1:
+    advantages = advantages[:, None]
+  coef = jax.lax.stop_gradient(jnp.minimum(weights, eps_high))
+  clipped = ((weights > eps_high) & (advantages > 0)).astype(logp.dtype)
+  return -coef * advantages * logp, jnp.broadcast_to(clipped, logp.shape)
+
+
+def sapo_surrogate(weights: Array, advantages: Array, tau_pos: float, tau_neg: float
+                   ) -> Array:
+  """Per-token SAPO loss -(4 / tau) sigmoid(tau (w - 1)) A, tau by the advantage's sign."""
+  if advantages.ndim == 1:
+    advantages = advantages[:, None]
+  tau = jnp.where(advantages > 0, tau_pos, tau_neg)
+  return -jax.nn.sigmoid(tau * (weights - 1.0)) * 4.0 / tau * advantages
 
 
 def clipped_surrogate(logp: Array, old_logp: Array, advantages: Array, eps_low: float,
@@ -108,16 +213,8 @@ def clipped_surrogate(logp: Array, old_logp: Array, advantages: Array, eps_low: 
     (per-token loss [B,T], low-clipped indicator, high-clipped indicator), indicators as
     float (TRL's definition: rho < 1 - eps_low with A < 0; rho > 1 + eps_high with A > 0).
   """
-  if advantages.ndim == 1:
-    advantages = advantages[:, None]
-  ratio = jnp.exp(logp - old_logp)
-  clipped = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)
-  loss = -jnp.minimum(ratio * advantages, clipped * advantages)
-  if dual_clip is not None:
-    loss = jnp.where(advantages < 0, jnp.minimum(loss, -dual_clip * advantages), loss)
-  low = ((ratio < 1.0 - eps_low) & (advantages < 0)).astype(logp.dtype)
-  high = ((ratio > 1.0 + eps_high) & (advantages > 0)).astype(logp.dtype)
-  return loss, low, high
+  return clip_surrogate_of_weights(jnp.exp(logp - old_logp), advantages, eps_low, eps_high,
+                                   dual_clip)
 
 
 def clipped_value_loss(values: Array, old_values: Array, returns: Array,

@@ -15,7 +15,7 @@ from pbrl_jax.config_schema import ConfigError, build
 from pbrl_jax.rl import optim
 from pbrl_jax.rl.advantages import AdvantageEstimator
 from pbrl_jax.rl.kl import KLEstimator, KLPlacement
-from pbrl_jax.rl.losses import Aggregation
+from pbrl_jax.rl.losses import Aggregation, ImportanceLevel, PolicyLoss
 from pbrl_jax.rl.steps import UpdateHParams
 
 
@@ -33,8 +33,12 @@ class _RLSection:
   beta: float
   kl_clamp: tuple[float, ...] | None
   kl_ratio_correction: bool
+  policy_loss: str
+  importance_level: str
   eps_low: float
   eps_high: float
+  sapo_tau_pos: float
+  sapo_tau_neg: float
   dual_clip: float | None
   loss_aggregation: str
   entropy_coef: float
@@ -66,8 +70,12 @@ class RLSpec:
   beta: float
   kl_clamp: tuple[float, float] | None
   kl_ratio_correction: bool
+  policy_loss: PolicyLoss
+  importance_level: ImportanceLevel
   eps_low: float
   eps_high: float
+  sapo_tau_pos: float
+  sapo_tau_neg: float
   dual_clip: float | None
   aggregation: Aggregation
   entropy_coef: float
@@ -104,6 +112,9 @@ class RLSpec:
       raise ConfigError(f"config.rl.kl_clamp: expected (lo, hi) with lo <= hi, got {s.kl_clamp}")
     if s.dual_clip is not None and s.dual_clip <= 1.0:
       raise ConfigError(f"config.rl.dual_clip: must be > 1, got {s.dual_clip}")
+    for key in ("sapo_tau_pos", "sapo_tau_neg"):
+      if getattr(s, key) <= 0:
+        raise ConfigError(f"config.rl.{key}: must be > 0, got {getattr(s, key)}")
     for key in ("eps_low", "eps_high", "beta", "std_floor", "entropy_coef", "value_coef",
                 "overlong_buffer", "overlong_penalty"):
       if getattr(s, key) < 0:
@@ -117,19 +128,18 @@ class RLSpec:
       raise ConfigError("config.rl.num_epochs/num_minibatches: SFT takes one update per batch"
                         f" (unit advantages need ratio 1), got {s.num_epochs} and"
                         f" {s.num_minibatches}")
-    return cls(
-        is_ppo=is_ppo, is_sft=is_sft, advantage=advantage, std_floor=s.std_floor,
-        whiten_advantages=s.whiten_advantages, overlong_buffer=s.overlong_buffer,
-        overlong_penalty=s.overlong_penalty, mask_truncated=s.mask_truncated,
+    # Every other key keeps its name and value: the hyperparameters are listed once, in
+    # `_RLSection` (and their defaults in configs/rl_defaults.py).
+    parsed = dict(
+        is_ppo=is_ppo, is_sft=is_sft, advantage=advantage, kl_placement=placement,
         kl_estimator=parse("kl_estimator", KLEstimator.parse, s.kl_estimator),
-        kl_placement=placement, beta=s.beta,
         kl_clamp=None if s.kl_clamp is None else (float(s.kl_clamp[0]), float(s.kl_clamp[1])),
-        kl_ratio_correction=s.kl_ratio_correction, eps_low=s.eps_low, eps_high=s.eps_high,
-        dual_clip=s.dual_clip,
         aggregation=parse("loss_aggregation", Aggregation.parse, s.loss_aggregation),
-        entropy_coef=s.entropy_coef, value_coef=s.value_coef, value_clip=s.value_clip,
-        gamma=s.gamma, lam=s.lam, num_epochs=s.num_epochs, num_minibatches=s.num_minibatches,
-        num_microbatches=s.num_microbatches, shuffle=s.shuffle, share_prompt=s.share_prompt)
+        policy_loss=parse("policy_loss", PolicyLoss.parse, s.policy_loss),
+        importance_level=parse("importance_level", ImportanceLevel.parse, s.importance_level))
+    same = {f.name: getattr(s, f.name) for f in dataclasses.fields(cls)
+            if f.name not in parsed}
+    return cls(**parsed, **same)
 
   def prompt_group(self, group_size: int) -> int:
     """Rows per shared prompt in scoring and update: G with `share_prompt`, else 1."""
@@ -138,16 +148,13 @@ class RLSpec:
   def update_hparams(self, temperature: float, max_completion_length: int,
                      prompt_group: int = 1) -> UpdateHParams:
     """The static hyperparameters of `make_update_fn`."""
+    mine = {f.name for f in dataclasses.fields(self)}
+    shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(UpdateHParams)
+              if f.name in mine}  # eps_low, eps_high, aggregation, kl_*, epochs, ...
     return UpdateHParams(
-        eps_low=self.eps_low, eps_high=self.eps_high, dual_clip=self.dual_clip,
-        aggregation=self.aggregation, max_completion_length=max_completion_length,
-        kl_estimator=self.kl_estimator,
+        **shared, max_completion_length=max_completion_length,
         kl_coef_in_loss=self.beta if self.kl_placement is KLPlacement.LOSS else 0.0,
-        kl_clamp=self.kl_clamp, kl_ratio_correction=self.kl_ratio_correction,
-        entropy_coef=self.entropy_coef, value_coef=self.value_coef,
-        value_clip=self.value_clip, temperature=temperature, num_epochs=self.num_epochs,
-        num_minibatches=self.num_minibatches, num_microbatches=self.num_microbatches,
-        shuffle=self.shuffle, with_value_head=self.is_ppo, prompt_group=prompt_group)
+        temperature=temperature, with_value_head=self.is_ppo, prompt_group=prompt_group)
 
 
 @dataclasses.dataclass(frozen=True)

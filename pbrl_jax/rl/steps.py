@@ -69,8 +69,11 @@ class UpdateHParams:
   """Static hyperparameters of the update step (validated once by the trainer).
 
   Attributes:
+    policy_loss: the per-token policy term (`losses.PolicyLoss`: clip, cispo, sapo).
+    importance_level: token or sequence (GSPO) importance weights.
     eps_low: lower clip range of the ratio.
-    eps_high: upper clip range ("clip-higher").
+    eps_high: upper clip range ("clip-higher"); CISPO's bound on the weight.
+    sapo_tau_pos, sapo_tau_neg: SAPO's gate temperatures for A > 0 and A <= 0.
     dual_clip: dual-clip constant (> 1) or None.
     aggregation: how per-token policy losses are reduced.
     max_completion_length: the Dr.GRPO constant; None uses M.
@@ -95,8 +98,12 @@ class UpdateHParams:
       whole groups. 1: every row on its own.
   """
 
+  policy_loss: losses.PolicyLoss = losses.PolicyLoss.CLIP
+  importance_level: losses.ImportanceLevel = losses.ImportanceLevel.TOKEN
   eps_low: float = 0.2
   eps_high: float = 0.2
+  sapo_tau_pos: float = 1.0
+  sapo_tau_neg: float = 1.05
   dual_clip: float | None = None
   aggregation: losses.Aggregation = losses.Aggregation.TOKEN_MEAN
   max_completion_length: int | None = None
@@ -171,9 +178,9 @@ def completion_outputs(params: dict[str, Params], config: DecoderConfig, tokens:
     hidden, _ = decoder.forward(pol, config, tokens, decoder.positions_from_mask(valid),
                                 decoder.causal_mask(valid), lora=adapters, lora_scale=scale)
     h = hidden[:, -completion_len - 1:-1]  # [B,M,D]
-  logits = decoder.unembed(pol, config, h) / temperature  # [B,M,V] float32
-  logp = decoder.token_logprobs(logits, tokens[:, -completion_len:])
-  entropy = decoder.token_entropy(logits)
+  # Blockwise over the vocabulary when config.vocab_block asks: no [B,M,V] logits.
+  logp, entropy = decoder.token_logp_entropy(pol, config, h, tokens[:, -completion_len:],
+                                             temperature)
   values = None
   if "value_head" in params:
     values = decoder.ValueHead(config.hidden_size).apply({"params": params["value_head"]}, h)
@@ -398,18 +405,31 @@ def policy_objective(logp: Array, old_logp: Array, ref_logp: Array, advantages: 
                      mask: Array, hp: UpdateHParams) -> tuple[Array, Array, dict[str, Array]]:
   """The policy term of the loss as (sum, denominator), plus its per-token pieces.
 
-    l_t = -min(rho_t A, clip(rho_t, 1 - eps_low, 1 + eps_high) A) + beta kl_t [rho_t]
+    l_t = pg_t(w) + beta kl_t [w]
+    pg_t = -min(w A, clip(w, 1 - eps_low, 1 + eps_high) A)      (hp.policy_loss CLIP)
     loss = aggregate(l, mask) = sum / denominator
 
-  ([rho_t] only with `hp.kl_ratio_correction`.)
+  w is the importance weight: per token, or per sequence (`hp.importance_level`, GSPO);
+  CISPO and SAPO replace pg_t (`losses.PolicyLoss`). [w] only with `hp.kl_ratio_correction`
+  (TRL multiplies the KL by the same weight, sequence-level under GSPO).
 
   (GRPO: Shao et al. 2024, arXiv 2402.03300, eq. 3 with the KL inside the per-token term,
   as TRL's GRPOTrainer does; beta = `hp.kl_coef_in_loss`, kl_t by `hp.kl_estimator`.)
   """
-  pg, low, high = losses.clipped_surrogate(logp, old_logp, advantages, hp.eps_low,
-                                           hp.eps_high, hp.dual_clip)
+  weights = jnp.exp(losses.log_importance_weights(logp, old_logp, mask, hp.importance_level))
+  zeros = jnp.zeros_like(logp)
+  if hp.policy_loss is losses.PolicyLoss.CISPO:
+    pg, high = losses.cispo_surrogate(logp, weights, advantages, hp.eps_high)
+    low = zeros
+  elif hp.policy_loss is losses.PolicyLoss.SAPO:
+    pg = losses.sapo_surrogate(weights, advantages, hp.sapo_tau_pos, hp.sapo_tau_neg)
+    low = high = zeros
+  else:
+    pg, low, high = losses.clip_surrogate_of_weights(weights, advantages, hp.eps_low,
+                                                     hp.eps_high, hp.dual_clip)
+  pg, low, high = (jnp.broadcast_to(x, logp.shape) for x in (pg, low, high))
   kl = kl_lib.kl_estimate(hp.kl_estimator, logp, ref_logp, hp.kl_clamp)
-  ratio = jnp.exp(logp - old_logp)
+  ratio = jnp.broadcast_to(weights, logp.shape)
   per_token = pg
   if hp.kl_coef_in_loss:
     kl_term = kl * ratio if hp.kl_ratio_correction else kl

@@ -98,6 +98,8 @@ def test_our_side_is_the_trainers_spec_with_shared_prompt():
   assert (spec.rl.num_epochs, spec.rl.num_minibatches, spec.rl.num_microbatches) == (1, 1, 3)
   assert (spec.rollout.temperature, spec.rollout.max_new_tokens) == (0.7, 16)
   assert spec.rl.overlong_buffer == 0 and not spec.rl.mask_truncated
+  from configs import common
+  assert spec.model.vocab_block == common.model_config().vocab_block  # the trainer's scoring
   from pbrl_jax.config_schema import ConfigError
   with pytest.raises(ConfigError, match="does not divide"):
     preset.trainer_spec("unused", num_prompts=6, num_microbatches=4)
@@ -105,23 +107,34 @@ def test_our_side_is_the_trainers_spec_with_shared_prompt():
     compare.Options(model_dir="x", out_dir="y", num_prompts=6, jax_microbatches=4)
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
-def test_preset_sets_trl_config_and_our_hparams(loss_type, tmp_path):
+@pytest.mark.parametrize("loss_type,level", [("grpo", "token"), ("dr_grpo", "token"),
+                                              ("dapo", "token"), ("grpo", "sequence"),
+                                              ("luspo", "sequence"), ("cispo", "token"),
+                                              ("sapo", "token")])
+def test_preset_sets_trl_config_and_our_hparams(loss_type, level, tmp_path):
   preset = compare.Preset(beta=0.02, loss_type=loss_type, num_generations=3, temperature=0.7,
                           learning_rate=3e-6, max_completion_length=48, epsilon=0.2,
-                          epsilon_high=0.28, seed=7)
+                          epsilon_high=0.28, importance_sampling_level=level, seed=7)
   args = trl.GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[],
                         per_device_train_batch_size=6, **preset.trl_kwargs())
   assert (args.beta, args.loss_type, args.num_generations) == (0.02, loss_type, 3)
   assert (args.temperature, args.learning_rate, args.max_completion_length) == (0.7, 3e-6, 48)
   assert (args.epsilon, args.epsilon_high, args.seed) == (0.2, 0.28, 7)
   assert args.use_bias_correction_kl and args.scale_rewards == "group"
+  assert args.importance_sampling_level == level
   hp = preset.update_hparams()
-  assert hp.aggregation is rl.Aggregation.parse(loss_type)
+  policy_loss, aggregation, _ = rl.TRL_LOSS_TYPES[loss_type]
+  assert hp.aggregation is rl.Aggregation(aggregation)
+  assert hp.policy_loss is rl.PolicyLoss(policy_loss)
+  assert hp.importance_level is rl.ImportanceLevel(level)
   assert (hp.eps_low, hp.eps_high, hp.kl_coef_in_loss) == (0.2, 0.28, 0.02)
   assert hp.kl_estimator is rl.KLEstimator.K3 and hp.kl_ratio_correction
   assert hp.temperature == 0.7 and hp.max_completion_length == 48
   assert "| seed | `seed=7` |" in compare.preset_table(preset)
+  with pytest.raises(ValueError, match="needs importance_sampling_level"):
+    compare.Preset(loss_type="luspo")
+  with pytest.raises(ValueError, match="loss_type"):
+    compare.Preset(loss_type="vespo")
 
 
 def _probe_errors(**overrides):
@@ -155,7 +168,7 @@ def test_parity_checks_bounds():
 
 def test_preset_rejects_unmatched_settings():
   with pytest.raises(ValueError):
-    compare.Preset(loss_type="bnpo")
+    compare.Preset(loss_type="vespo")  # not built (bnpo, cispo, sapo, luspo are)
   with pytest.raises(ValueError):
     compare.Preset(num_generations=1)
 

@@ -4,6 +4,7 @@ import collections
 import json
 import re
 import time
+import unicodedata
 
 import pytest
 
@@ -25,6 +26,47 @@ def _numbers(text: str, comma_decimal: bool) -> set[str]:
   return set(re.findall(r"\d+(?:\.\d+)?", text))
 
 
+def _gold(solution: str, comma_decimal: bool) -> float:
+  """The number on a solution's last `#### N` line, parsed here (not by the builder)."""
+  line = [x for x in solution.splitlines() if x.strip().startswith("####")][-1]
+  text = line.strip()[4:].strip()
+  text = "".join(str(unicodedata.digit(c)) if c.isdigit() else c for c in text
+                 if not c.isspace())
+  if comma_decimal:
+    text = text.replace(".", "").replace(",", ".")
+  else:
+    text = text.replace(",", "")
+  return float(text)
+
+
+class _Rendered:
+  """A stand-in target template: same numbers, renders a fixed solution."""
+
+  def __init__(self, solution: str, shift: int = 0):
+    self.solution, self.shift = solution, shift
+
+  def match(self, values, rng):
+    del rng
+    return dict(values), ""
+
+  def numeric(self, assignment):
+    return {k: v + self.shift for k, v in assignment.items()}
+
+  def render(self, assignment, rng):
+    del assignment, rng
+    return "Frage", self.solution, {}
+
+
+class _Library:
+
+  def __init__(self, template):
+    self.template = template
+
+  def prepared(self, code, t):
+    del code, t
+    return self.template
+
+
 @pytest.fixture(scope="module")
 def built():
   return g.build_parallel(LANGS, instances_per_template=1, seed=0, templates=TEMPLATES)
@@ -43,15 +85,26 @@ def test_pairs_share_gold_and_numbers(built):
   # de/fr/ja have all templates: most align; the dropped ones are counted, not silent.
   assert by_lang["de"] >= 9 and by_lang["fr"] >= 9 and by_lang["ja"] >= 8, stats
   for inst in insts:
-    # Gold answers parsed independently from both solutions agree.
-    assert g.hash_answer(inst.solution, inst.code) == inst.answer
-    assert g.hash_answer(inst.solution_en, inst.pivot_code) == inst.answer
+    # Gold answers parsed here, independently of the builder, agree across the pair.
+    assert _gold(inst.solution, inst.code in ("deu", "fra")) == float(inst.answer)
+    assert _gold(inst.solution_en, False) == float(inst.answer)
     assert "<<" not in inst.solution_en
     # Every number of the English question appears in the target question.
     en = _numbers(inst.question_en, False)
     tgt = _numbers(inst.question, inst.code in ("deu", "fra"))
     assert en <= tgt, (inst.id, inst.lang, en, tgt)
     assert inst.id.startswith(f"gsm_symbolic/{inst.pivot_code}/{inst.template:04d}/")
+
+
+def test_a_target_instance_that_disagrees_is_dropped():
+  """The builder verifies each rendered target instead of trusting the construction."""
+  args = ("deu", "de", "eng", 3, 0, 0, 0, {"x": 42}, "What is x?", "x is 42.\n#### 42", "42")
+  inst, why = g._align(_Library(_Rendered("x ist 42.\n#### 42")), *args)
+  assert why == "" and inst.answer == "42" and inst.solution.endswith("#### 42")
+  inst, why = g._align(_Library(_Rendered("x ist 43.\n#### 43")), *args)
+  assert (inst, why) == (None, "answer_mismatch")
+  inst, why = g._align(_Library(_Rendered("x ist 42.\n#### 42", shift=1)), *args)
+  assert (inst, why) == (None, "value_mismatch")
 
 
 def test_metric_languages_use_eng_metric(built):

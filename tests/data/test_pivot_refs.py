@@ -57,6 +57,20 @@ def test_build_filter_and_load(tmp_path):
   assert r.embeddings["fake/response"].dtype == np.float32
 
 
+def test_the_answer_embedding_is_the_rewards_answer_segment(tmp_path):
+  from pbrl_jax.rewards import score
+  out = str(tmp_path / "pivot")
+  _build(out, _items(), filter_correct=False, embed_fields=pivot.EMBED_FIELDS)
+  refs = pivot.load_references(out)
+  assert refs["q08"].answer is None  # no final answer: the answer part is embedded
+  for r in refs.values():
+    segs = score.segments(r.response, "en")
+    assert r.answer == score.parse(r.response, "en").final
+    for segment, field in score.SEGMENT_FIELDS.items():
+      np.testing.assert_array_equal(r.embeddings[f"fake/{field}"],
+                                    lib.fake_embed([segs[segment]], 8, "a")[0])
+
+
 def test_without_filter_keeps_all(tmp_path):
   m = _build(str(tmp_path / "p"), _items(), filter_correct=False)
   assert m["counts"]["references"] == 10 and m["filter"]["kept"] == 10

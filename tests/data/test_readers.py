@@ -178,3 +178,29 @@ def test_sources_mgsm_and_jsonl(tmp_path):
   cfg.langs = ("fr",)
   with pytest.raises(DataError, match="mgsm_fr.tsv: missing MGSM file"):
     sources.load_source(cfg, str(tmp_path))
+
+
+def test_one_reader_for_training_sources_and_evaluation(tmp_path):
+  """`pbrl-train`'s source and `pbrl-eval`'s dataset read the same files the same way."""
+  from configs import data_defaults
+  from pbrl_jax import evaluate
+  from pbrl_jax.data import sources
+  rows = _mmlu_rows()
+  os.makedirs(tmp_path / "mmlu")
+  for lang in ("en", "de"):
+    _write_csv(str(tmp_path / "mmlu" / f"{lang}.csv"), rows)
+  pattern = str(tmp_path / "mmlu" / "{lang}.csv")
+  by_dir = readers.read_dataset("mmlu_prox", str(tmp_path / "mmlu"), ["de"])
+  assert by_dir == readers.read_dataset("mmlu_prox", pattern, ["de"])
+  assert [x.id for x in by_dir["de"]] == ["mmlu_prox/0", "mmlu_prox/1", "mmlu_prox/2"]
+  cfg = data_defaults.get_data_config()
+  cfg.source, cfg.path, cfg.langs = "mmlu_prox", pattern, ("de",)
+  src = sources.load_source(cfg, str(tmp_path))
+  spec = evaluate.DatasetSpec(kind="mmlu_prox", path=str(tmp_path / "mmlu"), langs=("de",))
+  assert src.targets == evaluate.load_dataset(spec, str(tmp_path)) == by_dir["de"]
+  mgsm = lib.mgsm_dir(str(tmp_path / "m"), n=3)
+  assert sorted(readers.read_dataset("mgsm", mgsm, [])) == ["de", "en", "fr"]
+  with pytest.raises(DataError, match="name its languages"):
+    readers.read_dataset("mmlu_prox", pattern, [])
+  with pytest.raises(DataError, match=r"fr\.csv: missing MMLU-ProX file for language 'fr'"):
+    readers.read_dataset("mmlu_prox", pattern, ["fr"])

@@ -22,6 +22,9 @@ def numpy_engine():
 def test_host_engine_matches_flax_port(numpy_engine):
   flax_enc = load_encoder("use_m3")
   assert numpy_engine.params is None and numpy_engine.dim == 512
+  # The same model, so the same calibration: a reward through the host engine must equal the
+  # reward through the port (a host encoder left at (0, 1) would pay unrelated text ~0.07).
+  assert numpy_engine.calibration == flax_enc.calibration != (0.0, 1.0)
   a = numpy_engine.encode(TEXTS)
   b = flax_enc.encode(TEXTS)
   # Values, not only directions: the largest element error relative to the largest element.

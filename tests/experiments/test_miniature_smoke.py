@@ -18,18 +18,18 @@ def test_smoke_run_writes_the_page(tmp_path):
   env.pop("XLA_FLAGS", None)
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "experiments", "miniature", "run.py"), "--out", out,
-       "--smoke", "--methods", "sft,rlvr_grpo,pbrl_hybrid", "--seeds", "0", "--n_train", "8",
+       "--smoke", "--methods", "rlvr_grpo,pbrl_hybrid", "--seeds", "0", "--n_train", "8",
        "--n_test", "2"],
       capture_output=True, text=True, timeout=1500, env=env, cwd=REPO)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   with open(os.path.join(out, "results.json")) as f:
     results = json.load(f)["results"]
-  assert list(results) == ["base", "premise", "sft (seed 0)", "rlvr_grpo (seed 0)",
-                           "pbrl_hybrid (seed 0)"]
+  # Two RL arms (the SFT arm's path is the premise's, which every run takes).
+  assert list(results) == ["base", "premise", "rlvr_grpo (seed 0)", "pbrl_hybrid (seed 0)"]
   # Every arm starts from the premise policy (English SFT, adapters merged and exported).
   premise = os.path.join(out, "premise", "model")
   assert os.path.exists(os.path.join(premise, "config.json"))
-  for arm in ("sft-s0", "rlvr_grpo-s0", "pbrl_hybrid-s0"):
+  for arm in ("rlvr_grpo-s0", "pbrl_hybrid-s0"):
     with open(os.path.join(out, arm, "config.json")) as f:
       model = json.load(f)["model"]
     assert model["path"] == premise and not model["random_init"], (arm, model)
@@ -44,7 +44,7 @@ def test_smoke_run_writes_the_page(tmp_path):
   assert "| base |" in page and "| pbrl_hybrid (seed 0) |" in page
   assert "Language consistency" in page
   assert "counting only answers written in the question's language" in page
-  assert "| sft (seed 0) | 1 |" in page and "| rlvr_grpo (seed 0) | 1 |" in page  # training
+  assert "| premise (sft_en) | 1 |" in page and "| rlvr_grpo (seed 0) | 1 |" in page  # training
   # The primary endpoint: every arm against its starting policy, and hybrid against RLVR.
   assert "## Primary endpoint" in page
   assert "| pbrl_hybrid - premise | trained |" in page
@@ -53,16 +53,16 @@ def test_smoke_run_writes_the_page(tmp_path):
   # Finished stages are skipped on a rerun.
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "experiments", "miniature", "run.py"), "--out", out,
-       "--smoke", "--methods", "sft", "--n_train", "8", "--n_test", "2"],
+       "--smoke", "--methods", "rlvr_grpo", "--seeds", "0", "--n_train", "8", "--n_test", "2"],
       capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "pbrl_jax.cli" not in proc.stdout  # no stage ran again
   # Another machine continues the study from the saved results.json alone (the rerun above
-  # rewrote it with base, premise and SFT): the arms it holds are not rerun, and a file of
+  # rewrote it with base, premise and RLVR): the arms it holds are not rerun, and a file of
   # another design is refused.
   again = str(tmp_path / "elsewhere")
   cmd = [sys.executable, os.path.join(REPO, "experiments", "miniature", "run.py"), "--out",
-         again, "--smoke", "--methods", "sft", "--seeds", "0", "--n_train", "8",
+         again, "--smoke", "--methods", "rlvr_grpo", "--seeds", "0", "--n_train", "8",
          "--reuse", os.path.join(out, "results.json")]
   proc = subprocess.run(cmd + ["--n_test", "2"], capture_output=True, text=True, timeout=600,
                         env=env, cwd=REPO)
@@ -70,9 +70,9 @@ def test_smoke_run_writes_the_page(tmp_path):
   assert "pbrl_jax.cli" not in proc.stdout  # every arm, the base and the premise reused
   with open(os.path.join(again, "results.json")) as f:
     continued = json.load(f)
-  assert continued["results"]["sft (seed 0)"] == results["sft (seed 0)"]
-  assert continued["meta"]["reused"]["arms"] == ["base", "premise", "sft (seed 0)"]
-  assert continued["meta"]["training"]["sft (seed 0)"]["steps"] == 1
+  assert continued["results"]["rlvr_grpo (seed 0)"] == results["rlvr_grpo (seed 0)"]
+  assert continued["meta"]["reused"]["arms"] == ["base", "premise", "rlvr_grpo (seed 0)"]
+  assert continued["meta"]["training"]["rlvr_grpo (seed 0)"]["steps"] == 1
   proc = subprocess.run(cmd + ["--n_test", "3"], capture_output=True, text=True, timeout=600,
                         env=env, cwd=REPO)
   assert proc.returncode != 0 and "not comparable" in proc.stderr

@@ -149,3 +149,45 @@ def test_tensor_specs_match_decoder_tree(family, tmp_path):
   specs = {s.path: ((config.num_layers,) if s.per_layer else ()) + s.shape
            for s in tensor_specs(config)}
   assert specs == flat
+
+
+def _llama31_8b_rope_config():
+  import transformers
+  return transformers.LlamaConfig(
+      vocab_size=128, hidden_size=4096, intermediate_size=64, num_hidden_layers=1,
+      num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+      rope_theta=500000.0,
+      rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "llama31_8b"])
+def test_rope_tables_match_transformers(family, tmp_path):
+  """RoPE on its own, where the tiny models' near-uniform attention would hide an error.
+
+  Random tiny models attend almost uniformly, so their logits barely depend on positions
+  (a 1% change of rope_theta passes the logits test); the rotation tables do.
+  """
+  from pbrl_jax.models.config import DecoderConfig
+  from pbrl_jax.models.decoder import rope_inv_freq, rope_sin_cos
+  if family == "llama31_8b":
+    hf_config = _llama31_8b_rope_config()
+  else:
+    model, _ = tiny_hf_model(family, tmp_path)
+    hf_config = model.config
+  import transformers
+  rotary_cls = {"qwen2": transformers.models.qwen2.modeling_qwen2.Qwen2RotaryEmbedding,
+                "qwen3": transformers.models.qwen3.modeling_qwen3.Qwen3RotaryEmbedding}.get(
+                    family, transformers.models.llama.modeling_llama.LlamaRotaryEmbedding)
+  rotary = rotary_cls(config=hf_config)
+  ours = DecoderConfig.from_hf_dict(hf_config.to_dict())
+  # Frequencies: fp32 on both sides, a few ulps apart at most.
+  np.testing.assert_allclose(np.asarray(rope_inv_freq(ours)), rotary.inv_freq.numpy(),
+                             rtol=1e-6, atol=0)
+  positions = np.array([[0, 1, 2, 17, 31, 64, 200, 255]])
+  sin, cos = rope_sin_cos(ours, positions)
+  x = torch.zeros((1, 1, ours.head_dim))
+  ref_cos, ref_sin = rotary(x, torch.as_tensor(positions))
+  # Angles up to 255 rad: an ulp of the frequency moves them by about 6e-5.
+  np.testing.assert_allclose(np.asarray(cos), ref_cos.numpy(), rtol=0, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(sin), ref_sin.numpy(), rtol=0, atol=1e-4)

@@ -112,7 +112,39 @@ def aggregate(per_token, mask, mode, max_len=None):
       s += sum(per_token[i, j] * mask[i, j] for j in range(t)) / max(n, 1)
     return s, b
   s = sum(per_token[i, j] * mask[i, j] for i in range(b) for j in range(t))
+  if mode == "seq_sum":
+    return s, b
   return s, b * (t if max_len is None else max_len)
+
+
+def sequence_weights(logp, old_logp, mask):
+  """GSPO: exp of each sequence's masked mean token log-ratio, [B]."""
+  out = []
+  for i in range(logp.shape[0]):
+    n = sum(mask[i])
+    total = sum((float(logp[i, s]) - float(old_logp[i, s])) * mask[i, s]
+                for s in range(logp.shape[1]))
+    out.append(math.exp(total / max(n, 1.0)))
+  return np.asarray(out)
+
+
+def cispo(logp, weights, adv, eps_high):
+  """-min(w, eps_high) A log pi per token (weights [B,T]); and the clipped indicator."""
+  loss, clipped = np.zeros(logp.shape), np.zeros(logp.shape)
+  for i, s in np.ndindex(logp.shape):
+    a, w = float(adv[i]), float(weights[i, s])
+    loss[i, s] = -min(w, eps_high) * a * float(logp[i, s])
+    clipped[i, s] = float(w > eps_high and a > 0)
+  return loss, clipped
+
+
+def sapo(weights, adv, tau_pos, tau_neg):
+  out = np.zeros(weights.shape)
+  for i, s in np.ndindex(weights.shape):
+    a = float(adv[i])
+    tau = tau_pos if a > 0 else tau_neg
+    out[i, s] = -1.0 / (1.0 + math.exp(-tau * (float(weights[i, s]) - 1.0))) * 4.0 / tau * a
+  return out
 
 
 def kl_reward(scores, kl_tok, mask, beta):

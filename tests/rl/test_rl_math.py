@@ -103,6 +103,77 @@ def test_surrogate_value_kl(dtype, tol):
 
 
 @pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_sequence_weights_cispo_and_sapo(dtype, tol):
+  rng = np.random.default_rng(5)
+  b, t = 6, 5
+  logp = rng.normal(size=(b, t)) * 0.3 - 2
+  old = logp + rng.normal(size=(b, t)) * 0.4
+  adv = rng.normal(size=b)
+  adv[1] = 0.0  # a zero advantage takes the negative temperature (TRL: A > 0 is positive)
+  mask = _mask(rng, b, t)
+  with _x64(dtype):
+    j = lambda x: jnp.asarray(x, dtype)
+    seq = rl.log_importance_weights(j(logp), j(old), j(mask), rl.ImportanceLevel.SEQUENCE)
+    assert seq.shape == (b, 1)
+    np.testing.assert_allclose(np.exp(seq[:, 0]), ref.sequence_weights(logp, old, mask),
+                               atol=tol, rtol=tol)
+    tok = rl.log_importance_weights(j(logp), j(old), j(mask), rl.ImportanceLevel.TOKEN)
+    np.testing.assert_allclose(tok, logp - old, atol=tol, rtol=tol)
+    w = np.exp(logp - old)
+    for eps_high in (0.9, 1.2, 5.0):
+      got, clipped = rl.cispo_surrogate(j(logp), j(w), j(adv), eps_high)
+      want, want_clipped = ref.cispo(logp, w, adv, eps_high)
+      np.testing.assert_allclose(got, want, atol=tol, rtol=tol)
+      np.testing.assert_array_equal(clipped, want_clipped)
+    np.testing.assert_allclose(rl.sapo_surrogate(j(w), j(adv), 1.0, 1.05),
+                               ref.sapo(w, adv, 1.0, 1.05), atol=tol, rtol=tol)
+    # Sequence weights [B,1] broadcast over the tokens like token weights.
+    ws = np.repeat(ref.sequence_weights(logp, old, mask)[:, None], t, 1)
+    got = rl.sapo_surrogate(j(np.exp(seq)), j(adv), 1.0, 1.05)
+    assert got.shape == (b, 1)
+    np.testing.assert_allclose(np.broadcast_to(got, ws.shape), ref.sapo(ws, adv, 1.0, 1.05),
+                               atol=tol, rtol=tol)
+
+
+def test_cispo_and_sequence_weight_gradients():
+  """CISPO's weight is detached (gradient -min(w, eps) A per token); GSPO's sequence weight
+  sends d/dlogp_t = w A / n to every real token: both against central differences (fp64)."""
+  rng = np.random.default_rng(6)
+  b, t = 4, 5
+  logp = rng.normal(size=(b, t)) * 0.3 - 2
+  old = logp + rng.normal(size=(b, t)) * 0.4
+  adv = rng.normal(size=b)
+  mask = _mask(rng, b, t)
+  with jax.enable_x64(True):
+    def cispo_sum(lp):
+      w = jax.lax.stop_gradient(jnp.exp(lp - old))
+      return jnp.sum(rl.cispo_surrogate(lp, w, jnp.asarray(adv), 1.2)[0] * mask)
+
+    def gspo_sum(lp):
+      w = jnp.exp(rl.log_importance_weights(lp, jnp.asarray(old), jnp.asarray(mask),
+                                            rl.ImportanceLevel.SEQUENCE))
+      loss, _, _ = rl.clip_surrogate_of_weights(w, jnp.asarray(adv), 10.0, 10.0)
+      return jnp.sum(jnp.broadcast_to(loss, lp.shape) * mask)
+
+    g_cispo = np.asarray(jax.grad(cispo_sum)(jnp.asarray(logp)))
+    np.testing.assert_allclose(
+        g_cispo, -np.minimum(np.exp(logp - old), 1.2) * adv[:, None] * mask, atol=1e-12)
+    g_gspo = np.asarray(jax.grad(gspo_sum)(jnp.asarray(logp)))
+
+    def numeric(f, x, h=1e-6):
+      out = np.zeros_like(x)
+      for idx in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[idx] += h
+        down[idx] -= h
+        out[idx] = (float(f(jnp.asarray(up))) - float(f(jnp.asarray(down)))) / (2 * h)
+      return out
+
+    np.testing.assert_allclose(g_gspo, numeric(gspo_sum, logp), atol=1e-7)
+    assert np.abs(g_gspo).max() > 1e-2
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
 def test_aggregation_and_kl_reward(dtype, tol):
   rng = np.random.default_rng(3)
   b, t = 6, 5
@@ -111,7 +182,7 @@ def test_aggregation_and_kl_reward(dtype, tol):
   with _x64(dtype):
     j = lambda x: jnp.asarray(x, dtype)
     for name, mode in [("dapo", "token_mean"), ("grpo", "seq_mean_token_mean"),
-                       ("dr_grpo", "constant")]:
+                       ("dr_grpo", "constant"), ("seq_sum", "seq_sum")]:
       agg = rl.Aggregation.parse(name)
       assert agg is rl.Aggregation(mode)
       s, d = rl.aggregate(j(per_token), j(mask), agg, max_completion_length=8)

@@ -45,13 +45,15 @@ def _tiny_model_dir() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _trainer(beta: float, loss_type: str, correction: bool):
+def _trainer(beta: float, loss_type: str, correction: bool, level: str = "token",
+             eps_high: float = EPS_HIGH):
   import datasets
   args = trl.GRPOConfig(
-      output_dir=_tiny_model_dir() + f"/out_{beta}_{loss_type}_{correction}", beta=beta, loss_type=loss_type,
+      output_dir=_tiny_model_dir() + f"/out_{beta}_{loss_type}_{correction}_{level}_{eps_high}",
+      beta=beta, loss_type=loss_type,
       num_generations=G, per_device_train_batch_size=B, max_completion_length=M,
-      epsilon=EPS_LOW, epsilon_high=EPS_HIGH, report_to=[], use_cpu=True, bf16=False,
-      logging_steps=1, use_bias_correction_kl=correction)
+      epsilon=EPS_LOW, epsilon_high=eps_high, report_to=[], use_cpu=True, bf16=False,
+      logging_steps=1, use_bias_correction_kl=correction, importance_sampling_level=level)
   trainer = trl.GRPOTrainer(
       model=_tiny_model_dir(), reward_funcs=lambda completions, **kw: [0.0] * len(completions),
       args=args, train_dataset=datasets.Dataset.from_dict({"prompt": ["t1 t2", "t3"]}))
@@ -76,8 +78,9 @@ def _inputs(seed: int):
       ref.astype(np.float32), adv.astype(np.float32)
 
 
-def _trl_loss_and_grad(beta, loss_type, correction, logits, completion, mask, old, ref, adv):
-  trainer = _trainer(beta, loss_type, correction)
+def _trl_loss_and_grad(beta, loss_type, correction, logits, completion, mask, old, ref, adv,
+                       level="token", eps_high=EPS_HIGH):
+  trainer = _trainer(beta, loss_type, correction, level, eps_high)
   leaf = torch.tensor(logits, requires_grad=True)
   targets = torch.tensor(completion)
 
@@ -101,9 +104,13 @@ def _trl_loss_and_grad(beta, loss_type, correction, logits, completion, mask, ol
   return float(loss.detach()), leaf.grad.numpy()
 
 
-def _our_loss_and_grad(beta, loss_type, correction, logits, completion, mask, old, ref, adv):
-  hp = rl.UpdateHParams(eps_low=EPS_LOW, eps_high=EPS_HIGH,
-                        aggregation=rl.Aggregation.parse(loss_type), max_completion_length=M,
+def _our_loss_and_grad(beta, loss_type, correction, logits, completion, mask, old, ref, adv,
+                       level="token", eps_high=EPS_HIGH):
+  policy_loss, aggregation, _ = rl.TRL_LOSS_TYPES[loss_type]
+  hp = rl.UpdateHParams(eps_low=EPS_LOW, eps_high=eps_high,
+                        policy_loss=rl.PolicyLoss.parse(policy_loss),
+                        importance_level=rl.ImportanceLevel.parse(level),
+                        aggregation=rl.Aggregation.parse(aggregation), max_completion_length=M,
                         kl_estimator=rl.KLEstimator.K3, kl_coef_in_loss=beta,
                         kl_ratio_correction=correction)
 
@@ -125,6 +132,28 @@ def test_grpo_loss_matches_trl(beta, correction, loss_type):
   data = _inputs(seed=int(beta * 100) + len(loss_type))
   trl_loss, trl_grad = _trl_loss_and_grad(beta, loss_type, correction, *data)
   our_loss, our_grad = _our_loss_and_grad(beta, loss_type, correction, *data)
+  assert abs(trl_loss) > 1e-3 and np.abs(trl_grad).max() > 1e-3  # not a vacuous match
+  np.testing.assert_allclose(our_loss, trl_loss, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(our_grad, trl_grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_type,level,eps_high", [
+    ("grpo", "sequence", EPS_HIGH),  # GSPO
+    ("luspo", "sequence", EPS_HIGH),  # LUSPO: sequence weights, length-scaled
+    ("cispo", "token", 1.3),  # eps_high is CISPO's bound on the weight
+    ("sapo", "token", EPS_HIGH),
+    ("sapo", "sequence", EPS_HIGH),
+    ("bnpo", "token", EPS_HIGH),
+])
+def test_policy_loss_family_matches_trl(loss_type, level, eps_high):
+  """TRL 1.16's loss_type / importance_sampling_level settings (issue: the policy-gradient
+  family) through TRL's own _compute_loss and ours, with beta * k3 * w (its default)."""
+  data = _inputs(seed=len(loss_type) + 7 * len(level))
+  trl_loss, trl_grad = _trl_loss_and_grad(0.04, loss_type, True, *data, level=level,
+                                          eps_high=eps_high)
+  our_loss, our_grad = _our_loss_and_grad(0.04, loss_type, True, *data, level=level,
+                                          eps_high=eps_high)
   assert abs(trl_loss) > 1e-3 and np.abs(trl_grad).max() > 1e-3  # not a vacuous match
   np.testing.assert_allclose(our_loss, trl_loss, atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(our_grad, trl_grad, atol=1e-5, rtol=1e-5)

@@ -90,8 +90,9 @@ def test_scoring_forward_agrees_with_the_sampler_and_the_host_encoder(run, step1
 
 def test_reward_stage_equals_the_scorer_run_from_scratch(run, step1):
   ro, sc, rw = step1["rollout"], step1["scored"], step1["rewards"]
-  # score_batch embeds the policy side itself on the host: no jit, no cached split.
-  items = [{k: v for k, v in it.items() if k != "response_embeddings"} for it in sc.items]
+  # score_batch parses and embeds the policy side itself on the host: no jit, no cached split.
+  items = [{k: v for k, v in it.items() if k not in ("response_embeddings", "parsed")}
+           for it in sc.items]
   expected = score_lib.score_batch(run.spec.reward, run.fns.reward_models, items)
   np.testing.assert_allclose(rw.rewards, [r["reward"] for r in expected], rtol=1e-4,
                              atol=1e-6)
