@@ -108,8 +108,7 @@ def test_sequence_weights_cispo_and_sapo(dtype, tol):
   b, t = 6, 5
   logp = rng.normal(size=(b, t)) * 0.3 - 2
   old = logp + rng.normal(size=(b, t)) * 0.4
-  adv = rng.normal(size=b)
-  adv[1] = 0.0  # a zero advantage takes the negative temperature (TRL: A > 0 is positive)
+  adv = rng.normal(size=b)  # both signs: SAPO's two temperatures (A = 0 gives 0 with either)
   mask = _mask(rng, b, t)
   with _x64(dtype):
     j = lambda x: jnp.asarray(x, dtype)
