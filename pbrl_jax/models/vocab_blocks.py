@@ -26,25 +26,26 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def _block_logits(h: Array, w: Array, b: Array, block: int, vocab: int, temperature: float
-                  ) -> tuple[Array, Array, Array]:
-  """Logits [N, K] of block b (float32), their vocabulary ids [K], and which are new [K]."""
-  start = jnp.minimum(b * block, vocab - block)
-  wb = jax.lax.dynamic_slice_in_dim(w, start, block, axis=0)  # [K, D]
+def _block_logits(h: Array, w: Array, b: Array, block: int, temperature: float
+                  ) -> tuple[Array, Array, Array, Array, Array]:
+  """Block b: logits [N, K] (float32), vocabulary ids [K], which are new [K], its first row
+  and its rows of W [K, D]."""
+  start = jnp.minimum(b * block, w.shape[0] - block)
+  wb = jax.lax.dynamic_slice_in_dim(w, start, block, axis=0)
   z = jnp.einsum("ND,KD->NK", h, wb, preferred_element_type=jnp.float32) / temperature
   ids = start + jnp.arange(block)
-  return z, ids, ids >= b * block  # the last block's first rows belong to the one before
+  # The last block's first rows belong to the one before.
+  return z, ids, ids >= b * block, start, wb
 
 
 def _forward_stats(h: Array, w: Array, targets: Array, block: int, temperature: float
                    ) -> tuple[Array, Array, Array]:
   """(logsumexp [N], softmax mean of z [N], picked logit [N]), one block at a time."""
-  vocab = w.shape[0]
   n = h.shape[0]
 
   def body(b, carry):
     m, s, t, picked = carry
-    z, ids, new = _block_logits(h, w, b, block, vocab, temperature)
+    z, ids, new, _, _ = _block_logits(h, w, b, block, temperature)
     z_new = jnp.where(new, z, -jnp.inf)
     m_next = jnp.maximum(m, z_new.max(axis=-1))
     scale = jnp.exp(m - m_next)
@@ -57,15 +58,8 @@ def _forward_stats(h: Array, w: Array, targets: Array, block: int, temperature: 
 
   zeros = jnp.zeros((n,), jnp.float32)
   init = (jnp.full((n,), -jnp.inf, jnp.float32), zeros, zeros, zeros)
-  m, s, t, picked = jax.lax.fori_loop(0, -(-vocab // block), body, init)
+  m, s, t, picked = jax.lax.fori_loop(0, -(-w.shape[0] // block), body, init)
   return m + jnp.log(s), t / s, picked
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _logp_entropy(h: Array, w: Array, targets: Array, block: int, temperature: float
-                  ) -> tuple[Array, Array]:
-  lse, mean_z, picked = _forward_stats(h, w, targets, block, temperature)
-  return picked - lse, lse - mean_z
 
 
 def _fwd(h, w, targets, block, temperature):
@@ -73,29 +67,32 @@ def _fwd(h, w, targets, block, temperature):
   return (picked - lse, lse - mean_z), (h, w, targets, lse, mean_z)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _logp_entropy(h: Array, w: Array, targets: Array, block: int, temperature: float
+                  ) -> tuple[Array, Array]:
+  return _fwd(h, w, targets, block, temperature)[0]
+
+
 def _bwd(block, temperature, residuals, cotangents):
   h, w, targets, lse, mean_z = residuals
   g_logp, g_entropy = cotangents
-  vocab = w.shape[0]
 
   def body(b, carry):
     dh, dw = carry
-    z, ids, new = _block_logits(h, w, b, block, vocab, temperature)
+    z, ids, new, start, wb = _block_logits(h, w, b, block, temperature)
     p = jnp.where(new, jnp.exp(z - lse[:, None]), 0.0)
     onehot = (new & (ids[None, :] == targets[:, None])).astype(jnp.float32)
     dz = g_logp[:, None] * (onehot - p) - g_entropy[:, None] * p * (z - mean_z[:, None])
     dz = dz / temperature  # [N, K], zero on the rows an earlier block counted
-    wb = jax.lax.dynamic_slice_in_dim(w, jnp.minimum(b * block, vocab - block), block, axis=0)
     dh = dh + jnp.einsum("NK,KD->ND", dz.astype(w.dtype), wb,
                          preferred_element_type=jnp.float32)
     dwb = jnp.einsum("NK,ND->KD", dz.astype(h.dtype), h, preferred_element_type=jnp.float32)
-    start = jnp.minimum(b * block, vocab - block)
     dw = jax.lax.dynamic_update_slice_in_dim(
         dw, jax.lax.dynamic_slice_in_dim(dw, start, block, axis=0) + dwb, start, axis=0)
     return dh, dw
 
   init = (jnp.zeros(h.shape, jnp.float32), jnp.zeros(w.shape, jnp.float32))
-  dh, dw = jax.lax.fori_loop(0, -(-vocab // block), body, init)
+  dh, dw = jax.lax.fori_loop(0, -(-w.shape[0] // block), body, init)
   return dh.astype(h.dtype), dw.astype(w.dtype), None
 
 
