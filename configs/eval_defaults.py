@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Completion cap: room for a short chain of thought plus the '#### N' line. Answers cut off
   # by it are counted (`length_capped`).
   c.max_new_tokens = 256
-  # Prompts per sampler call; the last batch is padded, so one program serves the whole eval.
+  # Prompts per sampler call (batches of similar prompt lengths; the last batch is padded).
   c.batch_size = 16
   # 1: greedy decoding, accuracy = exact match. > 1: sample at `temperature` and report the
   # unbiased pass@k (Chen et al., 2021) for k = 1, 2, 4, ... up to num_samples.

@@ -52,3 +52,19 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
   if b is None:
     raise ValueError(f"length {n} exceeds the largest bucket {max(buckets)}")
   return int(b)
+
+
+def octave_bucket_length(n: int, steps_per_octave: int = 4, minimum: int = 16) -> int:
+  """n rounded up to the next of `steps_per_octave` evenly spaced lengths per octave.
+
+  With 4 steps, lengths in (64, 128] round up to 80, 96, 112 or 128: padding wastes at most a
+  quarter of a row (a power-of-two bucket wastes up to half), and a set of lengths spread over
+  one octave compiles at most 4 programs. Evaluation pads each length-sorted batch this way.
+  """
+  if n < 1 or steps_per_octave < 1:
+    raise ValueError(f"need n >= 1 and steps_per_octave >= 1, got {n}, {steps_per_octave}")
+  if n <= minimum:
+    return minimum
+  octave = 1 << ((n - 1).bit_length() - 1)  # the power of two below n: n in (octave, 2 octave]
+  step = max(octave // steps_per_octave, 1)
+  return -(-n // step) * step

@@ -8,6 +8,7 @@ import pytest
 
 from pbrl_jax import evaluate as ev
 from pbrl_jax import stats
+from pbrl_jax import padding
 from pbrl_jax import sampling
 from pbrl_jax.models import ModelBundle
 from pbrl_jax.rewards import answers
@@ -46,14 +47,20 @@ def test_greedy_evaluate_accounting(model):
   before = sampling._sample_program._cache_size()  # pylint: disable=protected-access
   out = ev.evaluate(params, config, tok, examples, max_new_tokens=MAX_NEW, batch_size=4,
                     trained_langs=("de",), n_boot=200)
-  # Two batches, one prompt bucket, one padded last batch: at most one new program (none if
-  # another test already compiled this shape) ...
+  # Batches of length-sorted prompts, each padded to its quarter-octave length: at most one
+  # new program per distinct padded length (none if another test compiled the shape) ...
+  ids = sampling.encode_prompts(tok, [ev.default_prompt(e) for e in examples])
+  sizes = sorted(len(x) for x in ids)
+  padded = {padding.octave_bucket_length(max(sizes[i:i + 4])) for i in range(0, len(sizes), 4)}
   compiled = sampling._sample_program._cache_size()  # pylint: disable=protected-access
-  assert compiled <= before + 1
-  # ... and three batches of the same prompts reuse it.
-  ev.evaluate(params, config, tok, examples + examples[:2], max_new_tokens=MAX_NEW,
-              batch_size=4, n_boot=10)
+  assert compiled <= before + len(padded)
+  # ... and the same prompts in other batches of the same lengths reuse them.
+  backwards = ev.evaluate(params, config, tok, examples[::-1], max_new_tokens=MAX_NEW,
+                          batch_size=4, n_boot=10)
   assert sampling._sample_program._cache_size() == compiled  # pylint: disable=protected-access
+  # Records come back in input order whatever order the batches ran in.
+  assert ([r["response"] for r in backwards["records"]]
+          == [r["response"] for r in out["records"]][::-1])
   per = out["per_language"]
   assert {k: v["n"] for k, v in per.items()} == {"en": 3, "de": 2, "th": 2}
   for lang, e in per.items():

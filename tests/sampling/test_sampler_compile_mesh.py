@@ -73,3 +73,18 @@ def test_mesh_gives_same_tokens_as_one_device():
 @pytest.mark.slow
 def test_tensor_parallel_mesh_gives_same_tokens_as_one_device():
   _mesh_vs_single(dict(data=2, fsdp=2, tensor=2))
+
+
+def test_octave_bucket_length_wastes_at_most_a_quarter_and_four_lengths_per_octave():
+  # Brute force: the smallest length >= n among {(4 + j) * 2**k / 4 : j = 0..3} (>= 16).
+  ladder = sorted({(4 + j) * (1 << k) // 4 for k in range(4, 14) for j in range(4)})
+  for n in range(1, 4097):
+    want = next(x for x in ladder if x >= max(n, 16))
+    got = padding.octave_bucket_length(n)
+    assert got == want, (n, got, want)
+    if n > 16:
+      assert got < 1.25 * n  # padding is less than a quarter of the padded row
+  # Every length in one octave maps onto at most four padded lengths.
+  assert len({padding.octave_bucket_length(n) for n in range(129, 257)}) == 4
+  with pytest.raises(ValueError):
+    padding.octave_bucket_length(0)
