@@ -13,6 +13,7 @@ validate the sections once.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def grpo() -> ml_collections.ConfigDict:
@@ -44,7 +45,7 @@ def grpo() -> ml_collections.ConfigDict:
   # term because the semantic reward can be gamed by drifting away from fluent text.
   c.beta = 0.04
   # Optional (lo, hi) clamp of the per-token KL estimate; None: unclamped.
-  c.kl_clamp = None
+  c.kl_clamp = config_dict.placeholder(tuple)  # None; a command line can still set it
   # Multiply the KL term by the importance ratio (TRL 1.16 `use_bias_correction_kl`, default
   # True there). Off: with one update per rollout the ratio is 1 and it changes nothing.
   c.kl_ratio_correction = False
@@ -61,12 +62,27 @@ def grpo() -> ml_collections.ConfigDict:
   c.sapo_tau_pos = 1.0
   c.sapo_tau_neg = 1.05
   # Dual-clip constant (> 1) for negative advantages; None: off.
-  c.dual_clip = None
+  c.dual_clip = config_dict.placeholder(float)
   # 'seq_mean_token_mean' (='grpo'), 'token_mean' (='dapo'), 'constant' (='dr_grpo'),
   # 'seq_sum' (LUSPO, with importance_level 'sequence': each sequence scaled by its length).
   c.loss_aggregation = "seq_mean_token_mean"
   # Entropy bonus coefficient (token mean, subtracted from the loss). 0: off.
   c.entropy_coef = 0.0
+  # rho in (0, 1]: only the tokens in the top rho of each micro-batch's entropies carry the
+  # policy term ("Beyond the 80/20 rule": 0.2; TRL's top_entropy_quantile). 1: every token.
+  c.top_entropy_quantile = 1.0
+  # Sampler/trainer mismatch correction: the policy term of each token is weighted by
+  # pi_trainer / pi_sampler, per token or per sequence, truncated into [low, high] or masked
+  # outside it: 'off', 'token_truncate', 'token_mask', 'sequence_truncate', 'sequence_mask'
+  # (TRL's vllm_importance_sampling_mode; TRL defaults to sequence_mask with high 3). Off here:
+  # our sampler and trainer run the same model code in the same dtype, so the weights are 1 up
+  # to rounding; turn it on when sampling runs in bfloat16 or on another engine. Not 'off'
+  # costs one more policy forward per step (the trainer's own old log-probs). Logged:
+  # mismatch/logp_diff_mean|max, mismatch/is_ratio_min|mean|max, mismatch/bounded_frac (also
+  # with it off whenever the trainer computes its own old log-probs: PPO, several epochs).
+  c.rollout_correction = "off"
+  c.rollout_correction_low = config_dict.placeholder(float)
+  c.rollout_correction_high = 3.0
   # PPO only: value loss coefficient and clip range (TRL's former PPO: 0.1 and 0.2).
   c.value_coef = 0.1
   c.value_clip = 0.2

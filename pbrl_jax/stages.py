@@ -19,6 +19,7 @@ advantages and the update run on the mesh.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -32,6 +33,7 @@ from pbrl_jax.models import lora as lora_lib
 from pbrl_jax.models import sharding as shd
 from pbrl_jax.rewards import score as score_lib
 from pbrl_jax.rl import advantages as adv_lib
+from pbrl_jax.rl import losses
 from pbrl_jax.rl import shaping
 from pbrl_jax.rl import steps as steps_lib
 from pbrl_jax.train_spec import TrainerSpec
@@ -118,7 +120,9 @@ class UpdateBatch:
   """The update's inputs on the mesh."""
 
   arrays: dict[str, Array]  # tokens, valid, completion_mask, old_logp, ref_logp,
-  # advantages [, returns, old_values]
+  # advantages [, returns, old_values, rollout_weight]
+  metrics: dict[str, Array] = dataclasses.field(default_factory=dict)  # sampler/trainer
+  # mismatch statistics, reported with the update's metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +184,8 @@ def is_on_policy(spec: TrainerSpec) -> bool:
   """
   return (not spec.rl.is_ppo and not spec.rl.is_sft and spec.rl.num_epochs == 1
           and spec.rl.num_minibatches == 1 and spec.rollout.top_k == 0
-          and spec.rollout.top_p == 1.0)
+          and spec.rollout.top_p == 1.0
+          and spec.rl.rollout_correction is losses.RolloutCorrection.OFF)
 
 
 def _segment_embedder(encoder: Any) -> Callable[[Any, Any], Array]:
@@ -473,9 +478,18 @@ def advantage_stage(fns: StepFns, rollout: Rollout, scored: Scored, rewards: Rew
   if spec.rl.mask_truncated and not spec.rl.is_sft:  # DAPO's overlong filtering
     arrays["completion_mask"] = distributed.global_from_host(
         np.asarray(shaping.mask_truncated(rollout.completion_mask, rollout.finished)), sh)
-  old_logp = (distributed.global_from_host(rollout.sampler_logp * rollout.completion_mask, sh)
-              if fns.on_policy else out["logp"])
+  sampler_logp = distributed.global_from_host(rollout.sampler_logp * rollout.completion_mask,
+                                              sh)
+  old_logp = sampler_logp if fns.on_policy else out["logp"]
   arrays["old_logp"] = old_logp
+  metrics = {}
+  if not fns.on_policy and not spec.rl.is_sft:
+    # The trainer's own old log-probs against the sampler's: the mismatch, and its
+    # correction weights when one is configured.
+    weights, metrics = _rollout_correction(spec.rl, out["logp"], sampler_logp,
+                                           dev["completion_mask"])
+    if spec.rl.rollout_correction is not losses.RolloutCorrection.OFF:
+      arrays["rollout_weight"] = weights
   arrays["ref_logp"] = out["ref_logp"]
   arrays["advantages"], returns = fns.advantage_fn(
       distributed.global_from_host(rewards.shaped, sh), dev["completion_mask"], old_logp,
@@ -483,7 +497,22 @@ def advantage_stage(fns: StepFns, rollout: Rollout, scored: Scored, rewards: Rew
   if spec.rl.is_ppo:
     arrays["returns"] = returns
     arrays["old_values"] = out["values"]
-  return UpdateBatch(arrays=jax.device_put(arrays, sh))
+  return UpdateBatch(arrays=jax.device_put(arrays, sh), metrics=metrics)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _rollout_correction(rl: Any, trainer_logp: Array, sampler_logp: Array, mask: Array
+                        ) -> tuple[Array, dict[str, Array]]:
+  """`losses.rollout_correction_weights` of the configured mode; with the correction off,
+  only its statistics (token level, unbounded)."""
+  mode = rl.rollout_correction
+  if mode is losses.RolloutCorrection.OFF:
+    return losses.rollout_correction_weights(trainer_logp, sampler_logp, mask,
+                                             losses.RolloutCorrection.TOKEN_TRUNCATE,
+                                             None, None)
+  return losses.rollout_correction_weights(trainer_logp, sampler_logp, mask, mode,
+                                           rl.rollout_correction_low,
+                                           rl.rollout_correction_high)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,6 +523,7 @@ def advantage_stage(fns: StepFns, rollout: Rollout, scored: Scored, rewards: Rew
 def update_stage(fns: StepFns, state: Any, batch: UpdateBatch) -> tuple[Any, dict[str, float]]:
   """One optimizer step (or epochs x minibatches); the metrics come back to the host."""
   state, metrics = fns.update_fn(state, batch.arrays, *fns.update_extra())
+  metrics = {**metrics, **batch.metrics}
   return state, {k: float(v) for k, v in distributed.host_value(metrics).items()}
 
 

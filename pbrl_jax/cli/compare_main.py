@@ -4,6 +4,7 @@
   pbrl-compare --quick --out /tmp/compare_quick
   pbrl-compare --steps 10 --out /tmp/compare_smollm2          # SmolLM2-135M-Instruct
   pbrl-compare --model DIR --loss_type dapo --beta 0.0 --out /tmp/compare_dapo
+  pbrl-compare --quick --top_entropy_quantile 0.5 --mask_truncated --out /tmp/compare_masks
 
 Writes OUT/results.json (every number), OUT/report.md and OUT/curves.png, and prints the
 report. `--quick` uses a tiny random Llama (built into OUT/tiny_model) with 4 prompts, 16
@@ -19,7 +20,7 @@ from absl import flags
 
 def define_flags() -> None:
   """Defines this command's flags when it runs, so that importing the module defines none."""
-  global _IS_LEVEL, _QUICK, _MODEL, _OUT, _STEPS, _PROMPTS, _GENERATIONS, _MAX_NEW_TOKENS, _BETA, _LOSS_TYPE, _LR, _TEMPERATURE, _EPSILON, _EPSILON_HIGH, _SEED, _REWARD, _PARITY, _TRL_BF16, _CACHE_DIR, _JAX_MICROBATCHES
+  global _IS_LEVEL, _ENTROPY_QUANTILE, _MASK_TRUNCATED, _QUICK, _MODEL, _OUT, _STEPS, _PROMPTS, _GENERATIONS, _MAX_NEW_TOKENS, _BETA, _LOSS_TYPE, _LR, _TEMPERATURE, _EPSILON, _EPSILON_HIGH, _SEED, _REWARD, _PARITY, _TRL_BF16, _CACHE_DIR, _JAX_MICROBATCHES
   _QUICK = flags.DEFINE_bool("quick", False, "Tiny random model, a couple of steps (seconds).")
   _MODEL = flags.DEFINE_string("model", "", "HF model directory; default SmolLM2-135M-Instruct.")
   _OUT = flags.DEFINE_string("out", "runs/compare", "Output directory.")
@@ -34,6 +35,11 @@ def define_flags() -> None:
   _IS_LEVEL = flags.DEFINE_enum("importance_sampling_level", "token", ["token", "sequence"],
                                 "TRL importance_sampling_level ('sequence': GSPO; luspo needs"
                                 " it).")
+  _ENTROPY_QUANTILE = flags.DEFINE_float(
+      "top_entropy_quantile", 1.0, "TRL top_entropy_quantile: the policy term keeps the top"
+      " rho of the tokens by entropy (ours: rl.top_entropy_quantile).")
+  _MASK_TRUNCATED = flags.DEFINE_bool(
+      "mask_truncated", False, "TRL mask_truncated_completions (ours: rl.mask_truncated).")
   _LR = flags.DEFINE_float("learning_rate", 1e-6, "Constant AdamW learning rate.")
   _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
   _EPSILON = flags.DEFINE_float("epsilon", 0.2, "Lower clip range.")
@@ -75,7 +81,9 @@ def options_from_flags():
       temperature=_TEMPERATURE.value, learning_rate=_LR.value,
       max_completion_length=_value(_MAX_NEW_TOKENS, quick), epsilon=_EPSILON.value,
       epsilon_high=_EPSILON.value if _EPSILON_HIGH.value is None else _EPSILON_HIGH.value,
-      importance_sampling_level=_IS_LEVEL.value, seed=_SEED.value)
+      importance_sampling_level=_IS_LEVEL.value, seed=_SEED.value,
+      top_entropy_quantile=_ENTROPY_QUANTILE.value,
+      mask_truncated_completions=_MASK_TRUNCATED.value)
   return compare.Options(model_dir=model, out_dir=out, steps=_value(_STEPS, quick),
                          num_prompts=_value(_PROMPTS, quick), preset=preset,
                          reward=_REWARD.value, parity=_PARITY.value,

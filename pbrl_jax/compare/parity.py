@@ -232,8 +232,11 @@ def step_parity(trainer: Any, side: JaxSide, prompts: Sequence[Prompt],
   token_adv = np.asarray(update_batch.arrays["advantages"])
   first = np.argmax(rollout.completion_mask, axis=1)
   advantages = token_adv[np.arange(len(first)), first].astype(np.float32)
+  # The update's completion mask (DAPO's overlong filtering drops truncated rows there; TRL
+  # drops them from its completion_mask while generating): both sides get it.
   batch = {"tokens": rollout.tokens, "valid": rollout.valid,
-           "completion_mask": rollout.completion_mask, "prompt_len": pb.prompt_tokens.shape[1]}
+           "completion_mask": np.asarray(update_batch.arrays["completion_mask"]),
+           "prompt_len": pb.prompt_tokens.shape[1]}
 
   probes = {"checkpoint": _probe(trainer, side, side.ref_params, batch, advantages, 0.0)}
 

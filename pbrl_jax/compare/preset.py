@@ -34,6 +34,10 @@ class Preset:
       ours: `rl.TRL_LOSS_TYPES`.
     importance_sampling_level: 'token' or 'sequence' (GSPO).
     sapo_temperature_pos, sapo_temperature_neg: SAPO's gate temperatures.
+    top_entropy_quantile: rho: only the top rho of the tokens by entropy carry the policy
+      term (1: all).
+    mask_truncated_completions: completions cut by the length cap leave the loss (DAPO's
+      overlong filtering).
     num_generations: G completions per prompt.
     temperature: sampling temperature; logits are divided by it in the loss as well.
     learning_rate: constant AdamW learning rate (no warmup, no decay).
@@ -58,6 +62,8 @@ class Preset:
   importance_sampling_level: str = "token"
   sapo_temperature_pos: float = 1.0
   sapo_temperature_neg: float = 1.05
+  top_entropy_quantile: float = 1.0
+  mask_truncated_completions: bool = False
   max_grad_norm: float = 1.0
   adam_b1: float = 0.9
   adam_b2: float = 0.999
@@ -78,6 +84,9 @@ class Preset:
       raise ValueError("GRPO needs num_generations >= 2")
     if self.temperature <= 0:
       raise ValueError("sampling temperature must be > 0")
+    if not 0.0 < self.top_entropy_quantile <= 1.0:
+      raise ValueError(f"top_entropy_quantile must lie in (0, 1], got "
+                       f"{self.top_entropy_quantile}")
 
   def rl_section(self, num_microbatches: int = 1) -> dict[str, Any]:
     """Our `rl` config section for this preset, validated by `RLSpec.from_config` like a
@@ -85,7 +94,8 @@ class Preset:
     loss, one update per batch) with the trainer's defaults where TRL has no equivalent
     (each group's prompt run once: `share_prompt`)."""
     return dict(algorithm="grpo", advantage="grpo", std_floor=0.0, whiten_advantages=False,
-                overlong_buffer=0, overlong_penalty=0.0, mask_truncated=False,
+                overlong_buffer=0, overlong_penalty=0.0,
+                mask_truncated=self.mask_truncated_completions,
                 kl_estimator="k3", kl_placement="loss", beta=self.beta, kl_clamp=None,
                 kl_ratio_correction=self.use_bias_correction_kl,
                 policy_loss=rl.TRL_LOSS_TYPES[self.loss_type][0],
@@ -93,7 +103,12 @@ class Preset:
                 eps_high=self.epsilon_high, sapo_tau_pos=self.sapo_temperature_pos,
                 sapo_tau_neg=self.sapo_temperature_neg, dual_clip=None,
                 loss_aggregation=rl.TRL_LOSS_TYPES[self.loss_type][1],
-                entropy_coef=0.0, value_coef=0.0, value_clip=None, gamma=1.0, lam=1.0,
+                entropy_coef=0.0, top_entropy_quantile=self.top_entropy_quantile,
+                # TRL corrects the sampler mismatch only with vLLM generation; both sides
+                # here sample with their own model, in float32.
+                rollout_correction="off", rollout_correction_low=None,
+                rollout_correction_high=None,
+                value_coef=0.0, value_clip=None, gamma=1.0, lam=1.0,
                 num_epochs=1, num_minibatches=1, num_microbatches=num_microbatches,
                 shuffle=False, share_prompt=True)
 
@@ -149,6 +164,8 @@ class Preset:
                 importance_sampling_level=self.importance_sampling_level,
                 sapo_temperature_pos=self.sapo_temperature_pos,
                 sapo_temperature_neg=self.sapo_temperature_neg,
+                top_entropy_quantile=self.top_entropy_quantile,
+                mask_truncated_completions=self.mask_truncated_completions,
                 max_grad_norm=self.max_grad_norm, adam_beta1=self.adam_b1,
                 adam_beta2=self.adam_b2, adam_epsilon=self.adam_eps,
                 weight_decay=self.weight_decay, scale_rewards="group", num_iterations=1,
@@ -166,6 +183,11 @@ class Preset:
          f"policy_loss={policy_loss}, loss_aggregation={agg}"),
         ("importance weights", f"importance_sampling_level={self.importance_sampling_level}",
          f"importance_level={self.importance_sampling_level}"),
+        ("top-entropy tokens", f"top_entropy_quantile={self.top_entropy_quantile}",
+         f"top_entropy_quantile={self.top_entropy_quantile}"),
+        ("truncated completions",
+         f"mask_truncated_completions={self.mask_truncated_completions}",
+         f"mask_truncated={self.mask_truncated_completions}"),
         ("completions per prompt", f"num_generations={self.num_generations}",
          f"num_samples={self.num_generations}"),
         ("advantages", "scale_rewards=group (std ddof=1, +1e-4)",

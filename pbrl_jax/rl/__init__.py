@@ -7,10 +7,11 @@ from pbrl_jax.rl.advantages import (AdvantageEstimator, compute_group_advantages
 from pbrl_jax.rl.kl import (KLEstimator, KLPlacement, kl_estimate, kl_k1, kl_k2, kl_k3,
                             kl_penalized_rewards)
 from pbrl_jax.rl.losses import (TRL_LOSS_TYPES, Aggregation, ImportanceLevel, PolicyLoss,
-                                aggregate, aggregation_denominator, cispo_surrogate,
-                                clip_surrogate_of_weights, clipped_surrogate,
-                                clipped_value_loss, explained_variance,
-                                log_importance_weights, sapo_surrogate)
+                                RolloutCorrection, aggregate, aggregation_denominator,
+                                cispo_surrogate, clip_surrogate_of_weights, clipped_surrogate,
+                                clipped_value_loss, entropy_quantile_mask, explained_variance,
+                                log_importance_weights, rollout_correction_weights,
+                                sapo_surrogate)
 from pbrl_jax.rl.optim import Schedule, make_optimizer, make_schedule
 from pbrl_jax.rl.steps import (StateFns, TrainState, UpdateHParams, completion_outputs,
                                make_loss_fn, make_score_fn, make_state_fns,

@@ -131,6 +131,102 @@ class ImportanceLevel(enum.Enum):
       raise ValueError(f"importance level {name!r}; expected 'token' or 'sequence'") from e
 
 
+class RolloutCorrection(enum.Enum):
+  """Correction of the sampler/trainer mismatch: the rollout was drawn from the sampler's
+  distribution, the update's old log-probs come from the trainer's forward, and the two differ
+  when their numerics do (bfloat16 sampling, another kernel or cache layout). Each token's
+  policy term is multiplied by the detached weight rho = pi_trainer / pi_sampler: per token,
+  or one per sequence (the exponent of the summed log-ratio), truncated into [low, high] or
+  set to 0 outside it (TRL 1.16's `vllm_importance_sampling_mode`; truncated IS, Yao et al.
+  2025, "Your efficient RL framework secretly brings you off-policy RL training").
+  """
+
+  OFF = "off"
+  TOKEN_TRUNCATE = "token_truncate"
+  TOKEN_MASK = "token_mask"
+  SEQUENCE_TRUNCATE = "sequence_truncate"
+  SEQUENCE_MASK = "sequence_mask"
+
+  @classmethod
+  def parse(cls, name: str) -> "RolloutCorrection":
+    try:
+      return cls(name)
+    except ValueError as e:
+      raise ValueError(f"rollout correction {name!r}; expected one of"
+                       f" {[m.value for m in cls]}") from e
+
+  @property
+  def per_sequence(self) -> bool:
+    return self in (RolloutCorrection.SEQUENCE_TRUNCATE, RolloutCorrection.SEQUENCE_MASK)
+
+  @property
+  def masks(self) -> bool:
+    return self in (RolloutCorrection.TOKEN_MASK, RolloutCorrection.SEQUENCE_MASK)
+
+
+def rollout_correction_weights(trainer_logp: Array, sampler_logp: Array, mask: Array,
+                               mode: RolloutCorrection, low: float | None,
+                               high: float | None) -> tuple[Array, dict[str, Array]]:
+  """Per-token weights [B,T] of the policy term, and the mismatch statistics.
+
+  log rho_t = (trainer_logp_t - sampler_logp_t) m_t; per sequence, log rho = sum_t log rho_t
+  for every token of the row. Truncate: rho <- clip(rho, low, high); mask: rho <- 0 outside
+  [low, high]. A missing bound is no bound. The weights carry no gradient.
+
+  Statistics (host metrics): `mismatch/logp_diff_mean` / `_max`: mean and max of
+  |trainer - sampler| log-prob over valid tokens; `mismatch/is_ratio_min` / `_mean` / `_max`:
+  rho before bounding, over valid tokens (per token) or over rows with a valid token (per
+  sequence); `mismatch/bounded_frac`: the share of valid tokens whose weight was truncated
+  or masked.
+  """
+  if mode is RolloutCorrection.OFF:
+    raise ValueError("rollout_correction_weights: mode is OFF")
+  dtype = jnp.promote_types(jnp.result_type(trainer_logp, sampler_logp), jnp.float32)
+  m = mask.astype(dtype)
+  valid = m > 0
+  diff = (trainer_logp.astype(dtype) - sampler_logp.astype(dtype)) * m
+  if mode.per_sequence:
+    log_rho = jnp.broadcast_to(jnp.sum(diff, axis=-1, keepdims=True), diff.shape)
+    counted = jnp.broadcast_to(jnp.any(valid, axis=-1, keepdims=True), diff.shape)
+    counted = counted & (jnp.arange(diff.shape[1]) == 0)[None, :]  # one entry per row
+  else:
+    log_rho = diff
+    counted = valid
+  rho = jnp.exp(log_rho)
+  lo = -jnp.inf if low is None else low
+  hi = jnp.inf if high is None else high
+  outside = (rho < lo) | (rho > hi)
+  weights = jnp.where(outside, 0.0, rho) if mode.masks else jnp.clip(rho, lo, hi)
+  n_tok = jnp.maximum(jnp.sum(m), 1.0)
+  n_counted = jnp.maximum(jnp.sum(counted), 1)
+  abs_diff = jnp.abs(diff)
+  stats = {
+      "mismatch/logp_diff_mean": jnp.sum(abs_diff) / n_tok,
+      "mismatch/logp_diff_max": jnp.max(jnp.where(valid, abs_diff, 0.0)),
+      "mismatch/is_ratio_min": jnp.min(jnp.where(counted, rho, jnp.inf)),
+      "mismatch/is_ratio_mean": jnp.sum(jnp.where(counted, rho, 0.0)) / n_counted,
+      "mismatch/is_ratio_max": jnp.max(jnp.where(counted, rho, -jnp.inf)),
+      "mismatch/bounded_frac": jnp.sum(outside * m) / n_tok,
+  }
+  return jax.lax.stop_gradient(weights), stats
+
+
+def entropy_quantile_mask(entropy: Array, mask: Array, quantile: float) -> Array:
+  """1 on the valid tokens whose entropy is at least the (1 - quantile) quantile of the valid
+  tokens' entropies (linear interpolation, as `torch.quantile`), else 0; no gradient.
+
+  The policy term then trains only the highest-entropy `quantile` of the tokens ("Beyond the
+  80/20 rule", Wang et al. 2025, arXiv 2506.01939; TRL's `top_entropy_quantile` rho). The
+  quantile is taken over the whole array passed in: the micro-batch in the update, as TRL
+  takes it over each loss call's batch.
+  """
+  valid = mask > 0
+  entropy = entropy.astype(jnp.promote_types(entropy.dtype, jnp.float32))
+  threshold = jnp.nanquantile(jnp.where(valid, entropy, jnp.nan), 1.0 - quantile)
+  keep = valid & (entropy >= threshold)  # no valid token: threshold is NaN, nothing kept
+  return jax.lax.stop_gradient(keep.astype(entropy.dtype))
+
+
 # TRL 1.16 `loss_type` -> (policy loss, aggregation, importance level it needs or None).
 TRL_LOSS_TYPES = {
     "grpo": ("clip", "seq_mean_token_mean", None),

@@ -15,7 +15,7 @@ from pbrl_jax.config_schema import ConfigError, build
 from pbrl_jax.rl import optim
 from pbrl_jax.rl.advantages import AdvantageEstimator
 from pbrl_jax.rl.kl import KLEstimator, KLPlacement
-from pbrl_jax.rl.losses import Aggregation, ImportanceLevel, PolicyLoss
+from pbrl_jax.rl.losses import Aggregation, ImportanceLevel, PolicyLoss, RolloutCorrection
 from pbrl_jax.rl.steps import UpdateHParams
 
 
@@ -42,6 +42,10 @@ class _RLSection:
   dual_clip: float | None
   loss_aggregation: str
   entropy_coef: float
+  top_entropy_quantile: float
+  rollout_correction: str
+  rollout_correction_low: float | None
+  rollout_correction_high: float | None
   value_coef: float
   value_clip: float | None
   gamma: float
@@ -79,6 +83,10 @@ class RLSpec:
   dual_clip: float | None
   aggregation: Aggregation
   entropy_coef: float
+  top_entropy_quantile: float
+  rollout_correction: RolloutCorrection
+  rollout_correction_low: float | None
+  rollout_correction_high: float | None
   value_coef: float
   value_clip: float | None
   gamma: float
@@ -119,6 +127,14 @@ class RLSpec:
                 "overlong_buffer", "overlong_penalty"):
       if getattr(s, key) < 0:
         raise ConfigError(f"config.rl.{key}: must be >= 0, got {getattr(s, key)}")
+    if not 0.0 < s.top_entropy_quantile <= 1.0:
+      raise ConfigError("config.rl.top_entropy_quantile: must lie in (0, 1], got "
+                        f"{s.top_entropy_quantile}")
+    low, high = s.rollout_correction_low, s.rollout_correction_high
+    if (low is not None and low < 0) or (high is not None and high <= 0) or (
+        low is not None and high is not None and low > high):
+      raise ConfigError("config.rl.rollout_correction_low/high: need 0 <= low <= high and "
+                        f"high > 0 (None: no bound), got {low}, {high}")
     for key in ("num_epochs", "num_minibatches", "num_microbatches"):
       if getattr(s, key) < 1:
         raise ConfigError(f"config.rl.{key}: must be >= 1, got {getattr(s, key)}")
@@ -136,7 +152,11 @@ class RLSpec:
         kl_clamp=None if s.kl_clamp is None else (float(s.kl_clamp[0]), float(s.kl_clamp[1])),
         aggregation=parse("loss_aggregation", Aggregation.parse, s.loss_aggregation),
         policy_loss=parse("policy_loss", PolicyLoss.parse, s.policy_loss),
-        importance_level=parse("importance_level", ImportanceLevel.parse, s.importance_level))
+        importance_level=parse("importance_level", ImportanceLevel.parse, s.importance_level),
+        rollout_correction=parse("rollout_correction", RolloutCorrection.parse,
+                                 s.rollout_correction))
+    if is_sft and parsed["rollout_correction"] is not RolloutCorrection.OFF:
+      raise ConfigError("config.rl.rollout_correction: SFT samples nothing to correct; set 'off'")
     same = {f.name: getattr(s, f.name) for f in dataclasses.fields(cls)
             if f.name not in parsed}
     return cls(**parsed, **same)

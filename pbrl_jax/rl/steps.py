@@ -85,6 +85,8 @@ class UpdateHParams:
       (DeepSeek-V3.2, arXiv 2512.02556); TRL 1.16's `use_bias_correction_kl`, on there by
       default.
     entropy_coef: coefficient of the token-mean entropy bonus (subtracted).
+    top_entropy_quantile: rho in (0, 1]: the policy term keeps only the tokens in the top
+      rho of each micro-batch's entropies (`losses.entropy_quantile_mask`); 1: every token.
     value_coef: coefficient of the token-mean value loss (PPO).
     value_clip: clip range of the value loss, or None.
     temperature: logits are divided by it before log-softmax (as at sampling).
@@ -112,6 +114,7 @@ class UpdateHParams:
   kl_clamp: tuple[float, float] | None = None
   kl_ratio_correction: bool = False
   entropy_coef: float = 0.0
+  top_entropy_quantile: float = 1.0
   value_coef: float = 0.1
   value_clip: float | None = 0.2
   temperature: float = 1.0
@@ -402,16 +405,20 @@ def _minibatch_indices(rng: Array, batch_size: int, hp: UpdateHParams) -> Array:
 
 
 def policy_objective(logp: Array, old_logp: Array, ref_logp: Array, advantages: Array,
-                     mask: Array, hp: UpdateHParams) -> tuple[Array, Array, dict[str, Array]]:
+                     mask: Array, hp: UpdateHParams, pg_weight: Array | None = None
+                     ) -> tuple[Array, Array, dict[str, Array]]:
   """The policy term of the loss as (sum, denominator), plus its per-token pieces.
 
-    l_t = pg_t(w) + beta kl_t [w]
+    l_t = c_t pg_t(w) + beta kl_t [w]
     pg_t = -min(w A, clip(w, 1 - eps_low, 1 + eps_high) A)      (hp.policy_loss CLIP)
     loss = aggregate(l, mask) = sum / denominator
 
   w is the importance weight: per token, or per sequence (`hp.importance_level`, GSPO);
   CISPO and SAPO replace pg_t (`losses.PolicyLoss`). [w] only with `hp.kl_ratio_correction`
-  (TRL multiplies the KL by the same weight, sequence-level under GSPO).
+  (TRL multiplies the KL by the same weight, sequence-level under GSPO). c_t = `pg_weight`
+  (constant: the top-entropy mask times the rollout correction weight; TRL applies both to
+  the policy term only, before the KL is added), 1 when None. The denominators keep every
+  valid token.
 
   (GRPO: Shao et al. 2024, arXiv 2402.03300, eq. 3 with the KL inside the per-token term,
   as TRL's GRPOTrainer does; beta = `hp.kl_coef_in_loss`, kl_t by `hp.kl_estimator`.)
@@ -428,6 +435,8 @@ def policy_objective(logp: Array, old_logp: Array, ref_logp: Array, advantages: 
     pg, low, high = losses.clip_surrogate_of_weights(weights, advantages, hp.eps_low,
                                                      hp.eps_high, hp.dual_clip)
   pg, low, high = (jnp.broadcast_to(x, logp.shape) for x in (pg, low, high))
+  if pg_weight is not None:
+    pg = pg * jax.lax.stop_gradient(pg_weight)
   kl = kl_lib.kl_estimate(hp.kl_estimator, logp, ref_logp, hp.kl_clamp)
   ratio = jnp.broadcast_to(weights, logp.shape)
   per_token = pg
@@ -461,8 +470,12 @@ def make_loss_fn(config: DecoderConfig, hp: UpdateHParams,
                                                  m.shape[1], hp.temperature, base, lora,
                                                  hp.prompt_group)
     advantages = mb["advantages"]
+    pg_weight = mb.get("rollout_weight")
+    if hp.top_entropy_quantile < 1.0:
+      keep = losses.entropy_quantile_mask(entropy, m, hp.top_entropy_quantile)
+      pg_weight = keep if pg_weight is None else pg_weight * keep
     policy_sum, _, t = policy_objective(logp, mb["old_logp"], mb["ref_logp"], advantages, m,
-                                        hp)
+                                        hp, pg_weight)
     t["entropy"] = entropy
     if values is not None:
       t["value_loss"], t["value_clip_frac"] = losses.clipped_value_loss(
@@ -472,6 +485,8 @@ def make_loss_fn(config: DecoderConfig, hp: UpdateHParams,
     tok_sum = lambda x: jnp.sum(x * m)
     sums = {name: tok_sum(t[name]) for name in ("pg", "kl", "clip_low", "clip_high",
                                                 "entropy", "ratio")}
+    if hp.top_entropy_quantile < 1.0:
+      sums["entropy_kept"] = tok_sum(keep)
     if hp.entropy_coef:
       loss = loss - hp.entropy_coef * sums["entropy"] / dens["tokens"]
     if "value_loss" in t:
@@ -528,6 +543,8 @@ def _sum_metrics(sums: dict[str, Array], dens: dict[str, Array], with_value_head
       "ratio_mean": sums["ratio"] / tok,
       "num_tokens": tok,
   }
+  if "entropy_kept" in sums:
+    metrics["entropy_mask_kept_frac"] = sums["entropy_kept"] / tok
   if with_value_head:
     var_r = sums["ev_r2"] / tok - jnp.square(sums["ev_r"] / tok)
     var_d = sums["ev_d2"] / tok - jnp.square(sums["ev_d"] / tok)
@@ -551,7 +568,8 @@ def make_update_fn(config: DecoderConfig, hp: UpdateHParams,
 
   Batch (leading B, split over ('data', 'fsdp')): tokens [B,T], valid [B,T],
   completion_mask [B,M], old_logp [B,M], ref_logp [B,M], advantages [B,M] (or [B]);
-  PPO also returns [B,M] and old_values [B,M].
+  PPO also returns [B,M] and old_values [B,M]; with a rollout correction, rollout_weight
+  [B,M] (`losses.rollout_correction_weights`).
 
   Per call: `num_epochs` passes, each `num_minibatches` optimizer updates, each the sum of
   `num_microbatches` accumulated gradients. An optimizer update whose loss or gradient norm

@@ -57,6 +57,22 @@ def test_step_parity_within_tolerance(quick):
 
 
 @pytest.mark.slow
+def test_step_parity_with_the_top_entropy_mask(tmp_path):
+  """TRL's top_entropy_quantile in its own compute_loss against rl.top_entropy_quantile in
+  our loss, on the same completions (parity only, no training steps)."""
+  model = compare.write_tiny_model(str(tmp_path / "tiny_model"))
+  preset = compare.Preset(max_completion_length=16, seed=0, top_entropy_quantile=0.5)
+  opts = compare.Options(model_dir=model, out_dir=str(tmp_path), steps=0, num_prompts=4,
+                         preset=preset)
+  par = compare.run(opts, log=lambda _: None)["parity"]
+  for name, pr in par["probes"].items():
+    for key in ("loss_rel_err", "grad_rel_err", "grad_norm_rel_err"):
+      assert pr[key] <= compare.PARITY_RTOL, (name, key, pr[key])
+    assert pr["grad_norm_trl"] > 1e-4, (name, pr["grad_norm_trl"])
+  assert par["passed"]
+
+
+@pytest.mark.slow
 def test_curves_speed_and_reports(quick):
   out, result = quick
   for side in ("trl_steps", "jax_steps"):
@@ -131,6 +147,13 @@ def test_preset_sets_trl_config_and_our_hparams(loss_type, level, tmp_path):
   assert hp.kl_estimator is rl.KLEstimator.K3 and hp.kl_ratio_correction
   assert hp.temperature == 0.7 and hp.max_completion_length == 48
   assert "| seed | `seed=7` |" in compare.preset_table(preset)
+  assert args.top_entropy_quantile == 1.0 and not args.mask_truncated_completions
+  masked = compare.Preset(top_entropy_quantile=0.2, mask_truncated_completions=True)
+  args = trl.GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[],
+                        per_device_train_batch_size=8, **masked.trl_kwargs())
+  assert args.top_entropy_quantile == 0.2 and args.mask_truncated_completions
+  assert masked.update_hparams().top_entropy_quantile == 0.2
+  assert masked.trainer_spec("unused", num_prompts=2).rl.mask_truncated
   with pytest.raises(ValueError, match="needs importance_sampling_level"):
     compare.Preset(loss_type="luspo")
   with pytest.raises(ValueError, match="loss_type"):

@@ -159,3 +159,50 @@ def kl_reward(scores, kl_tok, mask, beta):
     if last >= 0:
       out[i, last] += float(scores[i])
   return out
+
+
+def rollout_correction(trainer, sampler, mask, mode, low, high):
+  """Per-token weights, one loop per row and token, and the share of valid tokens bounded.
+
+  mode: '<token|sequence>_<truncate|mask>'; low/high None means no bound."""
+  level, action = mode.split("_")
+  b, t = trainer.shape
+  lo = -np.inf if low is None else low
+  hi = np.inf if high is None else high
+  weights = np.zeros((b, t))
+  bounded = 0
+  for i in range(b):
+    seq_log = 0.0
+    for k in range(t):
+      if mask[i, k]:
+        seq_log += trainer[i, k] - sampler[i, k]
+    for k in range(t):
+      log_rho = seq_log if level == "sequence" else (
+          (trainer[i, k] - sampler[i, k]) if mask[i, k] else 0.0)
+      rho = math.exp(log_rho)
+      out = rho < lo or rho > hi
+      if action == "truncate":
+        weights[i, k] = min(max(rho, lo), hi)
+      else:
+        weights[i, k] = 0.0 if out else rho
+      if out and mask[i, k]:
+        bounded += 1
+  return weights, bounded / max(mask.sum(), 1)
+
+
+def entropy_mask(entropy, mask, quantile):
+  """Keep valid tokens with entropy >= the linear-interpolation (1 - quantile) quantile of
+  the valid entropies, computed by sorting."""
+  vals = sorted(entropy[i, k] for i in range(entropy.shape[0])
+                for k in range(entropy.shape[1]) if mask[i, k])
+  out = np.zeros(entropy.shape)
+  if not vals:
+    return out
+  pos = (1.0 - quantile) * (len(vals) - 1)
+  lo = int(math.floor(pos))
+  hi = min(lo + 1, len(vals) - 1)
+  threshold = vals[lo] + (vals[hi] - vals[lo]) * (pos - lo)
+  for i in range(entropy.shape[0]):
+    for k in range(entropy.shape[1]):
+      out[i, k] = float(bool(mask[i, k]) and entropy[i, k] >= threshold)
+  return out

@@ -1,5 +1,7 @@
 """Advantages, KL estimators and losses against plain NumPy loops (fp64 and fp32)."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -214,3 +216,63 @@ def test_kl_zero_when_policy_is_reference():
   lp = jnp.asarray(np.random.default_rng(5).normal(size=(3, 4)) - 2)
   for est in rl.KLEstimator:
     np.testing.assert_array_equal(rl.kl_estimate(est, lp, lp), 0.0)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_rollout_correction_weights_match_loops(dtype, tol):
+  rng = np.random.default_rng(11)
+  b, t = 7, 6
+  sampler = rng.normal(size=(b, t)) * 0.5 - 2
+  trainer = sampler + rng.normal(size=(b, t)) * 0.6  # ratios on both sides of the bounds
+  mask = _mask(rng, b, t)
+  with _x64(dtype):
+    j = lambda x: jnp.asarray(x, dtype)
+    for mode in ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"):
+      for low, high in ((None, 3.0), (0.5, 2.0), (0.8, None), (None, None)):
+        got, stats = rl.rollout_correction_weights(
+            j(trainer), j(sampler), j(mask), rl.RolloutCorrection.parse(mode), low, high)
+        want, bounded = ref.rollout_correction(trainer, sampler, mask, mode, low, high)
+        np.testing.assert_allclose(got, want, atol=tol, rtol=tol, err_msg=f"{mode} {low} {high}")
+        assert float(stats["mismatch/bounded_frac"]) == pytest.approx(bounded, abs=tol)
+        if low is not None and mode.endswith("mask"):
+          assert bounded > 0  # the bounds bite in this draw: not a vacuous match
+    _, stats = rl.rollout_correction_weights(j(trainer), j(sampler), j(mask),
+                                             rl.RolloutCorrection.TOKEN_TRUNCATE, None, None)
+    diffs = [abs(trainer[i, k] - sampler[i, k]) for i in range(b) for k in range(t)
+             if mask[i, k]]
+    assert float(stats["mismatch/logp_diff_mean"]) == pytest.approx(np.mean(diffs), rel=tol)
+    assert float(stats["mismatch/logp_diff_max"]) == pytest.approx(max(diffs), rel=tol)
+    ratios = [math.exp(trainer[i, k] - sampler[i, k]) for i in range(b) for k in range(t)
+              if mask[i, k]]
+    assert float(stats["mismatch/is_ratio_min"]) == pytest.approx(min(ratios), rel=tol)
+    assert float(stats["mismatch/is_ratio_mean"]) == pytest.approx(np.mean(ratios), rel=tol)
+    assert float(stats["mismatch/is_ratio_max"]) == pytest.approx(max(ratios), rel=tol)
+    # Per sequence: one ratio per row with a valid token.
+    _, stats = rl.rollout_correction_weights(j(trainer), j(sampler), j(mask),
+                                             rl.RolloutCorrection.SEQUENCE_MASK, None, None)
+    seq = [math.exp(sum(trainer[i, k] - sampler[i, k] for k in range(t) if mask[i, k]))
+           for i in range(b) if mask[i].any()]
+    assert float(stats["mismatch/is_ratio_mean"]) == pytest.approx(np.mean(seq), rel=tol)
+  # Identical log-probs (an fp32 sampler that is the trainer): every weight is 1.
+  same, stats = rl.rollout_correction_weights(jnp.asarray(sampler), jnp.asarray(sampler),
+                                              jnp.asarray(mask),
+                                              rl.RolloutCorrection.SEQUENCE_MASK, None, 3.0)
+  np.testing.assert_array_equal(np.asarray(same), np.ones((b, t)))
+  assert float(stats["mismatch/logp_diff_max"]) == 0.0
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_entropy_quantile_mask_matches_loop(dtype, tol):
+  rng = np.random.default_rng(12)
+  b, t = 6, 7
+  entropy = rng.gamma(2.0, 0.5, size=(b, t))
+  mask = _mask(rng, b, t)
+  with _x64(dtype):
+    for q in (1.0, 0.8, 0.5, 0.2, 0.05):
+      got = rl.entropy_quantile_mask(jnp.asarray(entropy, dtype), jnp.asarray(mask, dtype), q)
+      want = ref.entropy_mask(entropy.astype(dtype), mask, q)
+      np.testing.assert_array_equal(np.asarray(got), want, err_msg=f"quantile {q}")
+      kept = want.sum() / mask.sum()
+      assert kept >= q - 1.0 / mask.sum() - 1e-12  # about the top q of the valid tokens
+  nothing = rl.entropy_quantile_mask(jnp.asarray(entropy), jnp.zeros((b, t)), 0.2)
+  np.testing.assert_array_equal(np.asarray(nothing), np.zeros((b, t)))

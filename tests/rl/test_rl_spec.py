@@ -27,6 +27,11 @@ def test_defaults_validate(algorithm):
     ("kl_placement", "reward", "config.rl.kl_placement"),
     ("dual_clip", 0.5, "config.rl.dual_clip"),
     ("num_microbatches", 0, "config.rl.num_microbatches"),
+    ("top_entropy_quantile", 0.0, "config.rl.top_entropy_quantile"),
+    ("top_entropy_quantile", 1.5, "config.rl.top_entropy_quantile"),
+    ("rollout_correction", "token", "config.rl.rollout_correction"),
+    ("rollout_correction_high", 0.0, "config.rl.rollout_correction_low/high"),
+    ("rollout_correction_low", 4.0, "config.rl.rollout_correction_low/high"),
 ])
 def test_bad_values_name_the_key(key, value, match):
   c = rl_defaults.get_config("grpo").rl
@@ -39,3 +44,18 @@ def test_aliases_match_trl_loss_types():
   assert rl.Aggregation.parse("dapo") is rl.Aggregation.TOKEN_MEAN
   assert rl.Aggregation.parse("grpo") is rl.Aggregation.SEQ_MEAN_TOKEN_MEAN
   assert rl.Aggregation.parse("dr_grpo") is rl.Aggregation.CONSTANT
+
+
+def test_rollout_correction_and_entropy_mask_reach_the_update():
+  c = rl_defaults.get_config("grpo").rl
+  c.rollout_correction = "sequence_mask"
+  c.rollout_correction_low = 0.5
+  c.top_entropy_quantile = 0.2
+  r = spec.RLSpec.from_config(c)
+  assert r.rollout_correction is rl.RolloutCorrection.SEQUENCE_MASK
+  assert (r.rollout_correction_low, r.rollout_correction_high) == (0.5, 3.0)
+  assert r.update_hparams(1.0, 16).top_entropy_quantile == 0.2
+  sft = rl_defaults.sft()
+  sft.rollout_correction = "token_truncate"
+  with pytest.raises(ConfigError, match="config.rl.rollout_correction: SFT"):
+    spec.RLSpec.from_config(sft)
