@@ -37,6 +37,12 @@ def grpo() -> ml_collections.ConfigDict:
   # reward still counts in the group baseline). An alternative to the soft punishment that
   # adds nothing to the reward, so it cannot swamp it (TRL: mask_truncated_completions).
   c.mask_truncated = False
+  # DAPO's dynamic sampling: groups whose rewards are all equal (zero advantages) are replaced
+  # by the informative groups of up to this many further prompt batches per step; the batch
+  # is then scored again. 0: off. Logged: dynamic/informative_frac_first,
+  # dynamic/informative_frac, dynamic/extra_batches. Each extra batch costs a rollout and a
+  # scoring pass.
+  c.dynamic_sampling_batches = 0
   # 'k1', 'k2', 'k3' (Schulman's estimators). k3: unbiased and non-negative in the loss.
   c.kl_estimator = "k3"
   # 'loss' (GRPO), 'reward' (PPO: -beta * kl per token in the reward), 'none'.

@@ -262,12 +262,19 @@ def _loop(r: Run) -> dict[str, Any]:
       scored = stages.score_stage(fns, r.state, prompts, rollout, timer)  # host_text, scoring
       with timer.span("reward"):
         rewards = stages.reward_stage(fns, rollout, scored)
+      dynamic = {}
+      if spec.rl.dynamic_sampling_batches:
+        with timer.span("dynamic_sampling"):  # its extra rollouts and scoring passes
+          prompts, rollout, scored, rewards, dynamic = stages.dynamic_sampling_stage(
+              fns, r.state, prompts, rollout, scored, rewards, step,
+              lambda: stages.PromptBatch.from_loader(next(r.data_iter)))
       with timer.span("advantages"):
         batch = stages.advantage_stage(fns, rollout, scored, rewards)
       with timer.span("update"):
         r.state, update_metrics = stages.update_stage(fns, r.state, batch)
 
       record = stages.step_record(fns, rollout, scored, rewards, update_metrics)
+      record.update(dynamic)
       record.update(timer.pop())
       record["time/step"] = time.perf_counter() - step_start
       # Resident host memory: a leak shows up here long before a multi-day run is killed.

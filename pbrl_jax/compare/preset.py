@@ -95,7 +95,7 @@ class Preset:
     (each group's prompt run once: `share_prompt`)."""
     return dict(algorithm="grpo", advantage="grpo", std_floor=0.0, whiten_advantages=False,
                 overlong_buffer=0, overlong_penalty=0.0,
-                mask_truncated=self.mask_truncated_completions,
+                mask_truncated=self.mask_truncated_completions, dynamic_sampling_batches=0,
                 kl_estimator="k3", kl_placement="loss", beta=self.beta, kl_clamp=None,
                 kl_ratio_correction=self.use_bias_correction_kl,
                 policy_loss=rl.TRL_LOSS_TYPES[self.loss_type][0],

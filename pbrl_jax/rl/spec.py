@@ -28,6 +28,7 @@ class _RLSection:
   overlong_buffer: int
   overlong_penalty: float
   mask_truncated: bool
+  dynamic_sampling_batches: int
   kl_estimator: str
   kl_placement: str
   beta: float
@@ -69,6 +70,7 @@ class RLSpec:
   overlong_buffer: int
   overlong_penalty: float
   mask_truncated: bool
+  dynamic_sampling_batches: int
   kl_estimator: KLEstimator
   kl_placement: KLPlacement
   beta: float
@@ -135,6 +137,9 @@ class RLSpec:
         low is not None and high is not None and low > high):
       raise ConfigError("config.rl.rollout_correction_low/high: need 0 <= low <= high and "
                         f"high > 0 (None: no bound), got {low}, {high}")
+    if s.dynamic_sampling_batches < 0 or (is_sft and s.dynamic_sampling_batches):
+      raise ConfigError("config.rl.dynamic_sampling_batches: must be >= 0, and 0 for SFT "
+                        f"(which samples nothing), got {s.dynamic_sampling_batches}")
     for key in ("num_epochs", "num_minibatches", "num_microbatches"):
       if getattr(s, key) < 1:
         raise ConfigError(f"config.rl.{key}: must be >= 1, got {getattr(s, key)}")

@@ -32,6 +32,7 @@ def test_defaults_validate(algorithm):
     ("rollout_correction", "token", "config.rl.rollout_correction"),
     ("rollout_correction_high", 0.0, "config.rl.rollout_correction_low/high"),
     ("rollout_correction_low", 4.0, "config.rl.rollout_correction_low/high"),
+    ("dynamic_sampling_batches", -1, "config.rl.dynamic_sampling_batches"),
 ])
 def test_bad_values_name_the_key(key, value, match):
   c = rl_defaults.get_config("grpo").rl

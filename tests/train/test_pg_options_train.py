@@ -1,7 +1,9 @@
 """`pbrl-train` with the policy-gradient options of the TRL family switched on.
 
-The sampler/trainer mismatch correction and the top-entropy-quantile mask run end to end on
-configs/tiny.py, and their metrics reach metrics.jsonl. In float32 the sampler (incremental,
+The sampler/trainer mismatch correction, the top-entropy-quantile mask and DAPO's dynamic
+sampling run end to end on configs/tiny.py, and their metrics reach metrics.jsonl (the
+refill itself is checked stage by stage in tests/train/test_stages.py: the tiny run's
+continuous rewards leave no group of equal rewards to replace). In float32 the sampler (incremental,
 KV cache) and the trainer (full forward) run the same code in the same precision, so the
 mismatch is rounding and no weight leaves the bounds.
 
@@ -29,7 +31,8 @@ def test_correction_and_entropy_mask_run_and_log(tmp_path):
                       "--config.rl.rollout_correction=token_mask",
                       "--config.rl.rollout_correction_low=0.5",
                       "--config.rl.rollout_correction_high=2.0",
-                      "--config.rl.top_entropy_quantile=0.5")
+                      "--config.rl.top_entropy_quantile=0.5",
+                      "--config.rl.dynamic_sampling_batches=1")
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   assert len(rows) == 2
@@ -42,3 +45,5 @@ def test_correction_and_entropy_mask_run_and_log(tmp_path):
     assert r["mismatch/bounded_frac"] == 0.0
     assert r["mismatch/is_ratio_min"] <= r["mismatch/is_ratio_mean"] <= r["mismatch/is_ratio_max"]
     assert abs(r["mismatch/is_ratio_mean"] - 1.0) < 1e-3
+    assert 0.0 <= r["dynamic/informative_frac_first"] <= r["dynamic/informative_frac"] <= 1.0
+    assert r["dynamic/extra_batches"] in (0.0, 1.0)

@@ -7,6 +7,7 @@ NumPy loops of tests/rl/rl_numpy_refs.py.
 """
 
 import contextlib
+import dataclasses
 import math
 
 import jax
@@ -178,3 +179,78 @@ def test_external_rewards_keep_values_and_add_shaping(run, step1):
   assert got.rows == ()
   with pytest.raises(ValueError, match="one per completion"):
     stages.external_rewards(run.fns, rollout, np.zeros(n + 1))
+
+
+def test_informative_groups_and_group_selection_repad_prompts():
+  rewards = np.array([0.5, 0.5, 0.1, 0.3, 1.0, 1.0, 0.0, 1e-9])
+  want = [len(set(rewards[i:i + 2].tolist())) > 1 for i in range(0, 8, 2)]  # loop reference
+  np.testing.assert_array_equal(stages.informative_groups(rewards, 2), want)
+  g, m, pad = 2, 3, 0
+
+  def part(width, offset):
+    b = 2
+    valid = np.zeros((b, width), bool)
+    valid[:, -2:] = True  # two real prompt tokens, left-padded
+    tokens = np.where(valid, np.arange(b * width).reshape(b, width) + offset, pad)
+    prompts = stages.PromptBatch(
+        prompt_tokens=tokens.astype(np.int32), prompt_valid=valid, group_size=g,
+        ids=tuple(f"q{offset}-{i}" for i in range(b)), langs=("de", "fr"),
+        questions=("a", "b"), gold=("1", "2"), reference=("r1", "r2"),
+        reference_answer=("1", "2"), ref_emb={"enc/answer": np.arange(b)[:, None] + offset})
+    comp = np.arange(b * g * m).reshape(b * g, m) + 1000 + offset
+    rows_tokens = np.concatenate([np.repeat(tokens, g, 0), comp], 1).astype(np.int32)
+    rows_valid = np.concatenate([np.repeat(valid, g, 0), np.ones((b * g, m), bool)], 1)
+    rollout = stages.Rollout(
+        tokens=rows_tokens, valid=rows_valid, completion_mask=np.ones((b * g, m), bool),
+        sampler_logp=comp.astype(np.float32), texts=tuple(f"t{offset}-{r}" for r in range(4)),
+        finished=np.ones(4, bool), lengths=np.full(4, m), langs=("de", "de", "fr", "fr"))
+    return prompts, rollout
+
+  narrow, wide = part(4, 0), part(6, 100)
+  prompts, rollout = stages.select_groups([narrow, wide], [(0, 1), (1, 0)], pad)
+  assert prompts.ids == ("q0-1", "q100-0") and prompts.langs == ("fr", "de")
+  assert prompts.prompt_tokens.shape == (2, 6) and rollout.tokens.shape == (4, 6 + m)
+  np.testing.assert_array_equal(prompts.prompt_tokens[0], [pad, pad] + list(narrow[0].prompt_tokens[1]))
+  np.testing.assert_array_equal(prompts.prompt_tokens[1], wide[0].prompt_tokens[0])
+  np.testing.assert_array_equal(prompts.ref_emb["enc/answer"], [[1], [100]])
+  assert rollout.texts == ("t0-2", "t0-3", "t100-0", "t100-1")
+  for row, (src, src_row) in enumerate([(narrow, 2), (narrow, 3), (wide, 0), (wide, 1)]):
+    # Every row keeps its real tokens and completion; only padding was added on the left.
+    np.testing.assert_array_equal(rollout.tokens[row][rollout.valid[row]],
+                                  src[1].tokens[src_row][src[1].valid[src_row]])
+    np.testing.assert_array_equal(rollout.sampler_logp[row], src[1].sampler_logp[src_row])
+
+
+def test_dynamic_sampling_refills_groups_of_equal_rewards(run, step1):
+  prompts, rollout, scored = step1["prompts"], step1["rollout"], step1["scored"]
+  rewards = step1["rewards"]
+  g, b = prompts.group_size, len(prompts.ids)
+  assert stages.informative_groups(rewards.shaped, g).all()  # USE-m3 scores differ
+  flat = rewards.rewards.copy()
+  flat[:g] = 0.25  # group 0 now teaches nothing
+  forced = dataclasses.replace(rewards, rewards=flat)
+  spec = run.fns.spec
+  fns = dataclasses.replace(run.fns, spec=dataclasses.replace(
+      spec, rl=dataclasses.replace(spec.rl, dynamic_sampling_batches=2)))
+  drawn = []
+
+  def next_prompts():
+    drawn.append(stages.PromptBatch.from_loader(next(run.data_iter)))
+    return drawn[-1]
+
+  out_p, out_ro, _, out_rw, stats = stages.dynamic_sampling_stage(
+      fns, run.state, prompts, rollout, scored, forced, 1, next_prompts)
+  assert stats == {"dynamic/informative_frac_first": (b - 1) / b,
+                   "dynamic/informative_frac": 1.0, "dynamic/extra_batches": 1}
+  assert len(drawn) == 1
+  # Groups 1.. of the first batch, then an informative group of the drawn batch.
+  assert out_p.ids[:b - 1] == prompts.ids[1:] and out_p.ids[-1] in drawn[0].ids
+  assert out_ro.texts[:(b - 1) * g] == rollout.texts[g:]
+  # Re-scored: the kept rows' rewards are what they were (same texts and references).
+  np.testing.assert_allclose(out_rw.rewards[:(b - 1) * g], rewards.rewards[g:], rtol=1e-5,
+                             atol=1e-6)
+  assert stages.informative_groups(out_rw.shaped, g).all()
+  # Nothing to replace: the batch comes back as it was, nothing drawn.
+  same = stages.dynamic_sampling_stage(fns, run.state, prompts, rollout, scored, rewards, 1,
+                                       next_prompts)
+  assert same[1] is rollout and same[4]["dynamic/extra_batches"] == 0 and len(drawn) == 1
