@@ -5,8 +5,8 @@
   scored   = score_stage(fns, state, prompts, rollout)            host -> mesh, one scoring jit,
                                                                   host text scores meanwhile
   rewards  = reward_stage(fns, rollout, scored)                   host (embeddings from mesh)
-  (optional) dynamic_sampling_stage: groups of equal rewards replaced by further prompts'
-             informative groups, the assembled batch scored and rewarded again
+  (optional) pbrl_jax.dynamic_sampling: groups of equal rewards replaced by further
+             prompts' informative groups, the assembled batch scored and rewarded again
   batch    = advantage_stage(fns, rollout, scored, rewards)       host -> mesh, jit advantages
   state, m = update_stage(fns, state, batch)                      jit update, metrics -> host
   record   = step_record(fns, rollout, scored, rewards, m)        host
@@ -466,111 +466,6 @@ def external_rewards(fns: StepFns, rollout: Rollout, values: Sequence[float]) ->
     raise ValueError(f"external rewards: expected {len(rollout.texts)} values (one per"
                      f" completion), got shape {rewards.shape}")
   return Rewards(rows=(), rewards=rewards, overlong=_overlong(fns, rollout))
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage 3b (optional): dynamic sampling.
-# ---------------------------------------------------------------------------------------------
-
-
-def informative_groups(shaped: np.ndarray, g: int) -> np.ndarray:
-  """[B] True where a group's rewards (as the advantages see them) are not all equal: a group
-  of equal rewards gets zero advantages and teaches nothing."""
-  r = np.asarray(shaped, np.float64).reshape(-1, g)
-  return r.max(axis=1) > r.min(axis=1)
-
-
-def _left_widen(x: np.ndarray, width: int, fill: Any) -> np.ndarray:
-  """Left-pads the last axis of [N, P] (or the prompt part of [N, P+M]) to `width` more."""
-  return np.pad(x, [(0, 0), (width, 0)], constant_values=fill) if width else x
-
-
-def select_groups(parts: Sequence[tuple[PromptBatch, Rollout]],
-                  picks: Sequence[tuple[int, int]], pad_id: int
-                  ) -> tuple[PromptBatch, Rollout]:
-  """One (PromptBatch, Rollout) of the groups `picks` = [(part, group)] in that order.
-
-  Parts may come from different prompt buckets: every prompt is left-padded to the widest
-  (padding is never attended to, so each row's completion and log-probs are unchanged).
-  """
-  g = parts[0][0].group_size
-  width = max(p.prompt_tokens.shape[1] for p, _ in parts)
-  m = parts[0][1].completion_mask.shape[1]
-  prompt_rows, rollout_rows = [], []
-  for k, i in picks:
-    p, r = parts[k]
-    extra = width - p.prompt_tokens.shape[1]
-    prompt_rows.append((p, i, extra))
-    rollout_rows.append((r, range(i * g, (i + 1) * g), extra))
-  first = parts[0][0]
-  prompts = PromptBatch(
-      prompt_tokens=np.concatenate([_left_widen(p.prompt_tokens[i:i + 1], e, pad_id)
-                                    for p, i, e in prompt_rows]),
-      prompt_valid=np.concatenate([_left_widen(p.prompt_valid[i:i + 1], e, False)
-                                   for p, i, e in prompt_rows]),
-      group_size=g,
-      **{f: tuple(getattr(p, f)[i] for p, i, _ in prompt_rows)
-         for f in ("ids", "langs", "questions", "gold", "reference", "reference_answer")},
-      ref_emb={key: np.stack([p.ref_emb[key][i] for p, i, _ in prompt_rows])
-               for key in first.ref_emb})
-  rows = lambda f: [getattr(r, f)[list(idx)] for r, idx, _ in rollout_rows]
-  rollout = Rollout(
-      tokens=np.concatenate([_left_widen(r.tokens[list(idx)], e, pad_id)
-                             for r, idx, e in rollout_rows]),
-      valid=np.concatenate([_left_widen(r.valid[list(idx)], e, False)
-                            for r, idx, e in rollout_rows]),
-      completion_mask=np.concatenate(rows("completion_mask")),
-      sampler_logp=np.concatenate(rows("sampler_logp")),
-      texts=tuple(r.texts[j] for r, idx, _ in rollout_rows for j in idx),
-      finished=np.concatenate(rows("finished")), lengths=np.concatenate(rows("lengths")),
-      langs=tuple(r.langs[j] for r, idx, _ in rollout_rows for j in idx))
-  assert rollout.tokens.shape[1] == width + m
-  return prompts, rollout
-
-
-def dynamic_sampling_stage(fns: StepFns, state: Any, prompts: PromptBatch, rollout: Rollout,
-                           scored: Scored, rewards: Rewards, step: int,
-                           next_prompts: Callable[[], PromptBatch],
-                           timer: metrics_lib.StepTimer | None = None
-                           ) -> tuple[PromptBatch, Rollout, Scored, Rewards, dict[str, float]]:
-  """DAPO's dynamic sampling: groups whose rewards are all equal leave the batch, which is
-  refilled with the informative groups of further prompt batches (`next_prompts`), at most
-  `rl.dynamic_sampling_batches` of them. Short of B informative groups after that, the
-  first batch's uninformative groups fill the rest (zero advantages, as without the option).
-  When groups were replaced, the assembled batch is scored and rewarded again (the reward of
-  a text does not change; its log-probs and embeddings must be the batch's).
-
-  Returns the step's prompts, rollout, scores and rewards, and the counts:
-  dynamic/informative_frac_first (of the first batch), dynamic/informative_frac (of the
-  batch trained on), dynamic/extra_batches (batches drawn beyond the first).
-  """
-  g = prompts.group_size
-  b = len(prompts.ids)
-  keep = informative_groups(rewards.shaped, g)
-  stats = {"dynamic/informative_frac_first": float(np.mean(keep)),
-           "dynamic/informative_frac": float(np.mean(keep)), "dynamic/extra_batches": 0.0}
-  if keep.all():
-    return prompts, rollout, scored, rewards, stats
-  parts = [(prompts, rollout)]
-  picks = [(0, int(i)) for i in np.flatnonzero(keep)]
-  draw = 0
-  while len(picks) < b and draw < fns.spec.rl.dynamic_sampling_batches:
-    draw += 1
-    more = next_prompts()
-    more_rollout = rollout_stage(fns, state, more, step, draw)
-    more_rewards = reward_stage(fns, more_rollout,
-                                score_stage(fns, state, more, more_rollout, timer))
-    parts.append((more, more_rollout))
-    picks += [(draw, int(i)) for i in np.flatnonzero(informative_groups(more_rewards.shaped, g))]
-  informative = min(len(picks), b)
-  picks = picks[:b] + [(0, int(i)) for i in np.flatnonzero(~keep)][:max(b - len(picks), 0)]
-  stats.update({"dynamic/informative_frac": informative / b,
-                "dynamic/extra_batches": float(draw)})
-  if draw == 0:  # nothing drawn (the option is off): the batch as it was
-    return prompts, rollout, scored, rewards, stats
-  prompts, rollout = select_groups(parts, picks, fns.model_cfg.pad_token_id)
-  scored = score_stage(fns, state, prompts, rollout, timer)
-  return prompts, rollout, scored, reward_stage(fns, rollout, scored), stats
 
 
 # ---------------------------------------------------------------------------------------------

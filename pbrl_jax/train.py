@@ -33,6 +33,7 @@ from absl import logging
 from pbrl_jax import checkpoint as ckpt_lib
 from pbrl_jax import config_schema
 from pbrl_jax import distributed
+from pbrl_jax import dynamic_sampling
 from pbrl_jax import fileio
 from pbrl_jax import metrics as metrics_lib
 from pbrl_jax import stages
@@ -265,7 +266,7 @@ def _loop(r: Run) -> dict[str, Any]:
       dynamic = {}
       if spec.rl.dynamic_sampling_batches:
         with timer.span("dynamic_sampling"):  # its extra rollouts and scoring passes
-          prompts, rollout, scored, rewards, dynamic = stages.dynamic_sampling_stage(
+          prompts, rollout, scored, rewards, dynamic = dynamic_sampling.dynamic_sampling_stage(
               fns, r.state, prompts, rollout, scored, rewards, step,
               lambda: stages.PromptBatch.from_loader(next(r.data_iter)))
       with timer.span("advantages"):

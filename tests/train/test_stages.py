@@ -18,6 +18,7 @@ import train_testlib as tl
 from rl import rl_numpy_refs as npref
 from pbrl_jax import evaluate as eval_lib
 from pbrl_jax import metrics as metrics_lib
+from pbrl_jax import dynamic_sampling
 from pbrl_jax import stages
 from pbrl_jax import train as train_lib
 from pbrl_jax.models import sharding as shd
@@ -184,7 +185,7 @@ def test_external_rewards_keep_values_and_add_shaping(run, step1):
 def test_informative_groups_and_group_selection_repad_prompts():
   rewards = np.array([0.5, 0.5, 0.1, 0.3, 1.0, 1.0, 0.0, 1e-9])
   want = [len(set(rewards[i:i + 2].tolist())) > 1 for i in range(0, 8, 2)]  # loop reference
-  np.testing.assert_array_equal(stages.informative_groups(rewards, 2), want)
+  np.testing.assert_array_equal(dynamic_sampling.informative_groups(rewards, 2), want)
   g, m, pad = 2, 3, 0
 
   def part(width, offset):
@@ -207,7 +208,7 @@ def test_informative_groups_and_group_selection_repad_prompts():
     return prompts, rollout
 
   narrow, wide = part(4, 0), part(6, 100)
-  prompts, rollout = stages.select_groups([narrow, wide], [(0, 1), (1, 0)], pad)
+  prompts, rollout = dynamic_sampling.select_groups([narrow, wide], [(0, 1), (1, 0)], pad)
   assert prompts.ids == ("q0-1", "q100-0") and prompts.langs == ("fr", "de")
   assert prompts.prompt_tokens.shape == (2, 6) and rollout.tokens.shape == (4, 6 + m)
   np.testing.assert_array_equal(prompts.prompt_tokens[0], [pad, pad] + list(narrow[0].prompt_tokens[1]))
@@ -239,7 +240,7 @@ def test_dynamic_sampling_refills_groups_of_equal_rewards(run, step1):
     drawn.append(stages.PromptBatch.from_loader(next(run.data_iter)))
     return drawn[-1]
 
-  out_p, out_ro, _, out_rw, stats = stages.dynamic_sampling_stage(
+  out_p, out_ro, _, out_rw, stats = dynamic_sampling.dynamic_sampling_stage(
       fns, run.state, prompts, rollout, scored, forced, 1, next_prompts)
   assert stats["dynamic/informative_frac_first"] == (b - 1) / b
   assert stats["dynamic/extra_batches"] == len(drawn) and 1 <= len(drawn) <= 2
@@ -248,7 +249,7 @@ def test_dynamic_sampling_refills_groups_of_equal_rewards(run, step1):
   assert out_ro.texts[:(b - 1) * g] == rollout.texts[g:]
   if stats["dynamic/informative_frac"] == 1.0:  # a drawn batch had an informative group
     assert any(out_p.ids[-1] in d.ids for d in drawn)
-    assert stages.informative_groups(out_rw.shaped[-g:], g).all()
+    assert dynamic_sampling.informative_groups(out_rw.shaped[-g:], g).all()
   else:  # none in two draws: the first batch's uninformative group fills the slot
     assert stats["dynamic/informative_frac"] == (b - 1) / b and len(drawn) == 2
     assert out_p.ids[-1] == prompts.ids[0]
@@ -257,6 +258,6 @@ def test_dynamic_sampling_refills_groups_of_equal_rewards(run, step1):
                              atol=1e-6)
   # Nothing to replace: the batch comes back as it was, nothing drawn.
   informative = dataclasses.replace(forced, rewards=np.arange(b * g, dtype=np.float32))
-  same = stages.dynamic_sampling_stage(fns, run.state, prompts, rollout, scored, informative,
+  same = dynamic_sampling.dynamic_sampling_stage(fns, run.state, prompts, rollout, scored, informative,
                                        1, next_prompts)
   assert same[1] is rollout and same[4]["dynamic/extra_batches"] == 0
