@@ -187,8 +187,8 @@ def rollout_correction_weights(trainer_logp: Array, sampler_logp: Array, mask: A
   diff = (trainer_logp.astype(dtype) - sampler_logp.astype(dtype)) * m
   if mode.per_sequence:
     log_rho = jnp.broadcast_to(jnp.sum(diff, axis=-1, keepdims=True), diff.shape)
-    counted = jnp.broadcast_to(jnp.any(valid, axis=-1, keepdims=True), diff.shape)
-    counted = counted & (jnp.arange(diff.shape[1]) == 0)[None, :]  # one entry per row
+    # The ratio statistics count each row with a valid token once (its column 0).
+    counted = jnp.zeros_like(valid).at[:, 0].set(jnp.any(valid, axis=-1))
   else:
     log_rho = diff
     counted = valid
