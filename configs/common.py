@@ -14,6 +14,18 @@ from configs import eval_defaults
 from configs import reward_defaults
 from configs import rl_defaults
 
+# Completion budgets on our arithmetic problems (pbrl_jax.data.arith) with SmolLM2's tokenizer.
+# An honest answer restates the question and ends in "#### N"; the English worked solution
+# takes 32-35 tokens. The tokenizer spends more tokens on the same question in other scripts,
+# and an answer in the question's language costs about as much more (the estimate of
+# tests/train/test_answer_budgets.py: English solution tokens x the question's tokens in the
+# language / in English), at most: de 62, fr 63, es 58, pt 55, zh 72, ru 99, ja 145. The
+# earlier 64-token cap cut off most honest Russian and every honest Japanese answer before
+# its number, so reward and accuracy penalised exactly the in-language answers PB-RLSVR asks
+# for (the hybrid run capped 44% of its Russian rollouts).
+ARITH_ROLLOUT_TOKENS = 128  # the training languages de fr ru zh (Russian: at most 99)
+ARITH_EVAL_TOKENS = 160  # with the held-out Japanese (at most 145)
+
 
 def run_config(c: ml_collections.ConfigDict) -> None:
   """Top-level keys: length, cadence and safety limits of a run."""

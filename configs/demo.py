@@ -37,7 +37,7 @@ PREMISE_STEPS = 40
 def _lora(c) -> None:
   c.model.lora_rank = 16
   c.model.lora_alpha = 32.0
-  # Whole logits: at 16 completions x 64 tokens they are 200 MB on the CPU, and the blockwise
+  # Whole logits: at 16 completions x 128 tokens they are 400 MB on the CPU, and the blockwise
   # pass recomputes them in the backward pass (pods keep the blockwise default).
   c.model.vocab_block = 0
   # LoRA wants about 10x the full fine-tuning rate; a 40-step run needs it from the start.
@@ -47,7 +47,7 @@ def _lora(c) -> None:
 def _eval(c) -> None:
   c.eval.datasets = [dict(kind="jsonl", path="{workdir}/data/test.jsonl",
                           langs=list(EVAL_LANGS), limit=N_TEST, seed=0, name="arith")]
-  c.eval.max_new_tokens = 64
+  c.eval.max_new_tokens = common.ARITH_EVAL_TOKENS
   c.eval.batch_size = 16
   c.eval.n_boot = 1000
 
@@ -87,7 +87,7 @@ def get_config(arg: str = ""):
   c.total_steps = 40
   c.checkpoint_every = 20
   c.sample_every = 5
-  c.rollout.max_new_tokens = 64  # the worked solutions take 25-45 tokens
+  c.rollout.max_new_tokens = common.ARITH_ROLLOUT_TOKENS  # the answers' length per language
   c.rollout.temperature = 0.7
   _lora(c)
   c.rl.advantage = "rloo"

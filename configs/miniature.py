@@ -23,7 +23,7 @@ greedy in English and 8-21% in the other languages (experiments/miniature/README
 languages de, fr, ru, zh; held out (never trained on) es, ja, pt; English is the pivot.
 
 Version 2 (after experiments/diagnosis/): every RL method samples the same rollouts (4 prompts
-x G = 8 completions per step at temperature 0.7, at most 64 tokens), takes RLOO advantages
+x G = 8 completions per step at temperature 0.7, at most 128 tokens), takes RLOO advantages
 with a token-mean loss and no overlong term, and trains LoRA rank 16 adapters at lr 1e-4 for
 40 steps; SFT trains the same adapters at the same rate on one reference per prompt. The
 PB-RLSVR methods use reward v2 (configs/reward_defaults.py). `rlvr_ppo` and `pbrl_mt` are kept
@@ -74,7 +74,9 @@ def get_config(arg: str = "pbrl_hybrid"):
   c.checkpoint_every = 20
   c.sample_every = 10
   c.eval_before_after = False  # run.py evaluates base and every method on one test set
-  c.rollout.max_new_tokens = 64  # the worked solutions take 25-45 tokens
+  # SFT keeps this many tokens of the English reference (at most 35); the RL arms sample
+  # answers in the question's language, which take up to 99 tokens (configs/common.py).
+  c.rollout.max_new_tokens = 64 if algorithm == "sft" else common.ARITH_ROLLOUT_TOKENS
   c.rollout.temperature = 0.7  # see experiments/diagnosis/README.md (F3)
   if options.get("init"):
     c.model.path = options["init"]
@@ -97,7 +99,7 @@ def get_config(arg: str = "pbrl_hybrid"):
   c.eval.datasets = [dict(kind="jsonl", path=f"{data_dir}/test.jsonl",
                           langs=["en", *TRAIN_LANGS, *HELD_OUT_LANGS], limit=N_TEST, seed=0,
                           name="arith")]
-  c.eval.max_new_tokens = 64
+  c.eval.max_new_tokens = common.ARITH_EVAL_TOKENS
   c.eval.batch_size = 16
   c.eval.n_boot = 1000
   if options.get("smoke") == "1":

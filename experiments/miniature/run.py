@@ -369,7 +369,8 @@ def write_page(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
       f"Command: `{meta['command']}`", "",
       f"Policy SmolLM2-135M-Instruct; data: one-step arithmetic word problems in eight languages"
       f" (pbrl_jax/data/arith.py), {meta['n_train']} training problems, {meta['n_test']} test"
-      f" problems per language (greedy, {meta['eval_tokens']} new tokens). Trained languages"
+      f" problems per language (greedy, at most {meta['eval_tokens']} new tokens; RL rollouts"
+      f" at most {meta.get('rollout_tokens', '?')}). Trained languages"
       f" {', '.join(miniature.TRAIN_LANGS)}{_mt_note(results)}; held"
       f" out {', '.join(miniature.HELD_OUT_LANGS)}. Steps per method: {meta['steps']}; seeds:"
       f" {meta['seeds']}. Wall time: {_wall(meta)} on {meta['machine']}.", "",
@@ -405,22 +406,29 @@ def arm_name(method: str, seed: int) -> str:
   return f"{method} (seed {seed})"
 
 
-def load_reused(path: str, n_test: int, premise: str
-                ) -> tuple[dict[str, Any], dict[str, Any]]:
+def design(n_test: int, premise: str) -> dict[str, Any]:
+  """What arms must share to be compared: test problems per language, premise, and the
+  completion budgets (a shorter cap cuts off in-language answers first, configs/common.py)."""
+  return {"n_test": n_test, "premise": premise,
+          "rollout_tokens": miniature.get_config("rlvr_grpo").rollout.max_new_tokens,
+          "eval_tokens": miniature.get_config().eval.max_new_tokens}
+
+
+def load_reused(path: str, want: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
   """(results, meta) of an earlier run's results.json, or empty dicts without a path.
 
-  Refuses a file from a different design (test problems per language, premise): its arms
-  would not be comparable with the ones this run adds.
+  Refuses a file from a different design (`design`): its arms would not be comparable with
+  the ones this run adds.
   """
   if not path:
     return {}, {}
   with open(path, encoding="utf-8") as f:
     saved = json.load(f)
   meta = saved.get("meta", {})
-  for key, want in (("n_test", n_test), ("premise", premise)):
-    if meta.get(key) != want:
+  for key, value in want.items():
+    if meta.get(key) != value:
       raise SystemExit(f"--reuse {path}: meta.{key} is {meta.get(key)!r}, this run uses"
-                       f" {want!r}; its arms are not comparable")
+                       f" {value!r}; its arms are not comparable")
   _log(f"reusing {', '.join(saved['results'])} from {path}")
   return saved["results"], meta
 
@@ -470,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   langs = ("en", *miniature.TRAIN_LANGS, *miniature.HELD_OUT_LANGS)
   arith.write_split(data_dir, langs=langs, n_train=args.n_train, n_test=args.n_test, seed=0)
 
-  reused, reused_meta = load_reused(args.reuse, args.n_test, args.premise)
+  reused, reused_meta = load_reused(args.reuse, design(args.n_test, args.premise))
   runs = [(m, sd) for m in methods for sd in (seeds[:1] if m == "sft" else seeds)]
   to_train = [(m, sd) for m, sd in runs if arm_name(m, sd) not in reused]
   results = {"base": reused.get("base") or run_base(out, data_dir, args.smoke)}
@@ -496,10 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     training = {"premise (sft_en)": premise_training, **training}
   meta = {"command": " ".join(["python", "experiments/miniature/run.py",
                                *(argv if argv is not None else sys.argv[1:])]),
-          "n_train": args.n_train, "n_test": args.n_test, "seeds": seeds,
-          "premise": args.premise,
+          "n_train": args.n_train, "seeds": seeds, **design(args.n_test, args.premise),
           "steps": args.steps or miniature.get_config(methods[0]).total_steps,
-          "eval_tokens": miniature.get_config().eval.max_new_tokens,
           "wall_minutes": (time.time() - t0) / 60, "machine": os.environ.get(
               "PBRL_MACHINE", f"{os.cpu_count()} CPU cores"), "training": training,
           "endpoints": endpoint_rows(results, n_boot=200 if args.smoke else 2000)}
