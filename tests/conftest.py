@@ -12,7 +12,20 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import atexit
+import shutil
 import sys
+import tempfile
+
+# One persistent XLA compilation cache for the whole run, fresh each run: the many tests that
+# build the same tiny programs (in this process, in the xdist workers, which inherit this
+# environment, and in the `pbrl-train` subprocesses) compile each program once. A cache hit
+# loads the executable XLA compiled from the same HLO and flags, so results do not change;
+# only wall time does. A cache a user set on purpose is left alone.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix="pbrl_test_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 # Shared test utilities (reference models, fixtures writers) live next to this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
