@@ -13,7 +13,7 @@ import numpy as np
 
 from pbrl_jax import metrics as metrics_lib
 from pbrl_jax.stages import (PromptBatch, Rewards, Rollout, Scored, StepFns, reward_stage,
-                             rollout_stage, score_stage)
+                             rollout_stage, score_stage, set_completion_width)
 
 
 def informative_groups(shaped: np.ndarray, g: int) -> np.ndarray:
@@ -33,12 +33,15 @@ def select_groups(parts: Sequence[tuple[PromptBatch, Rollout]],
                   ) -> tuple[PromptBatch, Rollout]:
   """One (PromptBatch, Rollout) of the groups `picks` = [(part, group)] in that order.
 
-  Parts may come from different prompt buckets: every prompt is left-padded to the widest
-  (padding is never attended to, so each row's completion and log-probs are unchanged).
+  Parts may come from different prompt buckets and completion widths: every prompt is
+  left-padded to the widest, every completion right-padded to the widest (padding is never
+  attended to, so each row's completion and log-probs are unchanged).
   """
   g = parts[0][0].group_size
   width = max(p.prompt_tokens.shape[1] for p, _ in parts)
-  m = parts[0][1].completion_mask.shape[1]
+  # Each draw's completions were cut to their own longest (`stages.completion_width`).
+  m = max(r.completion_mask.shape[1] for _, r in parts)
+  parts = [(p, set_completion_width(r, m, pad_id)) for p, r in parts]
   prompt_rows, rollout_rows = [], []
   for k, i in picks:
     p, r = parts[k]

@@ -29,6 +29,7 @@ import numpy as np
 
 from pbrl_jax import distributed
 from pbrl_jax import metrics as metrics_lib
+from pbrl_jax import padding
 from pbrl_jax import sampling
 from pbrl_jax.models import decoder
 from pbrl_jax.models import lora as lora_lib
@@ -278,15 +279,47 @@ def rollout_stage(fns: StepFns, state: Any, prompts: PromptBatch, step: int, dra
                                                    fns.model_cfg.pad_token_id)], axis=1)
   texts = fns.tokenizer.batch_decode([row[m] for row, m in zip(out.tokens, comp_valid)],
                                      skip_special_tokens=True)
-  return Rollout(tokens=tokens.astype(np.int32),
-                 valid=np.concatenate([prompt_valid, comp_valid], axis=1),
-                 completion_mask=comp_valid,
-                 # log softmax(logits / temperature): without top-k/top-p this is the
-                 # distribution sampled from and the one the update's ratio uses.
-                 sampler_logp=np.asarray(out.sample_logprobs),
-                 texts=tuple(sampling.truncate_at_stop(t, ro.stop_strings) for t in texts),
-                 finished=np.asarray(out.finished), lengths=np.asarray(out.lengths),
-                 langs=prompts.row_langs())
+  rollout = Rollout(tokens=tokens.astype(np.int32),
+                    valid=np.concatenate([prompt_valid, comp_valid], axis=1),
+                    completion_mask=comp_valid,
+                    # log softmax(logits / temperature): without top-k/top-p this is the
+                    # distribution sampled from and the one the update's ratio uses.
+                    sampler_logp=np.asarray(out.sample_logprobs),
+                    texts=tuple(sampling.truncate_at_stop(t, ro.stop_strings) for t in texts),
+                    finished=np.asarray(out.finished), lengths=np.asarray(out.lengths),
+                    langs=prompts.row_langs())
+  # Every host holds every row, so every host cuts to the same width.
+  return set_completion_width(rollout, completion_width(rollout.lengths, ro.max_new_tokens),
+                              fns.model_cfg.pad_token_id)
+
+
+def completion_width(lengths: np.ndarray, max_new: int) -> int:
+  """Completion columns a batch needs: its longest completion rounded up to a sampler
+  completion bucket (powers of two: scoring and the update compile a few shapes), at most
+  `max_new`. Columns past every completion are padding that no loss, advantage or metric
+  reads, so cutting them changes nothing but the cost of scoring and the update."""
+  longest = max(int(np.max(lengths, initial=0)), 1)
+  return min(padding.bucket_length(longest, sampling.COMPLETION_BUCKETS), max_new)
+
+
+def set_completion_width(rollout: Rollout, width: int, pad_id: int) -> Rollout:
+  """The rollout with `width` completion columns: trailing padding cut or added."""
+  m = rollout.completion_mask.shape[1]
+  if width < int(np.max(rollout.lengths, initial=0)):
+    raise ValueError(f"completion width {width} would cut a completion of"
+                     f" {int(np.max(rollout.lengths))} tokens")
+  p = rollout.tokens.shape[1] - m
+  if width <= m:
+    cut = lambda x, start=0: x[:, :start + width]
+    return dataclasses.replace(rollout, tokens=cut(rollout.tokens, p),
+                               valid=cut(rollout.valid, p),
+                               completion_mask=cut(rollout.completion_mask),
+                               sampler_logp=cut(rollout.sampler_logp))
+  grow = lambda x, fill: np.pad(x, [(0, 0), (0, width - m)], constant_values=fill)
+  return dataclasses.replace(rollout, tokens=grow(rollout.tokens, pad_id),
+                             valid=grow(rollout.valid, False),
+                             completion_mask=grow(rollout.completion_mask, False),
+                             sampler_logp=grow(rollout.sampler_logp, 0.0))
 
 
 def reference_rollout(prompts: PromptBatch, tokenizer: Any, model_cfg: Any, max_new: int
