@@ -505,7 +505,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   meta = {"command": " ".join(["python", "experiments/miniature/run.py",
                                *(argv if argv is not None else sys.argv[1:])]),
           "n_train": args.n_train, "seeds": seeds, **design(args.n_test, args.premise),
-          "steps": args.steps or miniature.get_config(methods[0]).total_steps,
+          # --methods "" runs the base and the premise only (the first sitting of a study).
+          "steps": args.steps or miniature.get_config(methods[0] if methods else "sft_en"
+                                                      ).total_steps,
           "wall_minutes": (time.time() - t0) / 60, "machine": os.environ.get(
               "PBRL_MACHINE", f"{os.cpu_count()} CPU cores"), "training": training,
           "endpoints": endpoint_rows(results, n_boot=200 if args.smoke else 2000)}
