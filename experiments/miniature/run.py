@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -502,8 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     premise_training = (training_summary(os.path.join(out, "premise"))
                         or reused_training.get("premise (sft_en)"))
     training = {"premise (sft_en)": premise_training, **training}
-  meta = {"command": " ".join(["python", "experiments/miniature/run.py",
-                               *(argv if argv is not None else sys.argv[1:])]),
+  meta = {"command": shlex.join(["python", "experiments/miniature/run.py",
+                                 *(argv if argv is not None else sys.argv[1:])]),
           "n_train": args.n_train, "seeds": seeds, **design(args.n_test, args.premise),
           # --methods "" runs the base and the premise only (the first sitting of a study).
           "steps": args.steps or miniature.get_config(methods[0] if methods else "sft_en"
