@@ -274,23 +274,25 @@ def rollout_stage(fns: StepFns, state: Any, prompts: PromptBatch, step: int, dra
   # np.repeat keeps each prompt's G rows together: the layout `prompt_group` relies on.
   prompt_tokens = np.repeat(prompts.prompt_tokens, g, axis=0)
   prompt_valid = np.repeat(prompts.prompt_valid, g, axis=0)
-  comp_valid = np.asarray(out.valid, bool)
-  tokens = np.concatenate([prompt_tokens, np.where(comp_valid, out.tokens,
+  lengths = np.asarray(out.lengths)
+  # Only the columns the longest completion needs go on (every host holds every row, so
+  # every host keeps the same width).
+  width = completion_width(lengths, ro.max_new_tokens)
+  comp_valid = np.asarray(out.valid, bool)[:, :width]
+  comp_tokens = np.asarray(out.tokens)[:, :width]
+  tokens = np.concatenate([prompt_tokens, np.where(comp_valid, comp_tokens,
                                                    fns.model_cfg.pad_token_id)], axis=1)
-  texts = fns.tokenizer.batch_decode([row[m] for row, m in zip(out.tokens, comp_valid)],
+  texts = fns.tokenizer.batch_decode([row[m] for row, m in zip(comp_tokens, comp_valid)],
                                      skip_special_tokens=True)
-  rollout = Rollout(tokens=tokens.astype(np.int32),
-                    valid=np.concatenate([prompt_valid, comp_valid], axis=1),
-                    completion_mask=comp_valid,
-                    # log softmax(logits / temperature): without top-k/top-p this is the
-                    # distribution sampled from and the one the update's ratio uses.
-                    sampler_logp=np.asarray(out.sample_logprobs),
-                    texts=tuple(sampling.truncate_at_stop(t, ro.stop_strings) for t in texts),
-                    finished=np.asarray(out.finished), lengths=np.asarray(out.lengths),
-                    langs=prompts.row_langs())
-  # Every host holds every row, so every host cuts to the same width.
-  return set_completion_width(rollout, completion_width(rollout.lengths, ro.max_new_tokens),
-                              fns.model_cfg.pad_token_id)
+  return Rollout(tokens=tokens.astype(np.int32),
+                 valid=np.concatenate([prompt_valid, comp_valid], axis=1),
+                 completion_mask=comp_valid,
+                 # log softmax(logits / temperature): without top-k/top-p this is the
+                 # distribution sampled from and the one the update's ratio uses.
+                 sampler_logp=np.asarray(out.sample_logprobs)[:, :width],
+                 texts=tuple(sampling.truncate_at_stop(t, ro.stop_strings) for t in texts),
+                 finished=np.asarray(out.finished), lengths=lengths,
+                 langs=prompts.row_langs())
 
 
 def completion_width(lengths: np.ndarray, max_new: int) -> int:
