@@ -9,8 +9,10 @@ embedding with three seeds each, under identical rollout settings. For each meth
 oracle references of the training problems, embedded once), `pbrl-train`, then `pbrl-eval`
 of the final checkpoint on the held-out test problems in every language. The base model is
 evaluated once. Each finished stage leaves its output file, so a rerun skips it (delete the
-file to redo a stage). Writes OUT/results.json and OUT/results.md (the page), and, without
---smoke, copies the page and its plots to experiments/miniature/ for the repository.
+file to redo a stage). After every stage it writes OUT/results.json and OUT/results.md (the
+page, which lists the stages still pending) and, without --smoke, copies the page and its
+plot to experiments/miniature/ for the repository: a study that takes several sittings is
+committed stage by stage and continued elsewhere with --reuse.
 """
 
 from __future__ import annotations
@@ -72,11 +74,12 @@ def _eval_result(path: str) -> dict[str, Any]:
 
 
 def run_method(method: str, seed: int, out: str, data_dir: str, steps: int | None,
-               smoke: bool, init: str | None = None, workdir: str | None = None
-               ) -> dict[str, Any]:
+               smoke: bool, init: str | None = None, workdir: str | None = None,
+               evaluate: bool = True) -> dict[str, Any] | None:
   """Pivot, train and evaluate one method with one seed; returns the evaluation result.
 
   `init`: an HF directory to start from instead of the embedded policy (the premise).
+  `evaluate=False`: pivot and train only (returns None).
   """
   workdir = workdir or os.path.join(out, f"{method}-s{seed}")
   os.makedirs(workdir, exist_ok=True)
@@ -93,20 +96,35 @@ def run_method(method: str, seed: int, out: str, data_dir: str, steps: int | Non
     _run([py, "-m", "pbrl_jax.cli.train_main", f"--config={cfg}", f"--workdir={workdir}",
           *overrides], os.path.join(workdir, "train.log"))
     _log(f"{method} seed {seed}: trained in {time.time() - t0:.0f}s")
+    if not evaluate:
+      return None
     _run([py, "-m", "pbrl_jax.cli.eval_main", f"--config={cfg}", f"--workdir={workdir}",
           "--name=final", f"--config.seed={seed}"], os.path.join(workdir, "eval.log"))
   return _eval_result(result)
 
 
-def run_premise(out: str, data_dir: str, steps: int | None, smoke: bool
-                ) -> tuple[dict[str, Any], str]:
+def run_premise(out: str, data_dir: str, steps: int | None, smoke: bool,
+                reused: dict[str, Any] | None = None,
+                reused_losses: Sequence[float] | None = None) -> tuple[dict[str, Any], str]:
   """The paper's premise, a policy with an English lead: SFT on the English pivot references
   for the English questions only (`sft_en`, seed 0). Returns its evaluation and the HF
-  directory (adapters merged) that every arm starts from."""
+  directory (adapters merged) that every arm starts from.
+
+  With the evaluation of an earlier run (`reused`, `reused_losses` its training losses) the
+  model is rebuilt without evaluating it again (an hour of greedy decoding at the study's
+  size), and must have trained to the same losses.
+  """
   workdir = os.path.join(out, "premise")
-  result = run_method("sft_en", 0, out, data_dir, steps, smoke, workdir=workdir)
   model = os.path.join(workdir, "model")
-  if not os.path.exists(os.path.join(model, "config.json")):
+  done = os.path.exists(os.path.join(model, "config.json"))
+  if reused is None:
+    result = run_method("sft_en", 0, out, data_dir, steps, smoke, workdir=workdir)
+  else:
+    if not done:
+      run_method("sft_en", 0, out, data_dir, steps, smoke, workdir=workdir, evaluate=False)
+    check_same_premise(reused_losses, training_losses(workdir))
+    result = reused
+  if not done:
     _run([sys.executable, "-m", "pbrl_jax.cli.eval_main",
           f"--config={_config_arg('sft_en', data_dir, smoke)}", f"--workdir={workdir}",
           f"--export_hf={model}"], os.path.join(workdir, "export.log"))
@@ -364,10 +382,19 @@ def _premise_note(results: dict[str, Any], meta: dict[str, Any]) -> str:
   return "Starting policy: the base model (no premise stage)."
 
 
+def _status(results: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+  pending = meta.get("pending") or []
+  if not pending:
+    return []
+  return [f"**Partial study:** done {', '.join(results)}; pending {', '.join(pending)}. The"
+          " endpoints and the verdict below use the finished arms only.", ""]
+
+
 def write_page(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
   lines = [
       "# The paper's comparison in miniature", "",
       f"Command: `{meta['command']}`", "",
+      *_status(results, meta),
       f"Policy SmolLM2-135M-Instruct; data: one-step arithmetic word problems in eight languages"
       f" (pbrl_jax/data/arith.py), {meta['n_train']} training problems, {meta['n_test']} test"
       f" problems per language (greedy, at most {meta['eval_tokens']} new tokens; RL rollouts"
@@ -434,19 +461,40 @@ def load_reused(path: str, want: dict[str, Any]) -> tuple[dict[str, Any], dict[s
   return saved["results"], meta
 
 
-def check_same_premise(reused: dict[str, Any] | None, fresh: dict[str, Any]) -> None:
+# Relative difference allowed between a rebuilt premise's training losses and the saved
+# ones: the same code and seed give the same losses up to float reassociation on another CPU
+# (~1e-6); another seed, data order or learning rate moves them by percents after step 1.
+PREMISE_LOSS_RTOL = 1e-3
+
+
+def training_losses(workdir: str) -> list[float]:
+  """The training loss of every logged step (metrics.jsonl), the premise's fingerprint."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [float(r["loss"]) for r in map(json.loads, filter(str.strip, f)) if "loss" in r]
+
+
+def check_same_premise(reused: Sequence[float] | None, fresh: Sequence[float]) -> None:
   """A rebuilt premise must be the reused one (same seed, same code): otherwise the arms of
   the two runs start from different policies, and the page must not mix them."""
-  if reused is None:
-    return
-  key = lambda r: {lang: v["accuracy"] for lang, v in r["per_language"].items()}
-  if key(reused) != key(fresh):
-    raise SystemExit("the rebuilt premise differs from the reused one (per-language accuracy"
-                     f" {key(fresh)} vs {key(reused)}): the arms would start from different"
-                     " policies; rerun every arm instead of --reuse")
+  if not reused:
+    raise SystemExit("--reuse: the saved results.json has no premise_losses (written before"
+                     " they were recorded), so a rebuilt premise cannot be checked against the"
+                     " evaluated one; rerun the premise without --reuse")
+  bad = [i for i, (a, b) in enumerate(zip(reused, fresh))
+         if abs(a - b) > PREMISE_LOSS_RTOL * abs(a)]
+  if len(reused) != len(fresh) or bad:
+    at = bad[0] if bad else min(len(reused), len(fresh))
+    raise SystemExit(
+        f"the rebuilt premise differs from the reused one ({len(fresh)} vs {len(reused)}"
+        f" logged steps; first difference at step {at + 1}:"
+        f" {fresh[at] if at < len(fresh) else None} vs {reused[at] if at < len(reused) else None}):"
+        " the arms would start from different policies; rerun every arm instead of --reuse")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--out", required=True)
   ap.add_argument("--methods", default=",".join(miniature.STUDY_METHODS),
@@ -465,11 +513,72 @@ def main(argv: Sequence[str] | None = None) -> int:
                   " does not hold the earlier run directories")
   ap.add_argument("--smoke", action="store_true", help="tiny random policy, 1 step (tests)")
   args = ap.parse_args(argv)
-  methods = [m for m in args.methods.split(",") if m]
-  unknown = sorted(set(methods) - set(miniature.METHODS))
+  args.method_list = [m for m in args.methods.split(",") if m]
+  unknown = sorted(set(args.method_list) - set(miniature.METHODS))
   if unknown:
     ap.error(f"--methods: unknown {unknown}; choose from {list(miniature.METHODS)}")
-  seeds = [int(s) for s in args.seeds.split(",") if s]
+  args.seed_list = [int(s) for s in args.seeds.split(",") if s]
+  args.argv = list(argv if argv is not None else sys.argv[1:])
+  return args
+
+
+def build_meta(args: argparse.Namespace, out: str, results: dict[str, Any], plan: list[str],
+               runs: list[tuple[str, int]], reused: dict[str, Any],
+               reused_meta: dict[str, Any], t0: float) -> dict[str, Any]:
+  """The page's facts: design, command, wall time, training summaries, endpoints, and the
+  stages of this run's plan still pending (a partial page is published after every stage)."""
+  reused_training = reused_meta.get("training", {})
+  training = {arm_name(m, sd): (reused_training.get(arm_name(m, sd))
+                                if arm_name(m, sd) in reused else
+                                training_summary(os.path.join(out, f"{m}-s{sd}")))
+              for m, sd in runs if arm_name(m, sd) in results}
+  meta: dict[str, Any] = {
+      "command": shlex.join(["python", "experiments/miniature/run.py", *args.argv]),
+      "n_train": args.n_train, "seeds": args.seed_list, **design(args.n_test, args.premise),
+      # --methods "" runs the base and the premise only (the first sitting of a study).
+      "steps": args.steps or miniature.get_config(
+          args.method_list[0] if args.method_list else "sft_en").total_steps,
+      "wall_minutes": (time.time() - t0) / 60,
+      "machine": os.environ.get("PBRL_MACHINE", f"{os.cpu_count()} CPU cores"),
+      "pending": [name for name in plan if name not in results]}
+  if args.premise == "english_sft":
+    here = os.path.join(out, "premise")
+    training = {"premise (sft_en)": (training_summary(here)
+                                     or reused_training.get("premise (sft_en)")), **training}
+    meta["premise_losses"] = (reused_meta.get("premise_losses") if "premise" in reused
+                              else training_losses(here)) or None
+  meta["training"] = training
+  meta["endpoints"] = endpoint_rows(results, n_boot=200 if args.smoke else 2000)
+  if reused:
+    meta["reused"] = {"from": args.reuse, "arms": sorted(set(reused) & set(results)),
+                      "wall_minutes": reused_meta.get("wall_minutes")}
+  if not _STAGE_SECONDS:
+    # Every stage was done before: the page keeps the wall time of the run that did them,
+    # or says it was not recorded (the page is rebuilt from finished stages).
+    meta["wall_minutes"] = None
+    previous = os.path.join(out, "results.json")
+    if os.path.exists(previous):
+      with open(previous, encoding="utf-8") as f:
+        meta["wall_minutes"] = json.load(f)["meta"]["wall_minutes"]
+  return meta
+
+
+def publish(out: str, results: dict[str, Any], meta: dict[str, Any], smoke: bool) -> None:
+  """results.json, the page and its plot; without --smoke also copied into the repository, so
+  every finished stage of a study that takes several sittings can be committed."""
+  fileio.atomic_write_json(os.path.join(out, "results.json"), {"meta": meta, "results": results})
+  plot(results, os.path.join(out, "accuracy.png"))
+  page = write_page(out, results, meta)
+  _log(f"wrote {page}" + (f" (pending: {', '.join(meta['pending'])})" if meta["pending"]
+                          else ""))
+  if not smoke:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in ("results.json", "results.md", "accuracy.png"):
+      shutil.copy(os.path.join(out, name), os.path.join(here, name))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parse(argv)
   out = os.path.abspath(args.out)
   os.makedirs(out, exist_ok=True)
   t0 = time.time()
@@ -480,57 +589,31 @@ def main(argv: Sequence[str] | None = None) -> int:
   arith.write_split(data_dir, langs=langs, n_train=args.n_train, n_test=args.n_test, seed=0)
 
   reused, reused_meta = load_reused(args.reuse, design(args.n_test, args.premise))
-  runs = [(m, sd) for m in methods for sd in (seeds[:1] if m == "sft" else seeds)]
+  runs = [(m, sd) for m in args.method_list
+          for sd in (args.seed_list[:1] if m == "sft" else args.seed_list)]
   to_train = [(m, sd) for m, sd in runs if arm_name(m, sd) not in reused]
-  results = {"base": reused.get("base") or run_base(out, data_dir, args.smoke)}
+  with_premise = args.premise == "english_sft"
+  plan = ["base", *(["premise"] if with_premise else []), *(arm_name(m, sd) for m, sd in runs)]
+  results: dict[str, Any] = {}
+
+  def stage_done(name: str, result: dict[str, Any]) -> None:
+    results[name] = result
+    publish(out, results, build_meta(args, out, results, plan, runs, reused, reused_meta, t0),
+            args.smoke)
+
+  stage_done("base", reused.get("base") or run_base(out, data_dir, args.smoke))
   init = None
-  if args.premise == "english_sft":
+  if with_premise:
     if to_train or "premise" not in reused:  # the arms to train start from its model
-      results["premise"], init = run_premise(out, data_dir, args.steps or None, args.smoke)
-      check_same_premise(reused.get("premise"), results["premise"])
+      premise, init = run_premise(out, data_dir, args.steps or None, args.smoke,
+                                  reused.get("premise"), reused_meta.get("premise_losses"))
     else:
-      results["premise"] = reused["premise"]
+      premise = reused["premise"]
+    stage_done("premise", premise)
   for method, seed in runs:
     name = arm_name(method, seed)
-    results[name] = reused.get(name) or run_method(method, seed, out, data_dir,
-                                                   args.steps or None, args.smoke, init)
-  reused_training = reused_meta.get("training", {})
-  training = {arm_name(m, sd): (reused_training.get(arm_name(m, sd))
-                                if arm_name(m, sd) in reused else
-                                training_summary(os.path.join(out, f"{m}-s{sd}")))
-              for m, sd in runs}
-  if args.premise == "english_sft":
-    premise_training = (training_summary(os.path.join(out, "premise"))
-                        or reused_training.get("premise (sft_en)"))
-    training = {"premise (sft_en)": premise_training, **training}
-  meta = {"command": shlex.join(["python", "experiments/miniature/run.py",
-                                 *(argv if argv is not None else sys.argv[1:])]),
-          "n_train": args.n_train, "seeds": seeds, **design(args.n_test, args.premise),
-          # --methods "" runs the base and the premise only (the first sitting of a study).
-          "steps": args.steps or miniature.get_config(methods[0] if methods else "sft_en"
-                                                      ).total_steps,
-          "wall_minutes": (time.time() - t0) / 60, "machine": os.environ.get(
-              "PBRL_MACHINE", f"{os.cpu_count()} CPU cores"), "training": training,
-          "endpoints": endpoint_rows(results, n_boot=200 if args.smoke else 2000)}
-  if reused:
-    meta["reused"] = {"from": args.reuse, "arms": sorted(set(reused) & set(results)),
-                      "wall_minutes": reused_meta.get("wall_minutes")}
-  previous = os.path.join(out, "results.json")
-  if not _STAGE_SECONDS:
-    # Every stage was done before: the page keeps the wall time of the run that did them,
-    # or says it was not recorded (the page is rebuilt from finished stages).
-    meta["wall_minutes"] = None
-    if os.path.exists(previous):
-      with open(previous, encoding="utf-8") as f:
-        meta["wall_minutes"] = json.load(f)["meta"]["wall_minutes"]
-  fileio.atomic_write_json(os.path.join(out, "results.json"), {"meta": meta, "results": results})
-  plot(results, os.path.join(out, "accuracy.png"))
-  page = write_page(out, results, meta)
-  _log(f"wrote {page}")
-  if not args.smoke:
-    here = os.path.dirname(os.path.abspath(__file__))
-    for name in ("results.json", "results.md", "accuracy.png"):
-      shutil.copy(os.path.join(out, name), os.path.join(here, name))
+    stage_done(name, reused.get(name) or run_method(method, seed, out, data_dir,
+                                                    args.steps or None, args.smoke, init))
   return 0
 
 

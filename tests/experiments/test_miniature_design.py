@@ -1,4 +1,5 @@
-"""The miniature study refuses to mix arms run under different designs (`run.design`)."""
+"""The miniature study refuses to mix arms run under different designs (`run.design`) or
+starting policies (`run.check_same_premise`), and says when its page is partial."""
 
 import json
 import os
@@ -38,3 +39,71 @@ def test_the_budgets_are_the_configs():
   d = mini_run.design(96, "english_sft")
   assert d["rollout_tokens"] == mini_run.miniature.get_config("pbrl_hybrid").rollout.max_new_tokens
   assert d["eval_tokens"] == mini_run.miniature.get_config("sft").eval.max_new_tokens
+
+
+# --- A premise rebuilt for a continued study is trained again, not evaluated again -----------
+
+
+def _fake_stages(monkeypatch, losses):
+  """Stands in for the stage subprocesses: records each command and writes what the real
+  stage leaves behind (pivot manifest, training metrics, exported model)."""
+  ran = []
+
+  def fake_run(cmd, log_path):
+    ran.append(cmd)
+    workdir = next(a.split("=", 1)[1] for a in cmd if a.startswith("--workdir="))
+    module = cmd[2]
+    if module.endswith("pivot_main"):
+      os.makedirs(os.path.join(workdir, "pivot"), exist_ok=True)
+      open(os.path.join(workdir, "pivot", "manifest.json"), "w").close()
+    elif module.endswith("train_main"):
+      with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps({"step": i + 1, "loss": v}) + "\n" for i, v in enumerate(losses))
+    elif any(a.startswith("--export_hf=") for a in cmd):
+      model = next(a.split("=", 1)[1] for a in cmd if a.startswith("--export_hf="))
+      os.makedirs(model, exist_ok=True)
+      open(os.path.join(model, "config.json"), "w").close()
+    else:
+      raise AssertionError(f"unexpected stage {cmd}")
+
+  monkeypatch.setattr(mini_run, "_run", fake_run)
+  return ran
+
+
+SAVED_LOSSES = [2.31, 1.87, 1.52, 1.20]
+
+
+def test_a_reused_premise_is_retrained_and_checked_not_evaluated(tmp_path, monkeypatch):
+  ran = _fake_stages(monkeypatch, [v * (1 + 1e-5) for v in SAVED_LOSSES])  # float drift
+  saved = {"per_language": {"en": {"accuracy": 0.8}}}
+  result, model = mini_run.run_premise(str(tmp_path), str(tmp_path / "data"), None, True,
+                                       reused=saved, reused_losses=SAVED_LOSSES)
+  assert result is saved and model == str(tmp_path / "premise" / "model")
+  stages = [next(a for a in cmd if a.startswith("pbrl_jax.cli")) for cmd in ran]
+  assert stages == ["pbrl_jax.cli.pivot_main", "pbrl_jax.cli.train_main",
+                    "pbrl_jax.cli.eval_main"]
+  assert any(a.startswith("--export_hf=") for a in ran[-1])  # the export, not an evaluation
+
+
+@pytest.mark.parametrize("losses, match", [
+    ([2.31, 1.87, 1.55, 1.20], "first difference at step 3"),  # another training
+    (SAVED_LOSSES[:3], "3 vs 4 logged steps"),                   # stopped early
+])
+def test_a_different_rebuilt_premise_is_refused(tmp_path, monkeypatch, losses, match):
+  _fake_stages(monkeypatch, losses)
+  with pytest.raises(SystemExit, match=match):
+    mini_run.run_premise(str(tmp_path), str(tmp_path / "data"), None, True,
+                         reused={"per_language": {}}, reused_losses=SAVED_LOSSES)
+
+
+def test_a_premise_without_saved_losses_cannot_be_checked():
+  with pytest.raises(SystemExit, match="no premise_losses"):
+    mini_run.check_same_premise(None, SAVED_LOSSES)
+
+
+def test_the_page_of_a_partial_study_says_what_is_pending():
+  meta = {"pending": ["premise", "pbrl_hybrid (seed 0)"]}
+  status = mini_run._status({"base": {}}, meta)  # pylint: disable=protected-access
+  assert status[0].startswith("**Partial study:** done base; pending premise,"
+                              " pbrl_hybrid (seed 0).")
+  assert mini_run._status({"base": {}}, {"pending": []}) == []  # pylint: disable=protected-access

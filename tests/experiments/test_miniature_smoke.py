@@ -22,8 +22,15 @@ def test_smoke_run_writes_the_page(tmp_path):
        "--n_test", "2"],
       capture_output=True, text=True, timeout=1500, env=env, cwd=REPO)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  # A page after every stage, each naming the stages still to run (a study of several
+  # sittings is committed stage by stage).
+  assert "(pending: premise, rlvr_grpo (seed 0), pbrl_hybrid (seed 0))" in proc.stdout
+  assert "(pending: pbrl_hybrid (seed 0))" in proc.stdout
   with open(os.path.join(out, "results.json")) as f:
-    results = json.load(f)["results"]
+    saved = json.load(f)
+  results = saved["results"]
+  assert saved["meta"]["pending"] == []
+  assert len(saved["meta"]["premise_losses"]) == 1  # the rebuilt premise's fingerprint
   # Two RL arms (the SFT arm's path is the premise's, which every run takes).
   assert list(results) == ["base", "premise", "rlvr_grpo (seed 0)", "pbrl_hybrid (seed 0)"]
   # Every arm starts from the premise policy (English SFT, adapters merged and exported).
