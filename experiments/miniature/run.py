@@ -4,8 +4,9 @@
   python experiments/miniature/run.py --out /tmp/mini --methods sft,pbrl_hybrid --seeds 0,1
   python experiments/miniature/run.py --out /tmp/smoke --smoke        # tiny random model
 
-Arms (configs/miniature.py, version 2): SFT with one seed, RLVR-GRPO and PB-RLSVR hybrid and
-embedding with three seeds each, under identical rollout settings. For each method and seed: `pbrl-pivot --references` (the English
+Arms (configs/miniature.py, version 3): SFT with one seed, RLVR-GRPO and PB-RLSVR hybrid and
+embedding with three seeds each, under identical rollout settings, all starting from the
+premise (English SFT). For each method and seed: `pbrl-pivot --references` (the English
 oracle references of the training problems, embedded once), `pbrl-train`, then `pbrl-eval`
 of the final checkpoint on the held-out test problems in every language. The base model is
 evaluated once. Each finished stage leaves its output file, so a rerun skips it (delete the
@@ -379,6 +380,10 @@ def _premise_note(results: dict[str, Any], meta: dict[str, Any]) -> str:
             " references of the training problems, asked in English only (`sft_en`, LoRA"
             f" merged). Base: {_english_lead(results['base'])}; premise:"
             f" {_english_lead(results['premise'])}. Deltas are measured against the premise.")
+  if meta.get("premise") == "english_sft":
+    return ("Starting policy (`premise`): the base fine-tuned with SFT on the English references"
+            " of the training problems, asked in English only (`sft_en`); not built yet"
+            f" (pending). Base: {_english_lead(results['base'])}.")
   return "Starting policy: the base model (no premise stage)."
 
 

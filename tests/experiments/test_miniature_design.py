@@ -107,3 +107,11 @@ def test_the_page_of_a_partial_study_says_what_is_pending():
   assert status[0].startswith("**Partial study:** done base; pending premise,"
                               " pbrl_hybrid (seed 0).")
   assert mini_run._status({"base": {}}, {"pending": []}) == []  # pylint: disable=protected-access
+
+
+def test_a_partial_page_names_the_premise_it_waits_for():
+  base = {"base": {"summary": {"english_accuracy": 0.125, "non_english_mean": 0.13}}}
+  note = mini_run._premise_note  # pylint: disable=protected-access
+  waiting = note(base, {"premise": "english_sft"})
+  assert "not built yet" in waiting and "English 12.5% vs non-English mean 13.0%" in waiting
+  assert "no premise stage" in note(base, {"premise": "none"})
