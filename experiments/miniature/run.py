@@ -216,13 +216,18 @@ def in_language_table(results: dict[str, dict[str, Any]]) -> list[str]:
   return lines
 
 
-def training_summary(workdir: str) -> dict[str, Any] | None:
-  """Steps, wall time and first vs last 20% of the training curves, from metrics.jsonl."""
+def metrics_rows(workdir: str) -> list[dict[str, Any]]:
+  """The logged steps of a training run (its metrics.jsonl; none when it has not trained)."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
-    return None
+    return []
   with open(path, encoding="utf-8") as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def training_summary(workdir: str) -> dict[str, Any] | None:
+  """Steps, wall time and first vs last 20% of the training curves, from metrics.jsonl."""
+  rows = metrics_rows(workdir)
   if not rows:
     return None
   k = max(1, round(0.2 * len(rows)))
@@ -474,11 +479,7 @@ PREMISE_LOSS_RTOL = 1e-3
 
 def training_losses(workdir: str) -> list[float]:
   """The training loss of every logged step (metrics.jsonl), the premise's fingerprint."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [float(r["loss"]) for r in map(json.loads, filter(str.strip, f)) if "loss" in r]
+  return [float(r["loss"]) for r in metrics_rows(workdir) if "loss" in r]
 
 
 def check_same_premise(reused: Sequence[float] | None, fresh: Sequence[float]) -> None:
