@@ -48,7 +48,8 @@ def grpo() -> ml_collections.ConfigDict:
   # 'loss' (GRPO), 'reward' (PPO: -beta * kl per token in the reward), 'none'.
   c.kl_placement = "loss"
   # 0.04: DeepSeekMath's beta (TRL's GRPO default is 0, tunix's 0.04). We keep a reference
-  # term because the semantic reward can be gamed by drifting away from fluent text.
+  # term because the semantic reward can be gamed by drifting away from fluent text. At beta 0
+  # (or placement 'none') no reference forward is run and no `kl` metric is logged.
   c.beta = 0.04
   # Optional (lo, hi) clamp of the per-token KL estimate; None: unclamped.
   c.kl_clamp = config_dict.placeholder(tuple)  # None; a command line can still set it

@@ -98,7 +98,7 @@ class Scored:
   """The scoring jit's outputs (on the mesh) and the host text scores computed meanwhile."""
 
   device_batch: dict[str, Array]  # tokens, valid, completion_mask on the mesh
-  outputs: dict[str, Array]  # ref_logp [, logp, entropy, values, embeddings]
+  outputs: dict[str, Array]  # [ref_logp, logp, entropy, values, embeddings]
   items: tuple[dict[str, Any], ...]  # reward inputs, one per row (empty for SFT)
   text_rows: tuple[dict[str, Any], ...]  # host text scores, one per row (empty for SFT)
   policy_embeddings: np.ndarray | None  # [BG, S, E] every segment, long ones host-embedded
@@ -122,8 +122,8 @@ class Rewards:
 class UpdateBatch:
   """The update's inputs on the mesh."""
 
-  arrays: dict[str, Array]  # tokens, valid, completion_mask, old_logp, ref_logp,
-  # advantages [, returns, old_values, rollout_weight]
+  arrays: dict[str, Array]  # tokens, valid, completion_mask, old_logp, advantages
+  # [, ref_logp, returns, old_values, rollout_weight]
   metrics: dict[str, Array] = dataclasses.field(default_factory=dict)  # sampler/trainer
   # mismatch statistics, reported with the update's metrics
 
@@ -220,7 +220,8 @@ def build_step_fns(spec: TrainerSpec, mesh: Any, model_cfg: decoder.DecoderConfi
                                      temperature=spec.rollout.temperature,
                                      embed_fn=embed_fn, policy_outputs=not on_policy,
                                      lora=lora, ref_shardings=state_fns.policy_shardings,
-                                     prompt_group=spec.prompt_group)
+                                     prompt_group=spec.prompt_group,
+                                     reference_outputs=spec.rl.uses_reference)
   hook = None
   if spec.run.debug_nonfinite_at_step >= 0:
     poison_from = spec.run.debug_nonfinite_at_step
@@ -530,10 +531,11 @@ def advantage_stage(fns: StepFns, rollout: Rollout, scored: Scored, rewards: Rew
                                            dev["completion_mask"])
     if spec.rl.rollout_correction is not losses.RolloutCorrection.OFF:
       arrays["rollout_weight"] = weights
-  arrays["ref_logp"] = out["ref_logp"]
+  if "ref_logp" in out:  # scored only when a KL term reads it (`RLSpec.uses_reference`)
+    arrays["ref_logp"] = out["ref_logp"]
   arrays["advantages"], returns = fns.advantage_fn(
       distributed.global_from_host(rewards.shaped, sh), dev["completion_mask"], old_logp,
-      out["ref_logp"], out.get("values"))
+      out.get("ref_logp"), out.get("values"))
   if spec.rl.is_ppo:
     arrays["returns"] = returns
     arrays["old_values"] = out["values"]

@@ -145,11 +145,12 @@ def build(spec: TrainerSpec, mesh: Any, workdir: str) -> Run:
   """Models, data, step functions and the (restored or fresh) train state of a run."""
   from pbrl_jax.rewards import score as score_lib  # pylint: disable=g-import-not-at-top
   run = spec.run
-  model_cfg, host_params, tokenizer = bundle_lib.load_policy(spec.model, run.seed)
+  # Read straight into the state's shardings: no host ever holds the whole model.
+  model_cfg, ref_params, tokenizer = bundle_lib.load_policy(spec.model, run.seed, mesh)
   reward_models = (score_lib.RewardModels(encoder=None) if spec.rl.is_sft
                    else score_lib.load_reward_models(spec.reward))
   logging.info("policy: %s, %d layers, %.1fM params", model_cfg.model_type,
-               model_cfg.num_layers, decoder.count_params(host_params) / 1e6)
+               model_cfg.num_layers, decoder.count_params(ref_params) / 1e6)
   data_iter, eval_examples = _load_data(spec, workdir, tokenizer)
 
   updates_per_step = spec.rl.num_epochs * spec.rl.num_minibatches
@@ -158,8 +159,8 @@ def build(spec: TrainerSpec, mesh: Any, workdir: str) -> Run:
   lora = (lora_lib.LoraSpec(spec.model.lora_rank, spec.model.lora_alpha,
                             spec.model.lora_targets) if spec.model.lora_rank else None)
   state_fns = steps_lib.make_state_fns(model_cfg, optimizer, mesh, spec.rl.is_ppo, lora=lora)
-  ref_params = distributed.global_from_host(host_params, state_fns.policy_shardings)
-  del host_params
+  # A no-op unless the loader's shardings differ from the state's (they are built alike).
+  ref_params = jax.device_put(ref_params, state_fns.policy_shardings)
   base_key = jax.random.PRNGKey(run.seed)
   fns = stages.build_step_fns(spec, mesh, model_cfg, tokenizer, reward_models, ref_params,
                               state_fns, optimizer, lora, base_key)
@@ -287,7 +288,7 @@ def _loop(r: Run) -> dict[str, Any]:
         if run.sample_every and step % run.sample_every == 0:
           writer.write_text(step, "samples", stages.sample_text(rollout, rewards, g))
       progress.set_postfix(reward=f"{record.get('reward_mean', math.nan):.3f}",
-                           loss=f"{record['loss']:.3f}", kl=f"{record['kl']:.4f}",
+                           loss=f"{record['loss']:.3f}", kl=f"{record.get('kl', math.nan):.4f}",
                            refresh=False)
       progress.update(1)
       if run.eval_every and step % run.eval_every == 0 and r.eval_examples:

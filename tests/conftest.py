@@ -12,6 +12,13 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Two pytest-xdist workers share the 2 cores: one intra-op thread each for PyTorch and
+# NumPy's BLAS (OpenMP pools sized to every core, twice over, spin against each other; the
+# PyTorch-generating parity test ran 5x slower beside another worker than alone). Read when
+# torch is first imported, so set here, before any test module imports it.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+  os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import atexit
 import shutil
 import sys
@@ -26,6 +33,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _CACHE = tempfile.mkdtemp(prefix="pbrl_test_xla_cache_")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
   atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+
+# One directory for what the whole run may share (the tiny pivot references, built once by
+# the first test that needs them: train_testlib.build_tiny_pivot), fresh each run.
+if "PBRL_TEST_SHARED_DIR" not in os.environ:
+  _SHARED = tempfile.mkdtemp(prefix="pbrl_test_shared_")
+  os.environ["PBRL_TEST_SHARED_DIR"] = _SHARED
+  atexit.register(shutil.rmtree, _SHARED, ignore_errors=True)
 
 # Shared test utilities (reference models, fixtures writers) live next to this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

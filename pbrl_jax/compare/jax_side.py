@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Callable, Sequence
 
@@ -169,7 +170,7 @@ def jax_train_step(side: JaxSide, prompts: Sequence[Prompt], reward_func: Reward
   t_reward = clock() - t0
 
   t0 = clock()
-  scored = stages.score_stage(fns, side.state, pb, rollout)  # ref_logp (beta > 0 or not)
+  scored = stages.score_stage(fns, side.state, pb, rollout)  # ref_logp when beta > 0
   t_ref = clock() - t0
 
   t0 = clock()
@@ -184,7 +185,7 @@ def jax_train_step(side: JaxSide, prompts: Sequence[Prompt], reward_func: Reward
       "step": step + 1, "reward_mean": float(np.mean(r)),
       "reward_std": float(np.std(r, ddof=1)) if r.size > 1 else 0.0,
       "frac_reward_zero_std": float(spread["reward_zero_std_group_frac"]),
-      "kl": metrics["kl"], "loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
+      "kl": metrics.get("kl", math.nan), "loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
       "entropy": metrics["entropy"], "clip_frac_low": metrics["clip_frac_low"],
       "clip_frac_high": metrics["clip_frac_high"], "completion_tokens": n_tok,
       "completion_mean_length": n_tok / len(rollout.lengths),

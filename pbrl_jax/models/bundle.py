@@ -103,21 +103,26 @@ def config_and_tokenizer(path: str) -> tuple[DecoderConfig, Any]:
   return gguf_config(f), tokenizer_from_gguf_metadata(f.metadata, path)
 
 
-def load_policy(model: Any, seed: int) -> tuple[DecoderConfig, Any, Any]:
-  """(config, host params, tokenizer) of the policy a config's `model` section names.
+def load_policy(model: Any, seed: int, mesh: Mesh | None = None
+                ) -> tuple[DecoderConfig, Any, Any]:
+  """(config, params, tokenizer) of the policy a config's `model` section names.
 
   `model.random_init` gives the architecture of `model.path` with fresh weights drawn from
   `seed` (test configs); otherwise the weights are loaded. `model.overrides` replaces config
-  fields (e.g. fewer layers) either way.
+  fields (e.g. fewer layers) either way. With `mesh`, every weight is created or read straight
+  into its NamedSharding (`sharding.DEFAULT_RULES`, as the trainer's state): no host holds the
+  whole model; without, the params sit on the default device.
   """
   path = resolve_path(model.path)
   if model.random_init:
     cfg, tokenizer = config_and_tokenizer(path)
     cfg = cfg.replace(dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat,
                       vocab_block=model.vocab_block, **model.overrides)
-    params = jax.jit(decoder.init_params, static_argnums=0)(cfg, jax.random.PRNGKey(seed))
-    return cfg, params, tokenizer
-  bundle = from_pretrained(path, dtype=model.dtype, param_dtype=model.param_dtype)
+    out_sh = None if mesh is None else sharding.param_shardings(
+        decoder.param_logical_axes(cfg), decoder.param_shapes(cfg), mesh)
+    init = jax.jit(decoder.init_params, static_argnums=0, out_shardings=out_sh)
+    return cfg, init(cfg, jax.random.PRNGKey(seed)), tokenizer
+  bundle = from_pretrained(path, dtype=model.dtype, param_dtype=model.param_dtype, mesh=mesh)
   cfg = bundle.config.replace(remat=model.remat, vocab_block=model.vocab_block)
   if model.overrides:
     cfg = cfg.replace(**model.overrides)

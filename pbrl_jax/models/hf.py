@@ -177,11 +177,16 @@ class TensorSource(abc.ABC):
 
 
 class SafetensorsSource(TensorSource):
-  """One or many safetensors files, mapped read-only."""
+  """One or many safetensors files, indexed from their headers.
+
+  Each `get` reads one tensor into a fresh array (not a memory map: the pages of a mapped
+  file count in the process's resident memory until it is unmapped, so a whole-model load
+  would look, and be accounted, like a second copy of the model).
+  """
 
   def __init__(self, files: Sequence[str], missing_file: str):
     self._missing_file = missing_file
-    self._entries: dict[str, tuple[str, np.memmap, Any, tuple[int, ...], int, int]] = {}
+    self._entries: dict[str, tuple[str, Any, tuple[int, ...], int, int]] = {}
     for path in files:
       self._index_file(path)
 
@@ -203,7 +208,6 @@ class SafetensorsSource(TensorSource):
       raise LoadError(f"{path}: corrupt safetensors header (not a JSON object)")
     header.pop("__metadata__", None)
     base = 8 + header_len
-    mm = np.memmap(path, dtype=np.uint8, mode="r") if size > base else np.zeros(0, np.uint8)
     for name, info in header.items():
       try:
         dtype = _ST_DTYPES[info["dtype"]]
@@ -217,13 +221,13 @@ class SafetensorsSource(TensorSource):
       if base + end > size:
         raise LoadError(f"{path}: tensor {name!r}: truncated file (tensor ends at byte"
                         f" {base + end}, file has {size})")
-      self._entries[name] = (path, mm, dtype, shape, base + start, base + end)
+      self._entries[name] = (path, dtype, shape, base + start, base + end)
 
   def names(self) -> set[str]:
     return set(self._entries)
 
   def shape(self, name: str) -> tuple[int, ...]:
-    return self._entries[name][3]
+    return self._entries[name][2]
 
   def where(self, name: str) -> str:
     entry = self._entries.get(name)
@@ -232,8 +236,15 @@ class SafetensorsSource(TensorSource):
   def get(self, name: str) -> np.ndarray:
     if name not in self._entries:
       raise LoadError(f"{self._missing_file}: missing tensor {name!r}")
-    _, mm, dtype, shape, start, end = self._entries[name]
-    return mm[start:end].view(dtype).reshape(shape)
+    path, dtype, shape, start, end = self._entries[name]
+    try:
+      data = np.fromfile(path, dtype=np.uint8, count=end - start, offset=start)
+    except OSError as e:
+      raise LoadError(f"{path}: tensor {name!r}: cannot read: {e}") from e
+    if data.size != end - start:  # the file shrank after its header was read
+      raise LoadError(f"{path}: tensor {name!r}: truncated file (read {data.size} of"
+                      f" {end - start} bytes)")
+    return data.view(dtype).reshape(shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,28 +292,43 @@ def assemble_params(source: TensorSource, config: DecoderConfig, *, mesh: Mesh |
   if mesh is not None:
     shapes = decoder.param_shapes(config)
     shardings = sharding.param_shardings(decoder.param_logical_axes(config), shapes, mesh, rules)
-    place = lambda path, buf: jax.device_put(buf, _get_path(shardings, path))
+    # Each device takes its own slice of the host buffer: with several hosts, every host
+    # places only its addressable shards (the buffer is the same file on every host).
+    place = lambda path, buf: jax.make_array_from_callback(
+        buf.shape, _get_path(shardings, path), lambda index: buf[index])
   else:
     place = lambda path, buf: jax.device_put(buf)
 
-  def fill(buf: np.ndarray, spec: TensorSpec, i: int | None) -> None:
+  def fill(buf: np.ndarray, spec: TensorSpec, i: int) -> None:
     name = spec.hf_name.format(i=i)
     array = source.get(name)
     if tuple(array.shape) != spec.hf_shape:  # a source whose data disagrees with its header
       raise LoadError(f"{source.where(name)}: tensor {name!r} has shape {list(array.shape)},"
                       f" expected {list(spec.hf_shape)}")
-    (buf if i is None else buf[i])[...] = spec.to_ours(array)
+    buf[i] = spec.to_ours(array)
 
-  # One stacked weight at a time: fill its host buffer (layers on threads), place it, drop the
-  # buffer, so host memory peaks at about one stacked weight beyond the placed ones.
+  def whole(spec: TensorSpec) -> np.ndarray:
+    """A tensor that is not stacked, in our layout: a view of the array read from the file
+    where the layout and dtype allow (no second host copy of the embedding or the head)."""
+    array = source.get(spec.hf_name)
+    if tuple(array.shape) != spec.hf_shape:
+      raise LoadError(f"{source.where(spec.hf_name)}: tensor {spec.hf_name!r} has shape"
+                      f" {list(array.shape)}, expected {list(spec.hf_shape)}")
+    return np.asarray(spec.to_ours(array)).astype(dtype, copy=False)
+
+  # One weight at a time: read it (a stacked one into a host buffer, its layers on threads),
+  # place it, drop the host copy, so host memory peaks at about one weight beyond the placed
+  # ones.
   params: dict[str, Any] = {}
   num_threads = num_threads or min(8, os.cpu_count() or 1)
   with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
     for spec in specs:
-      buf = np.empty(((config.num_layers,) if spec.per_layer else ()) + spec.shape, dtype)
-      layers = range(config.num_layers) if spec.per_layer else [None]
-      for future in [pool.submit(fill, buf, spec, i) for i in layers]:
-        future.result()
+      if spec.per_layer:
+        buf = np.empty((config.num_layers,) + spec.shape, dtype)
+        for future in [pool.submit(fill, buf, spec, i) for i in range(config.num_layers)]:
+          future.result()
+      else:
+        buf = whole(spec)
       _set_path(params, spec.path, place(spec.path, buf))
       del buf
   return params

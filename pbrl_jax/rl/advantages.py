@@ -208,7 +208,7 @@ def group_spread_metrics(rewards: Array, group_size: int) -> dict[str, Array]:
 
 
 def batch_advantages(rl: Any, group_size: int, rewards: Array, completion_mask: Array,
-                     old_logp: Array, ref_logp: Array, values: Array | None
+                     old_logp: Array, ref_logp: Array | None, values: Array | None
                      ) -> tuple[Array, Array | None]:
   """Token advantages [B, T] of one batch (and PPO's returns), dispatched on the `rl` spec.
 
@@ -223,7 +223,8 @@ def batch_advantages(rl: Any, group_size: int, rewards: Array, completion_mask: 
     rewards: [B] sequence rewards (shaping terms included).
     completion_mask: [B, T] completion tokens.
     old_logp: [B, T] log-probs of the rollout policy (PPO's KL term).
-    ref_logp: [B, T] log-probs of the reference policy (PPO's KL term).
+    ref_logp: [B, T] log-probs of the reference policy (PPO's KL term), or None when no KL
+      term is configured (`RLSpec.uses_reference`).
     values: [B, T] value-head values (PPO) or None.
 
   Returns:
@@ -234,9 +235,11 @@ def batch_advantages(rl: Any, group_size: int, rewards: Array, completion_mask: 
     return mask, None
   returns = None
   if rl.is_ppo:
-    kl_tok = kl_lib.kl_estimate(rl.kl_estimator, old_logp, ref_logp)
-    beta = rl.beta if rl.kl_placement is kl_lib.KLPlacement.REWARD else 0.0
-    token_rewards = kl_lib.kl_penalized_rewards(rewards, kl_tok, mask, beta)
+    if rl.kl_placement is kl_lib.KLPlacement.REWARD and rl.beta > 0:
+      kl_tok = kl_lib.kl_estimate(rl.kl_estimator, old_logp, ref_logp)
+      token_rewards = kl_lib.kl_penalized_rewards(rewards, kl_tok, mask, rl.beta)
+    else:
+      token_rewards = kl_lib.kl_penalized_rewards(rewards, jnp.zeros_like(mask), mask, 0.0)
     adv, returns = gae(token_rewards, values, mask, rl.gamma, rl.lam)
   else:
     adv = compute_group_advantages(rl.advantage, rewards, group_size, std_floor=rl.std_floor)

@@ -166,6 +166,13 @@ class RLSpec:
             if f.name not in parsed}
     return cls(**parsed, **same)
 
+  @property
+  def uses_reference(self) -> bool:
+    """Whether any term reads the reference policy's log-probs (a KL with beta > 0, in the
+    loss or in the reward). Without one, scoring skips the reference forward, as TRL does at
+    beta 0, and the `kl` metric is not logged (it was not measured; 0 would be a claim)."""
+    return self.beta > 0 and self.kl_placement is not KLPlacement.NONE
+
   def prompt_group(self, group_size: int) -> int:
     """Rows per shared prompt in scoring and update: G with `share_prompt`, else 1."""
     return group_size if self.share_prompt and not self.is_sft and group_size > 1 else 1

@@ -318,20 +318,23 @@ def make_state_fns(config: DecoderConfig, optimizer: optax.GradientTransformatio
 def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[str, Params],
                   temperature: float = 1.0, embed_fn: EmbedFn | None = None,
                   policy_outputs: bool = True, lora: lora_lib.LoraSpec | None = None,
-                  ref_shardings: Params | None = None, prompt_group: int = 1
-                  ) -> Callable[..., dict[str, Array]]:
+                  ref_shardings: Params | None = None, prompt_group: int = 1,
+                  reference_outputs: bool = True) -> Callable[..., dict[str, Array]]:
   """Builds `score(params, ref_params, batch[, enc_params]) -> dict` under one jit.
 
   Batch: tokens [B,T], valid [B,T], completion_mask [B,M]; with `embed_fn`, also
   enc_batch (any pytree with leading B).
 
-  Returns a dict: ref_logp [B,M]; with `policy_outputs`, also logp and entropy [B,M] (zero on
-  padding) and values [B,M] with a value head; with `embed_fn`: the policy-side embeddings
-  (the reward compares them with the cached references on the host, `rewards.score`).
+  Returns a dict: ref_logp [B,M] (with `reference_outputs`); with `policy_outputs`, also logp
+  and entropy [B,M] (zero on padding) and values [B,M] with a value head; with `embed_fn`: the
+  policy-side embeddings (the reward compares them with the cached references on the host,
+  `rewards.score`).
 
   `policy_outputs=False` skips the policy forward: on-policy GRPO with one optimizer update
   per batch can take the sampler's log-probs as old log-probs (the same model code, so they
   agree up to float rounding), which saves a third of the scoring FLOPs.
+  `reference_outputs=False` skips the reference forward: nothing reads it when no KL term has
+  a positive coefficient (`RLSpec.uses_reference`; SFT, or GRPO at beta 0).
 
   With `lora`, `ref_params` is the frozen base: the reference is the base as it is, the policy
   the base with `params['lora']` merged in; `ref_shardings` (the base's shardings) is then
@@ -358,10 +361,11 @@ def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[s
         out.update(logp=logp * m, entropy=entropy * m)
         if values is not None:
           out["values"] = values * m
-      ref_logp, _, _ = completion_outputs({"policy": ref_params}, config, batch["tokens"],
-                                          batch["valid"], completion_len, temperature,
-                                          prompt_group=prompt_group)
-    out["ref_logp"] = jax.lax.stop_gradient(ref_logp) * m
+      if reference_outputs:
+        ref_logp, _, _ = completion_outputs({"policy": ref_params}, config, batch["tokens"],
+                                            batch["valid"], completion_len, temperature,
+                                            prompt_group=prompt_group)
+        out["ref_logp"] = jax.lax.stop_gradient(ref_logp) * m
     if embed_fn is not None:
       emb = embed_fn(enc_params, batch["enc_batch"])
       out["embeddings"] = emb
@@ -404,7 +408,7 @@ def _minibatch_indices(rng: Array, batch_size: int, hp: UpdateHParams) -> Array:
   return rows.reshape(idx.shape[:-1] + (micro * g,))
 
 
-def policy_objective(logp: Array, old_logp: Array, ref_logp: Array, advantages: Array,
+def policy_objective(logp: Array, old_logp: Array, ref_logp: Array | None, advantages: Array,
                      mask: Array, hp: UpdateHParams, pg_weight: Array | None = None
                      ) -> tuple[Array, Array, dict[str, Array]]:
   """The policy term of the loss as (sum, denominator), plus its per-token pieces.
@@ -418,7 +422,8 @@ def policy_objective(logp: Array, old_logp: Array, ref_logp: Array, advantages: 
   (TRL multiplies the KL by the same weight, sequence-level under GSPO). c_t = `pg_weight`
   (constant: the top-entropy mask times the rollout correction weight; TRL applies both to
   the policy term only, before the KL is added), 1 when None. The denominators keep every
-  valid token.
+  valid token. `ref_logp` None (no reference forward was run): no KL piece, which needs
+  `hp.kl_coef_in_loss` 0.
 
   (GRPO: Shao et al. 2024, arXiv 2402.03300, eq. 3 with the KL inside the per-token term,
   as TRL's GRPOTrainer does; beta = `hp.kl_coef_in_loss`, kl_t by `hp.kl_estimator`.)
@@ -437,15 +442,20 @@ def policy_objective(logp: Array, old_logp: Array, ref_logp: Array, advantages: 
   pg, low, high = (jnp.broadcast_to(x, logp.shape) for x in (pg, low, high))
   if pg_weight is not None:
     pg = pg * jax.lax.stop_gradient(pg_weight)
-  kl = kl_lib.kl_estimate(hp.kl_estimator, logp, ref_logp, hp.kl_clamp)
   ratio = jnp.broadcast_to(weights, logp.shape)
+  pieces = {"pg": pg, "clip_low": low, "clip_high": high, "ratio": ratio}
   per_token = pg
-  if hp.kl_coef_in_loss:
-    kl_term = kl * ratio if hp.kl_ratio_correction else kl
-    per_token = pg + hp.kl_coef_in_loss * kl_term
+  if ref_logp is None:
+    if hp.kl_coef_in_loss:
+      raise ValueError(f"kl_coef_in_loss {hp.kl_coef_in_loss} needs the reference log-probs"
+                       " (the batch has no ref_logp)")
+  else:
+    kl = pieces["kl"] = kl_lib.kl_estimate(hp.kl_estimator, logp, ref_logp, hp.kl_clamp)
+    if hp.kl_coef_in_loss:
+      kl_term = kl * ratio if hp.kl_ratio_correction else kl
+      per_token = pg + hp.kl_coef_in_loss * kl_term
   total, den = losses.aggregate(per_token, mask, hp.aggregation, hp.max_completion_length)
-  return total, den, {"pg": pg, "kl": kl, "clip_low": low, "clip_high": high,
-                      "ratio": ratio}
+  return total, den, pieces
 
 
 def make_loss_fn(config: DecoderConfig, hp: UpdateHParams,
@@ -474,8 +484,8 @@ def make_loss_fn(config: DecoderConfig, hp: UpdateHParams,
     if hp.top_entropy_quantile < 1.0:
       keep = losses.entropy_quantile_mask(entropy, m, hp.top_entropy_quantile)
       pg_weight = keep if pg_weight is None else pg_weight * keep
-    policy_sum, _, t = policy_objective(logp, mb["old_logp"], mb["ref_logp"], advantages, m,
-                                        hp, pg_weight)
+    policy_sum, _, t = policy_objective(logp, mb["old_logp"], mb.get("ref_logp"), advantages,
+                                        m, hp, pg_weight)
     t["entropy"] = entropy
     if values is not None:
       t["value_loss"], t["value_clip_frac"] = losses.clipped_value_loss(
@@ -484,7 +494,7 @@ def make_loss_fn(config: DecoderConfig, hp: UpdateHParams,
     loss = policy_sum / dens["policy"]
     tok_sum = lambda x: jnp.sum(x * m)
     sums = {name: tok_sum(t[name]) for name in ("pg", "kl", "clip_low", "clip_high",
-                                                "entropy", "ratio")}
+                                                "entropy", "ratio") if name in t}
     if hp.top_entropy_quantile < 1.0:
       sums["entropy_kept"] = tok_sum(keep)
     if hp.entropy_coef:
@@ -536,13 +546,14 @@ def _sum_metrics(sums: dict[str, Array], dens: dict[str, Array], with_value_head
   metrics = {
       "policy_loss": sums["policy_loss"] / dens["policy"],
       "pg_loss_token_mean": sums["pg"] / tok,
-      "kl": sums["kl"] / tok,
       "entropy": sums["entropy"] / tok,
       "clip_frac_low": sums["clip_low"] / tok,
       "clip_frac_high": sums["clip_high"] / tok,
       "ratio_mean": sums["ratio"] / tok,
       "num_tokens": tok,
   }
+  if "kl" in sums:  # absent when no reference forward was run
+    metrics["kl"] = sums["kl"] / tok
   if "entropy_kept" in sums:
     metrics["entropy_mask_kept_frac"] = sums["entropy_kept"] / tok
   if with_value_head:
@@ -567,7 +578,8 @@ def make_update_fn(config: DecoderConfig, hp: UpdateHParams,
   never differentiated).
 
   Batch (leading B, split over ('data', 'fsdp')): tokens [B,T], valid [B,T],
-  completion_mask [B,M], old_logp [B,M], ref_logp [B,M], advantages [B,M] (or [B]);
+  completion_mask [B,M], old_logp [B,M], ref_logp [B,M] (absent when no KL term reads
+  it), advantages [B,M] (or [B]);
   PPO also returns [B,M] and old_values [B,M]; with a rollout correction, rollout_weight
   [B,M] (`losses.rollout_correction_weights`).
 

@@ -61,3 +61,14 @@ class _nullcontext:
 
   def __exit__(self, *args):
     return False
+
+
+@pytest.mark.parametrize("algorithm,overrides,uses", [
+    ("grpo", {}, True), ("grpo", {"beta": 0.0}, False), ("grpo", {"kl_placement": "none"}, False),
+    ("ppo", {}, True), ("ppo", {"beta": 0.0}, False), ("sft", {}, False)])
+def test_reference_forward_only_when_a_kl_term_reads_it(algorithm, overrides, uses):
+  from configs import rl_defaults  # pylint: disable=import-outside-toplevel
+  from pbrl_jax.rl.spec import RLSpec  # pylint: disable=import-outside-toplevel
+  section = rl_defaults.get_config(algorithm).rl
+  section.update(overrides)
+  assert RLSpec.from_config(section).uses_reference is uses

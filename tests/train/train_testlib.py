@@ -1,9 +1,11 @@
 """Shared helpers of the trainer tests: tiny configs, one pivot build per session."""
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, "configs", "tiny.py")
@@ -23,9 +25,25 @@ def tiny_config(arg: str = "grpo", **overrides):
 
 
 def build_tiny_pivot(workdir: str) -> None:
-  """Oracle pivot references for configs/tiny.py in `workdir` (in process)."""
+  """Oracle pivot references for configs/tiny.py in `workdir` (in process).
+
+  Built once per test run in PBRL_TEST_SHARED_DIR (tests/conftest.py; a lock serialises the
+  pytest-xdist workers, the first builds into a temp dir renamed when complete) and copied
+  from there: the build is deterministic, so every test gets the files it would have built.
+  """
   from pbrl_jax import pivot_step  # pylint: disable=g-import-not-at-top
-  pivot_step.build(tiny_config(), workdir, oracle=True)
+  shared = os.environ.get("PBRL_TEST_SHARED_DIR")
+  if not shared:
+    pivot_step.build(tiny_config(), workdir, oracle=True)
+    return
+  built = os.path.join(shared, "tiny_pivot")
+  with open(os.path.join(shared, "tiny_pivot.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.isdir(built):
+      tmp = tempfile.mkdtemp(prefix="tiny_pivot.tmp", dir=shared)
+      pivot_step.build(tiny_config(), tmp, oracle=True)
+      os.rename(tmp, built)
+  shutil.copytree(built, workdir, dirs_exist_ok=True)
 
 
 def copy_pivot(src_workdir: str, dst_workdir: str) -> None:
