@@ -122,8 +122,9 @@ def test_sharded_load_peak_host_memory(tmp_path):
     peaks[mode] = out["peak"] - out["before"]
   # The bound is model + largest array (283 MB here), the floor of a loader that reads
   # whole tensors. Measured: sharded 293 MB, old path 386 MB. The 10 MB above the floor are
-  # the per-device contiguous copies of the last (transposed) array's slices and the runtime;
-  # half the largest array is allowed for them: still far below a second copy of the model.
+  # not attributed yet (candidates: per-device contiguous copies of the last, transposed
+  # array's slices; runtime allocations); half the largest array is allowed above the floor,
+  # still far below a second copy of the model.
   bound = model_bytes + 1.5 * largest
   mb = {k: round(v / 2**20) for k, v in peaks.items()}
   assert peaks["sharded"] <= bound, (mb, model_bytes >> 20, largest >> 20)
