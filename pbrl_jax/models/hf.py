@@ -299,22 +299,18 @@ def assemble_params(source: TensorSource, config: DecoderConfig, *, mesh: Mesh |
   else:
     place = lambda path, buf: jax.device_put(buf)
 
-  def fill(buf: np.ndarray, spec: TensorSpec, i: int) -> None:
+  def read(spec: TensorSpec, i: int | None) -> np.ndarray:
+    """Tensor `spec` (layer i) in our layout, a view of the array read where the layout
+    allows."""
     name = spec.hf_name.format(i=i)
     array = source.get(name)
     if tuple(array.shape) != spec.hf_shape:  # a source whose data disagrees with its header
       raise LoadError(f"{source.where(name)}: tensor {name!r} has shape {list(array.shape)},"
                       f" expected {list(spec.hf_shape)}")
-    buf[i] = spec.to_ours(array)
+    return spec.to_ours(array)
 
-  def whole(spec: TensorSpec) -> np.ndarray:
-    """A tensor that is not stacked, in our layout: a view of the array read from the file
-    where the layout and dtype allow (no second host copy of the embedding or the head)."""
-    array = source.get(spec.hf_name)
-    if tuple(array.shape) != spec.hf_shape:
-      raise LoadError(f"{source.where(spec.hf_name)}: tensor {spec.hf_name!r} has shape"
-                      f" {list(array.shape)}, expected {list(spec.hf_shape)}")
-    return np.asarray(spec.to_ours(array)).astype(dtype, copy=False)
+  def fill(buf: np.ndarray, spec: TensorSpec, i: int) -> None:
+    buf[i] = read(spec, i)
 
   # One weight at a time: read it (a stacked one into a host buffer, its layers on threads),
   # place it, drop the host copy, so host memory peaks at about one weight beyond the placed
@@ -327,8 +323,8 @@ def assemble_params(source: TensorSource, config: DecoderConfig, *, mesh: Mesh |
         buf = np.empty((config.num_layers,) + spec.shape, dtype)
         for future in [pool.submit(fill, buf, spec, i) for i in range(config.num_layers)]:
           future.result()
-      else:
-        buf = whole(spec)
+      else:  # placed from the array read: no second host copy of the embedding or head
+        buf = np.asarray(read(spec, None)).astype(dtype, copy=False)
       _set_path(params, spec.path, place(spec.path, buf))
       del buf
   return params
