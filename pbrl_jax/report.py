@@ -171,6 +171,7 @@ def _training_plots(workdir: str, rows: list[dict[str, Any]], keys: list[str]
   main_terms = ["reward_mean", "reward/answer_precision", "reward/format",
                 "reward/reasoning_coherence",
                 "reward/similarity", "reward/mt_similarity", "reward/verifiable", "reward/gate"]
+  has_kl = "kl" in keys  # SFT and beta-0 runs log none (`RLSpec.uses_reference`)
   specs = [
       ("Reward and its components", "reward.png", [k for k in main_terms if k in keys],
        "Reward and its components", "value"),
@@ -181,7 +182,8 @@ def _training_plots(workdir: str, rows: list[dict[str, Any]], keys: list[str]
        "Language consistency of rollouts", "fraction"),
       ("Rollout health (length cap, repetition)", "rollout.png",
        [k for k in keys if k.startswith("rollout/")], "Rollout health", "fraction / tokens"),
-      ("Loss and KL to the reference", "kl_loss.png", ["loss", "kl"], "Loss and KL", "value"),
+      ("Loss and KL to the reference" if has_kl else "Training loss (this run has no KL term)",
+       "kl_loss.png", ["loss", "kl"], "Loss and KL" if has_kl else "Loss", "value"),
   ]
   return [(caption, name) for caption, name, series, title, ylabel in specs
           if _plot_lines(os.path.join(workdir, name), rows, series, title, ylabel)]

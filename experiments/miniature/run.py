@@ -13,7 +13,8 @@ evaluated once. Each finished stage leaves its output file, so a rerun skips it 
 file to redo a stage). After every stage it writes OUT/results.json and OUT/results.md (the
 page, which lists the stages still pending) and, without --smoke, copies the page and its
 plot to experiments/miniature/ for the repository: a study that takes several sittings is
-committed stage by stage and continued elsewhere with --reuse.
+committed stage by stage and continued elsewhere with --reuse. The page holds every arm
+finished so far (in the reused file or evaluated in OUT), not only those this run asks for.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -69,6 +71,15 @@ def _config_arg(method: str, data_dir: str, smoke: bool, init: str | None = None
   return arg + ",smoke=1" if smoke else arg
 
 
+def arm_dir(out: str, method: str, seed: int) -> str:
+  return os.path.join(out, f"{method}-s{seed}")
+
+
+def final_eval(workdir: str) -> str:
+  """The arm's evaluation file: its existence marks the arm finished."""
+  return os.path.join(workdir, "eval", "final.json")
+
+
 def _eval_result(path: str) -> dict[str, Any]:
   with open(path, encoding="utf-8") as f:
     return json.load(f)["datasets"][DATASET]
@@ -82,7 +93,7 @@ def run_method(method: str, seed: int, out: str, data_dir: str, steps: int | Non
   `init`: an HF directory to start from instead of the embedded policy (the premise).
   `evaluate=False`: pivot and train only (returns None).
   """
-  workdir = workdir or os.path.join(out, f"{method}-s{seed}")
+  workdir = workdir or arm_dir(out, method, seed)
   os.makedirs(workdir, exist_ok=True)
   cfg = _config_arg(method, data_dir, smoke, init)
   overrides = [f"--config.seed={seed}"] + ([f"--config.total_steps={steps}"] if steps else [])
@@ -91,7 +102,7 @@ def run_method(method: str, seed: int, out: str, data_dir: str, steps: int | Non
     _run([py, "-m", "pbrl_jax.cli.pivot_main", f"--config={cfg}", f"--workdir={workdir}",
           f"--references={os.path.join(data_dir, 'train_references.jsonl')}"],
          os.path.join(workdir, "pivot.log"))
-  result = os.path.join(workdir, "eval", "final.json")
+  result = final_eval(workdir)
   if not os.path.exists(result):
     t0 = time.time()
     _run([py, "-m", "pbrl_jax.cli.train_main", f"--config={cfg}", f"--workdir={workdir}",
@@ -444,6 +455,34 @@ def arm_name(method: str, seed: int) -> str:
   return f"{method} (seed {seed})"
 
 
+_ARM_NAME = re.compile(r"(\w+) \(seed (\d+)\)")
+_ARM_DIR = re.compile(r"(\w+)-s(\d+)")
+
+
+def parse_arm_name(name: str, source: str) -> tuple[str, int]:
+  """(method, seed) of an arm's name (`arm_name`); `source` names the file for the error."""
+  m = _ARM_NAME.fullmatch(name)
+  if not m or m.group(1) not in miniature.METHODS:
+    raise SystemExit(f"{source}: result {name!r} is not an arm of this study (expected"
+                     f" 'METHOD (seed N)' with METHOD one of {list(miniature.METHODS)})")
+  return m.group(1), int(m.group(2))
+
+
+def finished_arms(out: str, reused: dict[str, Any], reuse_path: str) -> list[tuple[str, int]]:
+  """The arms finished before this run: those of the reused results.json and those evaluated
+  in OUT (`METHOD-sSEED/eval/final.json`), in study order. The page keeps them whatever
+  --methods and --seeds say, so a run that adds one arm never drops another from
+  results.json or from the copy committed in experiments/miniature/."""
+  arms = {parse_arm_name(name, f"--reuse {reuse_path}") for name in reused
+          if name not in ("base", "premise")}
+  for entry in sorted(os.listdir(out)) if os.path.isdir(out) else ():
+    m = _ARM_DIR.fullmatch(entry)
+    if (m and m.group(1) in miniature.METHODS
+        and os.path.exists(final_eval(os.path.join(out, entry)))):
+      arms.add((m.group(1), int(m.group(2))))
+  return sorted(arms, key=lambda a: (miniature.METHODS.index(a[0]), a[1]))
+
+
 def design(n_test: int, premise: str) -> dict[str, Any]:
   """What arms must share to be compared: test problems per language, premise, and the
   completion budgets (a shorter cap cuts off in-language answers first, configs/common.py)."""
@@ -536,11 +575,12 @@ def build_meta(args: argparse.Namespace, out: str, results: dict[str, Any], plan
   reused_training = reused_meta.get("training", {})
   training = {arm_name(m, sd): (reused_training.get(arm_name(m, sd))
                                 if arm_name(m, sd) in reused else
-                                training_summary(os.path.join(out, f"{m}-s{sd}")))
+                                training_summary(arm_dir(out, m, sd)))
               for m, sd in runs if arm_name(m, sd) in results}
   meta: dict[str, Any] = {
       "command": shlex.join(["python", "experiments/miniature/run.py", *args.argv]),
-      "n_train": args.n_train, "seeds": args.seed_list, **design(args.n_test, args.premise),
+      "n_train": args.n_train, "seeds": sorted({sd for _, sd in runs}) or args.seed_list,
+      **design(args.n_test, args.premise),
       # --methods "" runs the base and the premise only (the first sitting of a study).
       "steps": args.steps or miniature.get_config(
           args.method_list[0] if args.method_list else "sft_en").total_steps,
@@ -595,9 +635,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   arith.write_split(data_dir, langs=langs, n_train=args.n_train, n_test=args.n_test, seed=0)
 
   reused, reused_meta = load_reused(args.reuse, design(args.n_test, args.premise))
-  runs = [(m, sd) for m in args.method_list
-          for sd in (args.seed_list[:1] if m == "sft" else args.seed_list)]
-  to_train = [(m, sd) for m, sd in runs if arm_name(m, sd) not in reused]
+  planned = [(m, sd) for m in args.method_list
+             for sd in (args.seed_list[:1] if m == "sft" else args.seed_list)]
+  # Earlier arms first (nothing to run), then this run's in the order asked for.
+  runs = [a for a in finished_arms(out, reused, args.reuse) if a not in planned] + planned
+  to_train = [(m, sd) for m, sd in runs if arm_name(m, sd) not in reused
+              and not os.path.exists(final_eval(arm_dir(out, m, sd)))]
   with_premise = args.premise == "english_sft"
   plan = ["base", *(["premise"] if with_premise else []), *(arm_name(m, sd) for m, sd in runs)]
   results: dict[str, Any] = {}

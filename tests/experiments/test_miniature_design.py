@@ -115,3 +115,25 @@ def test_a_partial_page_names_the_premise_it_waits_for():
   waiting = note(base, {"premise": "english_sft"})
   assert "not built yet" in waiting and "English 12.5% vs non-English mean 13.0%" in waiting
   assert "no premise stage" in note(base, {"premise": "none"})
+
+
+# --- A run that adds arms keeps the arms finished before it ----------------------------------
+
+
+def test_finished_arms_come_from_the_reused_file_and_the_run_directory(tmp_path):
+  out = tmp_path / "out"
+  for arm, evaluated in [("pbrl_hybrid-s1", True), ("rlvr_grpo-s0", False),
+                         ("premise", True), ("notamethod-s0", True)]:
+    (out / arm / "eval").mkdir(parents=True)
+    if evaluated:
+      (out / arm / "eval" / "final.json").write_text("{}")
+  reused = {"base": {}, "premise": {}, "sft (seed 0)": {}, "pbrl_embedding (seed 2)": {}}
+  arms = mini_run.finished_arms(str(out), reused, "saved.json")
+  # Study order (configs/miniature.METHODS, then seed); the unevaluated RLVR arm is not done.
+  assert arms == [("sft", 0), ("pbrl_embedding", 2), ("pbrl_hybrid", 1)]
+  assert mini_run.finished_arms(str(tmp_path / "missing"), {}, "") == []
+
+
+def test_a_reused_result_that_is_no_arm_is_refused():
+  with pytest.raises(SystemExit, match=r"--reuse saved.json: result 'ppo2 \(seed 0\)'"):
+    mini_run.finished_arms("/nonexistent", {"ppo2 (seed 0)": {}}, "saved.json")

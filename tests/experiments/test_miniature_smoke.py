@@ -64,9 +64,13 @@ def test_smoke_run_writes_the_page(tmp_path):
       capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "pbrl_jax.cli" not in proc.stdout  # no stage ran again
-  # Another machine continues the study from the saved results.json alone (the rerun above
-  # rewrote it with base, premise and RLVR): the arms it holds are not rerun, and a file of
-  # another design is refused.
+  with open(os.path.join(out, "results.json")) as f:
+    rerun = json.load(f)["results"]
+  # A run narrowed to one arm keeps the arms finished before it (here the hybrid's).
+  assert rerun == results
+  # Another machine continues the study from the saved results.json alone, again asking for
+  # one arm: the arms the file holds are not rerun and none is dropped, and a file of another
+  # design is refused.
   again = str(tmp_path / "elsewhere")
   cmd = [sys.executable, os.path.join(REPO, "experiments", "miniature", "run.py"), "--out",
          again, "--smoke", "--methods", "rlvr_grpo", "--seeds", "0", "--n_train", "8",
@@ -77,8 +81,10 @@ def test_smoke_run_writes_the_page(tmp_path):
   assert "pbrl_jax.cli" not in proc.stdout  # every arm, the base and the premise reused
   with open(os.path.join(again, "results.json")) as f:
     continued = json.load(f)
-  assert continued["results"]["rlvr_grpo (seed 0)"] == results["rlvr_grpo (seed 0)"]
-  assert continued["meta"]["reused"]["arms"] == ["base", "premise", "rlvr_grpo (seed 0)"]
+  assert continued["results"] == results
+  assert continued["meta"]["reused"]["arms"] == ["base", "pbrl_hybrid (seed 0)", "premise",
+                                                 "rlvr_grpo (seed 0)"]
+  assert continued["meta"]["training"]["pbrl_hybrid (seed 0)"]["steps"] == 1
   assert continued["meta"]["training"]["rlvr_grpo (seed 0)"]["steps"] == 1
   proc = subprocess.run(cmd + ["--n_test", "3"], capture_output=True, text=True, timeout=600,
                         env=env, cwd=REPO)
