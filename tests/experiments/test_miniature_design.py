@@ -137,3 +137,26 @@ def test_finished_arms_come_from_the_reused_file_and_the_run_directory(tmp_path)
 def test_a_reused_result_that_is_no_arm_is_refused():
   with pytest.raises(SystemExit, match=r"--reuse saved.json: result 'ppo2 \(seed 0\)'"):
     mini_run.finished_arms("/nonexistent", {"ppo2 (seed 0)": {}}, "saved.json")
+
+
+# --- Endpoints -------------------------------------------------------------------------------
+
+
+def test_the_in_language_endpoint_counts_only_right_answers_in_the_question_language():
+  langs = ["en", "de", "es", "fr", "ja", "pt", "ru", "zh"]
+
+  def records(correct, consistent):  # problem index -> (right?, in the question's language?)
+    return [{"id": f"p{p}", "lang": lang, "correct": correct(p), "language_consistent":
+             consistent(p)} for p in range(4) for lang in langs]
+
+  results = {  # the premise is always right, in English; the hybrid right on p0, p1, in-language
+      "premise": {"records": records(lambda p: True, lambda p: False)},
+      "pbrl_hybrid (seed 0)": {"records": records(lambda p: p < 2, lambda p: True)}}
+  rows = {(r["comparison"], r["languages"]): r
+          for r in mini_run.endpoint_rows(results, n_boot=50)}
+  assert set(rows) == {("pbrl_hybrid - premise", g)
+                       for g in ("trained", "held-out", "trained, in-language")}
+  assert rows[("pbrl_hybrid - premise", "trained")]["delta"] == -0.5
+  assert rows[("pbrl_hybrid - premise", "trained, in-language")]["delta"] == 0.5
+  assert mini_run.in_language_accuracy(results["pbrl_hybrid (seed 0)"]["records"], "de") == 0.5
+  assert mini_run.in_language_accuracy(results["premise"]["records"], "de") == 0.0
