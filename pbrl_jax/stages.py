@@ -143,7 +143,8 @@ class StepFns:
   tokenizer: Any
   reward_models: Any  # score.RewardModels; None when the rewards come from outside
   # (`external_rewards`: pbrl-compare's TRL-style reward functions)
-  ref_params: Any  # the reference policy on the mesh (with LoRA, also the frozen base)
+  ref_params: Any  # the reference policy on the mesh (with LoRA, also the frozen base);
+  # None when nothing reads it (full fine-tuning without a KL term, `train.build`)
   lora: lora_lib.LoraSpec | None
   on_policy: bool  # the sampler's log-probs stand in for the rollout policy's
   encoder_params: Any  # the reward encoder's params on the mesh, or None (host encoder)

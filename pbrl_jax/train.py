@@ -162,8 +162,12 @@ def build(spec: TrainerSpec, mesh: Any, workdir: str) -> Run:
   # A no-op unless the loader's shardings differ from the state's (they are built alike).
   ref_params = jax.device_put(ref_params, state_fns.policy_shardings)
   base_key = jax.random.PRNGKey(run.seed)
-  fns = stages.build_step_fns(spec, mesh, model_cfg, tokenizer, reward_models, ref_params,
-                              state_fns, optimizer, lora, base_key)
+  # Full fine-tuning without a KL term reads no reference: the steps get none, and the loaded
+  # params are freed once the state has its own copy (one model's bytes less on the devices).
+  keeps_reference = lora is not None or spec.rl.uses_reference
+  fns = stages.build_step_fns(spec, mesh, model_cfg, tokenizer, reward_models,
+                              ref_params if keeps_reference else None, state_fns, optimizer,
+                              lora, base_key)
 
   manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"),
                                   max_to_keep=run.keep_checkpoints,

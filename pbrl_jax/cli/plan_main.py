@@ -95,6 +95,11 @@ def _get(cfg: Any, dotted: str) -> Any:
   return node
 
 
+def _reads_reference(cfg: Any) -> bool:
+  """`RLSpec.uses_reference` on the raw section: a KL term with a positive coefficient."""
+  return float(_get(cfg, "rl.beta")) > 0 and str(_get(cfg, "rl.kl_placement")) != "none"
+
+
 def inputs_from_config(cfg: Any, base_dir: str = ".", model_file: str | None = None
                        ) -> tuple[DecoderConfig, dict[str, Any], tuple[int, int, int] | None]:
   """Reads the model, the PlanInputs fields and the mesh from a training config.
@@ -137,8 +142,8 @@ def inputs_from_config(cfg: Any, base_dir: str = ".", model_file: str | None = N
         "compute_dtype": str(_get(cfg, "model.dtype")),
         "remat": bool(_get(cfg, "model.remat")),
         "value_head": _get(cfg, "rl.algorithm") == "ppo",
-        # The reference forward runs whenever a KL is computed (also when only logged).
-        "reference": True,
+        # The trainer keeps a reference copy only when a KL term reads it (`train.build`).
+        "reference": _reads_reference(cfg),
     }
   except KeyError as e:
     raise plan_lib.PlanError(f"config: missing field {e.args[0]} (or run with --model)"

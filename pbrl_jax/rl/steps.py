@@ -334,7 +334,9 @@ def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[s
   per batch can take the sampler's log-probs as old log-probs (the same model code, so they
   agree up to float rounding), which saves a third of the scoring FLOPs.
   `reference_outputs=False` skips the reference forward: nothing reads it when no KL term has
-  a positive coefficient (`RLSpec.uses_reference`; SFT, or GRPO at beta 0).
+  a positive coefficient (`RLSpec.uses_reference`; SFT, or GRPO at beta 0). Without LoRA
+  `ref_params` is then unread and may be None (`train.build` passes None, so full fine-tuning
+  keeps no frozen copy of the policy on the devices).
 
   With `lora`, `ref_params` is the frozen base: the reference is the base as it is, the policy
   the base with `params['lora']` merged in; `ref_shardings` (the base's shardings) is then
@@ -371,8 +373,11 @@ def make_score_fn(config: DecoderConfig, mesh: Mesh, *, params_shardings: dict[s
       out["embeddings"] = emb
     return out
 
-  in_sh = (params_shardings,
-           params_shardings["policy"] if ref_shardings is None else ref_shardings, batch_sh)
+  if not reference_outputs and lora is None:
+    ref_sh = None  # unread: the caller may pass None and hold no reference copy at all
+  else:
+    ref_sh = params_shardings["policy"] if ref_shardings is None else ref_shardings
+  in_sh = (params_shardings, ref_sh, batch_sh)
   if embed_fn is not None:
     in_sh = in_sh + (rep,)
   return jax.jit(score, in_shardings=in_sh, out_shardings=batch_sh)

@@ -65,6 +65,11 @@ def test_training_config_with_overrides(tmp_path):
   proc = _plan("--config", str(cfg), "--device", "v6e-8", "--json", "--group_size", "8")
   assert proc.returncode == 0, proc.stderr
   assert json.loads(proc.stdout)["components"]["kv cache"] == 2 * base["components"]["kv cache"]
+  # Full fine-tuning keeps a reference copy only when a KL term reads it (`train.build`).
+  assert base["components"]["reference params"] == base["components"]["params"] > 0
+  proc = _plan("--config", str(cfg), "--config.rl.beta=0.0", "--device", "v6e-8", "--json")
+  assert proc.returncode == 0, proc.stderr
+  assert json.loads(proc.stdout)["components"]["reference params"] == 0
 
 
 def test_config_missing_field_is_named(tmp_path):

@@ -8,6 +8,7 @@ NumPy loops of tests/rl/rl_numpy_refs.py.
 
 import contextlib
 import dataclasses
+import gc
 import math
 
 import jax
@@ -133,6 +134,36 @@ def test_step_record_means_are_the_rows_means(run, step1):
     sel = [r["reward"] for r, l in zip(rw.rows, ro.langs) if l == lang]
     assert rec[f"lang/{lang}/reward"] == pytest.approx(float(np.mean(sel)), rel=1e-6)
   assert rec["loss"] == step1["metrics"]["loss"]
+
+
+def test_full_fine_tuning_without_a_kl_term_keeps_no_reference_copy(run, step1, tmp_path):
+  """At beta 0 nothing reads the reference policy: `train.build` keeps no frozen copy of it on
+  the devices (exactly one model's bytes fewer than the same run with a KL term), and the
+  scoring stage runs without one."""
+
+  def build(beta):
+    workdir = str(tmp_path / f"beta{beta}")
+    tl.build_tiny_pivot(workdir)
+    spec = TrainerSpec.from_config(tl.tiny_config("grpo", **{"rl.beta": beta}))
+    gc.collect()
+    before = sum(a.nbytes for a in jax.live_arrays())
+    built = train_lib.build(spec, train_lib.make_mesh(spec), workdir)
+    gc.collect()
+    return built, sum(a.nbytes for a in jax.live_arrays()) - before
+
+  with_kl, with_kl_bytes = build(0.04)
+  lean, lean_bytes = build(0.0)
+  try:
+    policy_bytes = sum(x.nbytes for x in jax.tree.leaves(with_kl.fns.ref_params))
+    assert lean.fns.ref_params is None and policy_bytes > 0
+    assert with_kl_bytes - lean_bytes == policy_bytes
+    scored = stages.score_stage(lean.fns, lean.state, step1["prompts"], step1["rollout"])
+    assert "ref_logp" not in scored.outputs
+    np.testing.assert_allclose(scored.policy_embeddings, step1["scored"].policy_embeddings,
+                               rtol=1e-5, atol=1e-7)
+  finally:
+    with_kl.manager.close()
+    lean.manager.close()
 
 
 def test_in_training_evaluation_honours_every_eval_key(run, monkeypatch, tmp_path):
