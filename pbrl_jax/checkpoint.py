@@ -234,8 +234,9 @@ def checkpoint_steps(workdir: str) -> list[int]:
                 if d.isdigit() and os.path.isdir(os.path.join(directory, d, "state")))
 
 
-def restore_params(workdir: str, step: int, abstract_params: Any, item: str = "policy") -> Any:
-  """Restores only `state.params[item]` of one trainer checkpoint, onto the default device.
+def restore_params(workdir: str, step: int, abstract_params: Any, item: str = "policy",
+                   shardings: Any = None) -> Any:
+  """Restores only `state.params[item]` of one trainer checkpoint.
 
   Args:
     workdir: run directory holding checkpoints/<step>/state.
@@ -243,6 +244,8 @@ def restore_params(workdir: str, step: int, abstract_params: Any, item: str = "p
     abstract_params: pytree of jax.ShapeDtypeStruct: the restored arrays take these shapes
       and dtypes.
     item: 'policy' (full fine-tuning) or 'lora' (the adapters of a LoRA run).
+    shardings: a pytree of shardings like `abstract_params`: each array is read straight
+      into its sharding (each device reads its own shard); None: the default device.
 
   Returns:
     The restored parameter pytree.
@@ -250,18 +253,20 @@ def restore_params(workdir: str, step: int, abstract_params: Any, item: str = "p
   path = os.path.abspath(os.path.join(workdir, "checkpoints", str(step), "state"))
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{path}: no 'state' item of checkpoint {step}")
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  if shardings is None:
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree.map(lambda _: one, abstract_params)
   target = {"params": {item: abstract_params}}
-  restore_args = jax.tree.map(
-      lambda x: ocp.ArrayRestoreArgs(dtype=x.dtype, sharding=sharding, global_shape=x.shape),
-      target)
+  restore_args = {"params": {item: jax.tree.map(
+      lambda x, sh: ocp.ArrayRestoreArgs(dtype=x.dtype, sharding=sh, global_shape=x.shape),
+      abstract_params, shardings)}}
   with ocp.PyTreeCheckpointer() as ckptr:
     out = ckptr.restore(path, args=ocp.args.PyTreeRestore(
         item=target, restore_args=restore_args, partial_restore=True))
   return out["params"][item]
 
 
-def restore_policy(bundle: Any, workdir: str, step: int, model: Any) -> None:
+def restore_policy(bundle: Any, workdir: str, step: int, model: Any, mesh: Any = None) -> None:
   """Replaces `bundle.params` (the run's base model) with the policy of checkpoint `step`.
 
   A LoRA run (`model.lora_rank` > 0) checkpoints its adapters only: they are restored and
@@ -273,19 +278,27 @@ def restore_policy(bundle: Any, workdir: str, step: int, model: Any) -> None:
     workdir: run directory.
     step: the checkpoint step.
     model: the run config's `model` section.
+    mesh: with a mesh, every array is read straight into the trainer's sharding of it
+      (`sharding.DEFAULT_RULES`); without, onto the default device.
   """
   from pbrl_jax.models import decoder  # pylint: disable=g-import-not-at-top
   from pbrl_jax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.models import sharding as shd  # pylint: disable=g-import-not-at-top
   rank = int(model.get("lora_rank", 0) or 0)
   if rank:
-    adapters = restore_params(
-        workdir, step, lora_lib.lora_shapes(bundle.config, tuple(model.lora_targets), rank),
-        "lora")
+    targets = tuple(model.lora_targets)
+    shapes = lora_lib.lora_shapes(bundle.config, targets, rank)
+    shardings = None if mesh is None else shd.param_shardings(
+        lora_lib.lora_logical_axes(bundle.config, targets, rank), shapes, mesh)
+    adapters = restore_params(workdir, step, shapes, "lora", shardings)
     bundle.params = lora_lib.apply_lora(bundle.params, adapters, float(model.lora_alpha), rank)
     logging.info("restored the LoRA adapters of checkpoint %d (merged)", step)
     return
-  abstract = jax.tree.map(lambda a, p: jax.ShapeDtypeStruct(a.shape, p.dtype),
-                          decoder.param_shapes(bundle.config), bundle.params)
+  shapes = decoder.param_shapes(bundle.config)
+  abstract = jax.tree.map(lambda a, p: jax.ShapeDtypeStruct(a.shape, p.dtype), shapes,
+                          bundle.params)
+  shardings = None if mesh is None else shd.param_shardings(
+      decoder.param_logical_axes(bundle.config), shapes, mesh)
   bundle.params = None  # free the base weights before the checkpoint's arrive
-  bundle.params = restore_params(workdir, step, abstract)
+  bundle.params = restore_params(workdir, step, abstract, shardings=shardings)
   logging.info("restored the policy of checkpoint %d", step)

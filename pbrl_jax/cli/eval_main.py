@@ -12,6 +12,8 @@ Reads the config's `model.path` (HF dir, .gguf or 'embedded:smollm2'), its `eval
 `--trained_langs` overrides). A checkpoint is the trainer's Orbax checkpoint in
 DIR/checkpoints: only the policy parameters (`state.params['policy']`) are restored, straight
 into the base model's shapes and dtypes; optimizer state and everything else stay on disk.
+With several devices the model (base, checkpoint or HF directory) is read straight into the
+trainer's shardings over `config.mesh`, so a model too big for one device can be evaluated.
 
 Writes DIR/eval/<name>.json (atomically) holding every dataset's `pbrl_jax.evaluate.evaluate`
 result, and DIR/eval/<name>.md with PNG plots (per-language accuracy with 95% CI error bars,
@@ -21,6 +23,7 @@ a before/after report of two result files.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -31,6 +34,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from pbrl_jax import fileio
+
 
 def define_flags() -> None:
   """Defines this command's flags when it runs, so that importing the module defines none."""
@@ -39,6 +44,7 @@ def define_flags() -> None:
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                             lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; results go to DIR/eval/.")
+  fileio.refuse_remote("workdir")
   _NAME = flags.DEFINE_string("name", "", "Result name (default: step_<N>, base, the model's "
                               "file name, or 'compare').")
   _BASE = flags.DEFINE_bool("base", False, "Evaluate the config's base model even when "
@@ -73,12 +79,34 @@ def resolve_model_path(path: str) -> str:
   return path
 
 
-def load_model(config: Any, workdir: str, dtype: str) -> tuple[Any, str, int | None]:
-  """The model the flags ask for: (bundle, default result name, checkpoint step or None)."""
+def eval_mesh(config: Any) -> Any:
+  """The run's mesh (`config.mesh`, as the trainer builds it) when there are several devices.
+
+  With one, None: the model sits on the default device, as before meshes were read here.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if config is None or "mesh" not in config or jax.device_count() == 1:
+    return None
+  from pbrl_jax.models import sharding as shd  # pylint: disable=g-import-not-at-top
+  try:
+    return shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  except ValueError as e:
+    raise ValueError(f"config.mesh: data={config.mesh.data} fsdp={config.mesh.fsdp} tensor="
+                     f"{config.mesh.tensor} does not fit the {jax.device_count()} devices:"
+                     f" {e}") from e
+
+
+def load_model(config: Any, workdir: str, dtype: str, mesh: Any = None
+               ) -> tuple[Any, str, int | None]:
+  """The model the flags ask for: (bundle, default result name, checkpoint step or None).
+
+  With `mesh`, every weight (base, checkpoint or HF directory) is read straight into its
+  sharding over the mesh (the trainer's layout), so no device holds the whole model.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from pbrl_jax.models import from_pretrained  # pylint: disable=g-import-not-at-top
   if _MODEL.value:
-    bundle = from_pretrained(resolve_model_path(_MODEL.value), dtype=dtype)
+    bundle = from_pretrained(resolve_model_path(_MODEL.value), dtype=dtype, mesh=mesh)
     name = os.path.splitext(os.path.basename(os.path.normpath(_MODEL.value)))[0]
     return bundle, name, None
   if config is None:
@@ -87,11 +115,11 @@ def load_model(config: Any, workdir: str, dtype: str) -> tuple[Any, str, int | N
     # A test config's random policy: the same initial weights the trainer started from.
     # pylint: disable-next=g-import-not-at-top
     from pbrl_jax.models.bundle import ModelBundle, load_policy
-    bundle = ModelBundle(*load_policy(config.model, config.seed))
+    bundle = ModelBundle(*load_policy(config.model, config.seed, mesh))
   else:
-    bundle = from_pretrained(resolve_model_path(config.model.path), dtype=dtype)
+    bundle = from_pretrained(resolve_model_path(config.model.path), dtype=dtype, mesh=mesh)
   if _PARAMS_FROM.value:
-    other = from_pretrained(_PARAMS_FROM.value, dtype=dtype)
+    other = from_pretrained(_PARAMS_FROM.value, dtype=dtype, mesh=mesh)
     want = jax.tree.map(lambda x: (x.shape, x.dtype), bundle.params)
     got = jax.tree.map(lambda x: (x.shape, x.dtype), other.params)
     if want != got:
@@ -109,7 +137,7 @@ def load_model(config: Any, workdir: str, dtype: str) -> tuple[Any, str, int | N
   if step not in steps:
     raise ValueError(f"--checkpoint_step={step}: not among the checkpoints {steps} in "
                      f"{workdir}/checkpoints")
-  ckpt_lib.restore_policy(bundle, workdir, step, config.model)
+  ckpt_lib.restore_policy(bundle, workdir, step, config.model, mesh)
   return bundle, f"step_{step}", step
 
 
@@ -329,18 +357,34 @@ def compare(workdir: str, paths: Sequence[str], name: str) -> str:
 def run_export(config: Any, workdir: str, out_dir: str) -> str:
   """Writes the model the flags select (LoRA adapters merged) as an HF directory."""
   from pbrl_jax.models import export_hf  # pylint: disable=g-import-not-at-top
-  bundle, _, _ = load_model(config, workdir, _DTYPE.value)
+  bundle, _, _ = load_model(config, workdir, _DTYPE.value)  # gathered to the host anyway
   return export_hf(bundle, out_dir, dtype=_DTYPE.value)
 
 
 def run_eval(config: Any, workdir: str) -> str:
-  """Evaluates the model the flags select on every configured dataset; returns the JSON path."""
+  """Evaluates the model the flags select on every configured dataset; returns the JSON path.
+
+  With several devices the model is sharded over the config's mesh (`eval_mesh`).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
   from pbrl_jax import evaluate as ev  # pylint: disable=g-import-not-at-top
-  from pbrl_jax.fileio import atomic_write_json  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.models import sharding as shd  # pylint: disable=g-import-not-at-top
   if config is None:
     raise app.UsageError("--config is required to evaluate (it names the datasets)")
   spec = ev.EvalSpec.from_config(config.eval)
-  bundle, default_name, step = load_model(config, workdir, _DTYPE.value)
+  mesh = eval_mesh(config)
+  with contextlib.ExitStack() as scope:
+    if mesh is not None:  # trace under the mesh and the rules, as the trainer does
+      scope.enter_context(jax.set_mesh(mesh))
+      scope.enter_context(shd.axis_rules())
+    return _evaluate(config, workdir, spec, mesh)
+
+
+def _evaluate(config: Any, workdir: str, spec: Any, mesh: Any) -> str:
+  """`run_eval` inside its mesh scope: load, evaluate, write the JSON and the report."""
+  from pbrl_jax import evaluate as ev  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.fileio import atomic_write_json  # pylint: disable=g-import-not-at-top
+  bundle, default_name, step = load_model(config, workdir, _DTYPE.value, mesh)
   if bundle.tokenizer is None:
     raise ValueError("the model has no tokenizer files; pbrl-eval needs one")
   name = _NAME.value or default_name
@@ -353,7 +397,7 @@ def run_eval(config: Any, workdir: str) -> str:
       "trained_langs": trained,
   }
   result["datasets"] = ev.run_datasets(bundle.params, bundle.config, bundle.tokenizer, spec,
-                                       workdir=workdir, trained_langs=trained)
+                                       workdir=workdir, trained_langs=trained, mesh=mesh)
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f"{name}.json")

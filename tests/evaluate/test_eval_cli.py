@@ -4,6 +4,7 @@
 import json
 import os
 import textwrap
+import types
 
 import jax
 import numpy as np
@@ -129,6 +130,51 @@ def test_base_checkpoint_and_compare(setup):
   assert "base vs step_5" in md and "Δ acc" in md
   for png in ("compare_mgsm_accuracy.png", "compare_mgsm_gap.png"):
     assert os.path.getsize(os.path.join(ev_dir, png)) > 1000
+
+
+def _assert_sharding(array, sharding):
+  assert array.sharding.is_equivalent_to(sharding, array.ndim), (array.sharding, sharding)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_is_evaluated_sharded_over_the_config_mesh(setup, monkeypatch):
+  """With several devices, pbrl-eval reads the base and the checkpoint straight into the
+  trainer's shardings over `config.mesh` and answers as the single-device path does."""
+  root, cfg, config = setup
+  workdir = str(root / "sharded")
+  trained = tl.tiny_params(config, seed=2)
+  mesh = shd.make_mesh(1, 4, 2)
+  fns = steps_lib.make_state_fns(config, optax.adam(1e-3), mesh, with_value_head=False)
+  manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), async_save=False)
+  ckpt_lib.save(manager, 3, fns.from_params(trained, jax.random.PRNGKey(0)), {"position": 0},
+                {"step": 3})
+  ckpt_lib.wait(manager)
+  manager.close()
+  # The restore alone: each weight in the trainer's sharding, values unchanged.
+  bundle = types.SimpleNamespace(config=config, params=trained)
+  ckpt_lib.restore_policy(bundle, workdir, 3, {"lora_rank": 0}, mesh)
+  jax.tree.map(lambda got, want, sh: (np.testing.assert_array_equal(got, want),
+                                      _assert_sharding(got, sh)),
+               bundle.params, trained, fns.policy_shardings)
+  assert any(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(bundle.params))
+  meshed = root / "eval_config_mesh.py"
+  meshed.write_text(open(cfg, encoding="utf-8").read().replace(
+      "  return c", "  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=4, tensor=2))\n"
+      "  return c"))
+  restored_on = []
+  real_restore = ckpt_lib.restore_policy
+  monkeypatch.setattr(ckpt_lib, "restore_policy", lambda *a: (
+      restored_on.append(a[4]), real_restore(*a))[1])
+  _run([f"--config={meshed}", f"--workdir={workdir}", "--name=meshed"])
+  _run([f"--config={cfg}", f"--workdir={workdir}", "--name=one_device"])
+  assert dict(restored_on[0].shape) == {"data": 1, "fsdp": 4, "tensor": 2}
+  assert restored_on[1] is None  # no mesh section: the default device, as before
+  results = {n: json.load(open(os.path.join(workdir, "eval", f"{n}.json"), encoding="utf-8"))
+             for n in ("meshed", "one_device")}
+  responses = {n: [x["response"] for x in r["datasets"]["mgsm"]["records"]]
+               for n, r in results.items()}
+  assert results["meshed"]["model"]["checkpoint_step"] == 3
+  assert responses["meshed"] == responses["one_device"]
 
 
 def test_compare_rejects_bad_input(tmp_path):
