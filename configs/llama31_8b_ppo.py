@@ -1,9 +1,9 @@
 """The PPO baseline on Llama-3.1-8B-Instruct: value head on the policy trunk, GAE, k1 KL in
 the per-token reward (beta 0.05), the preset of TRL's former PPOTrainer (docs/presets.md).
 
-  launch/tpu_pod.sh --name pbrl --accelerator-type v5p-8 --zone us-east5-a -- \
-      pbrl-train --config configs/llama31_8b_ppo.py --workdir gs://BUCKET/pbrl/llama31_8b_ppo \
-      --config.model.path=/data/Llama-3.1-8B-Instruct
+  launch/tpu_pod.sh --name pbrl --accelerator-type v5p-8 --zone us-east5-a \
+      --config configs/llama31_8b_ppo.py --workdir gs://BUCKET/pbrl/llama31_8b_ppo \
+      -- --config.model.path=/data/Llama-3.1-8B-Instruct
 """
 
 from configs import common

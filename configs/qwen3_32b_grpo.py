@@ -1,8 +1,8 @@
 """PB-RLSVR with GRPO on Qwen3-32B (TPU v5p-64 or larger; FSDP x tensor parallel).
 
-  launch/tpu_pod.sh --name pbrl32 --accelerator-type v5p-64 --zone us-east5-a -- \
-      pbrl-train --config configs/qwen3_32b_grpo.py --workdir gs://BUCKET/pbrl/qwen3_32b \
-      --config.model.path=/data/Qwen3-32B
+  launch/tpu_pod.sh --name pbrl32 --accelerator-type v5p-64 --zone us-east5-a \
+      --config configs/qwen3_32b_grpo.py --workdir gs://BUCKET/pbrl/qwen3_32b \
+      -- --config.model.path=/data/Qwen3-32B
 
 Qwen3 writes a `<think>...</think>` block; the rewards split it off as the reasoning.
 """

@@ -11,8 +11,10 @@
 #   launch/tpu_pod.sh --name pbrl-v4 --zone us-central2-b --accelerator-type v4-32 --spot \
 #     --config configs/llama31_8b_grpo.py --workdir gs://my-bucket/runs/llama8b -- \
 #     --config.total_steps=200
-# Everything after `--` is passed to pbrl-train unchanged. --dry-run prints every command
-# instead of running it. See launch/README.md.
+# Everything after `--` is passed to pbrl-train unchanged. A gs:// workdir is mounted with
+# gcsfuse at /gcs/BUCKET on every worker and passed as that path (pbrl_jax writes with local
+# file calls and refuses URLs). --dry-run prints every command instead of running it. See
+# launch/README.md.
 
 set -euo pipefail
 
@@ -24,7 +26,8 @@ Required:
   --name NAME               TPU VM / pod slice name.
   --zone ZONE               e.g. us-central2-b, us-west4-a, europe-west4-a.
   --config CONFIG           training config, e.g. configs/llama31_8b_grpo.py[:variant].
-  --workdir DIR             gs://bucket/path (needed on multi-host slices) or a worker path.
+  --workdir DIR             gs://bucket/path (mounted with gcsfuse at /gcs/bucket on every
+                            worker; needed on multi-host slices) or a worker path.
 Options:
   --accelerator-type TYPE   v5litepod-8 (default), v5litepod-16, v6e-8, v4-8, v4-32, v5p-8, ...
   --version RUNTIME         TPU software version (default picked from the accelerator type).
@@ -122,6 +125,19 @@ if [[ $COPY -eq 0 && -z "$REPO" ]]; then
 fi
 LOG="${LOG:-$NAME-train.log}"
 
+# Every worker must see the same checkpoints, and pbrl_jax writes with local file calls (it
+# refuses URLs): a gs:// workdir becomes a gcsfuse mount at the same path on every worker.
+BUCKET=""
+if [[ "$WORKDIR" == gs://* ]]; then
+  rest="${WORKDIR#gs://}"
+  BUCKET="${rest%%/*}"
+  [[ -n "$BUCKET" ]] || die "--workdir $WORKDIR: no bucket name"
+  MOUNT_DIR="/gcs/$BUCKET"
+  WORKDIR="$MOUNT_DIR${rest#"$BUCKET"}"
+elif [[ "$WORKDIR" =~ ^[A-Za-z][A-Za-z0-9+.-]*:// ]]; then
+  die "--workdir $WORKDIR: give a gs:// bucket (mounted with gcsfuse) or a worker path"
+fi
+
 GCLOUD_TPU=(gcloud compute tpus tpu-vm)
 LOCATION=(--zone="$ZONE")
 if [[ -n "$PROJECT" ]]; then
@@ -200,6 +216,21 @@ if [[ $SKIP_INSTALL -eq 0 ]]; then
 && git -C $REMOTE_DIR checkout -q $q_branch && git -C $REMOTE_DIR pull -q --ff-only; \
 else git clone -q --branch $q_branch $q_repo $REMOTE_DIR; fi && $INSTALL"
   fi
+fi
+
+# ---- mount the workdir's bucket on every worker (again after a restart: mounts do not last) ---
+# --rename-dir-limit: Orbax finishes a checkpoint by renaming its temporary directory.
+if [[ -n "$BUCKET" ]]; then
+  q_bucket="$(printf '%q' "$BUCKET")"
+  q_mount="$(printf '%q' "$MOUNT_DIR")"
+  GCSFUSE_APT="https://packages.cloud.google.com/apt"
+  INSTALL_GCSFUSE="echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] $GCSFUSE_APT \
+gcsfuse-\$(lsb_release -cs) main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null \
+&& curl -fsSL $GCSFUSE_APT/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc \
+>/dev/null && sudo apt-get update -q && sudo apt-get install -y -q gcsfuse"
+  on_all_workers "mountpoint -q $q_mount || { { command -v gcsfuse >/dev/null || \
+{ $INSTALL_GCSFUSE; }; } && sudo mkdir -p $q_mount && sudo chown \$(id -u):\$(id -g) $q_mount \
+&& gcsfuse --implicit-dirs --rename-dir-limit=100000 $q_bucket $q_mount; }"
 fi
 
 # ---- the same command on every worker -------------------------------------------------------

@@ -14,6 +14,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from pbrl_jax import fileio
+
 
 def define_flags() -> None:
   """Defines this command's flags when it runs, so that importing the module defines none."""
@@ -22,6 +24,7 @@ def define_flags() -> None:
       "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "configs", "demo.py"), "Demo config file.")
   _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Run directory.")
+  fileio.refuse_remote("workdir")
   _PREMISE_STEPS = flags.DEFINE_integer(
       "premise_steps", -1, "SFT steps of the English warm start (-1: the config file's "
       "'premise' variant; 0: no warm start, GRPO from the base model).")

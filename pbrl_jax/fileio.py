@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from typing import Any, Callable
+
+# A URL scheme ('gs://', 's3://', 'file://'): a path no local file call can write to.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def _atomic(path: str | os.PathLike[str], write: Callable[[str], None]) -> str:
@@ -65,3 +69,24 @@ def atomic_write_jsonl(path: str | os.PathLike[str], rows: Any, *,
 def atomic_savefig(fig: Any, path: str | os.PathLike[str], dpi: int = 110) -> str:
   """Saves a matplotlib figure atomically (the format follows `path`'s extension)."""
   return _atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
+
+
+def is_url(path: str | None) -> bool:
+  """Whether `path` names a remote store ('gs://bucket/run') rather than a local path."""
+  return bool(path) and _URL.match(path) is not None
+
+
+def refuse_remote(flag_name: str) -> None:
+  """Registers an absl validator: `--flag_name` must be a local path, checked at parse time.
+
+  Every output is written with local file calls, so `--workdir gs://bucket/run` would land in
+  a local folder named 'gs:', which a preempted VM takes with it while the log says
+  "written to gs://...". The command is refused before any work instead. A bucket mounted
+  with gcsfuse is a local path and works.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.register_validator(
+      flag_name, lambda value: not is_url(value),
+      message=("remote stores (gs://, s3://, ...) are not supported: outputs are written with"
+               " local file calls and would land in a local folder named after the URL. Give"
+               " a local directory, or mount the bucket (gcsfuse) and give its mount path."))

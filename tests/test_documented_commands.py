@@ -81,13 +81,25 @@ def _concrete(args: list[str], tmp: str) -> list[str] | None:
   return out
 
 
+def _launched(line: str) -> str:
+  """`launch/tpu_pod.sh ... --config C --workdir W [--command T] [-- ARGS]` -> the command
+  every worker runs: `T --config C --workdir W' ARGS`, a gs:// W as its gcsfuse mount path."""
+  own, _, extra = line.partition(" -- ")
+  argv = shlex.split(own.split(" #")[0])
+  opts = {a: argv[i + 1] for i, a in enumerate(argv[:-1])
+          if a in ("--config", "--workdir", "--command")}  # the rest are the launcher's own
+  workdir = re.sub(r"^gs://", "/gcs/", opts.get("--workdir", ""))
+  return " ".join([opts.get("--command", "pbrl-train"), "--config", opts.get("--config", "..."),
+                   "--workdir", workdir, extra.split(" #")[0]]).strip()
+
+
 def _shown(line: str) -> str | None:
   """The command a line shows: a code line starting with it, or a table's first cell."""
   text = line.strip()
   if text.startswith("| `pbrl-"):
     return text[3:].split("` |")[0]
-  if text.startswith("launch/tpu_pod.sh") and re.search(r"\s--\s+pbrl-", text):
-    text = re.split(r"\s--\s+", text, 1)[1]  # the command the launcher runs on every worker
+  if text.startswith("launch/tpu_pod.sh"):
+    text = _launched(text)  # the command the launcher runs on every worker
   if text.startswith("pbrl-"):
     return text.split(" #")[0]
   return None  # prose that names a command or a flag in passing is not a command

@@ -17,6 +17,8 @@ import os
 from absl import app
 from absl import flags
 
+from pbrl_jax import fileio
+
 
 def define_flags() -> None:
   """Defines this command's flags when it runs, so that importing the module defines none."""
@@ -24,6 +26,7 @@ def define_flags() -> None:
   _QUICK = flags.DEFINE_bool("quick", False, "Tiny random model, a couple of steps (seconds).")
   _MODEL = flags.DEFINE_string("model", "", "HF model directory; default SmolLM2-135M-Instruct.")
   _OUT = flags.DEFINE_string("out", "runs/compare", "Output directory.")
+  fileio.refuse_remote("out")
   _STEPS = flags.DEFINE_integer("steps", 5, "Training steps per side (0: parity only).")
   _PROMPTS = flags.DEFINE_integer("prompts", 8, "Prompts per step.")
   _GENERATIONS = flags.DEFINE_integer("generations", 4, "Completions per prompt (G).")

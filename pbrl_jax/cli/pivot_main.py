@@ -20,6 +20,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from pbrl_jax import fileio
+
 
 def define_flags() -> None:
   """Defines this command's flags when it runs, so that importing the module defines none."""
@@ -33,6 +35,7 @@ def define_flags() -> None:
   _ORACLE = flags.DEFINE_bool("oracle", False,
                               "gsm_symbolic: use the English worked solutions as references.")
   flags.mark_flags_as_required(["config", "workdir"])
+  fileio.refuse_remote("workdir")
 
 
 def main(argv):

@@ -22,6 +22,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from pbrl_jax import fileio
+
 
 def define_flags() -> None:
   """Defines this command's flags when it runs, so that importing the module defines none."""
@@ -30,6 +32,7 @@ def define_flags() -> None:
                                             lock_config=True)
   _INPUT = flags.DEFINE_string("input", None, "JSONL of {lang, response, reference, ...}.")
   _OUTPUT = flags.DEFINE_string("output", None, "JSONL of scores (written atomically).")
+  fileio.refuse_remote("output")
   _BATCH = flags.DEFINE_integer("batch_size", 64, "Items scored per batch.")
   flags.mark_flags_as_required(["config", "input", "output"])
 

@@ -10,6 +10,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from pbrl_jax import fileio
+
 
 def define_flags() -> None:
   """Defines this command's flags when it runs, so that importing the module defines none."""
@@ -18,6 +20,7 @@ def define_flags() -> None:
                                             lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if present).")
   flags.mark_flags_as_required(["config", "workdir"])
+  fileio.refuse_remote("workdir")
 
 
 def main(argv):

@@ -56,14 +56,14 @@ def _remote_command(argv):
 def test_create_then_clone_then_train_on_all_workers():
   cmds = _dry_run(*BASE, "--accelerator-type", "v4-32", "--", "--config.total_steps=3",
                   "--config.note=a b")
-  create, install, train = cmds
+  create, install, mount, train = cmds
   assert create[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "create"]
   assert create[5] == "pbrl-test"
   assert _option(create, "--accelerator-type") == "v4-32"
   assert _option(create, "--version") == "tpu-ubuntu2204-base"
   assert _option(create, "--zone") == "us-central2-b"
   assert "--spot" not in create
-  for cmd in (install, train):
+  for cmd in (install, mount, train):
     assert cmd[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pbrl-test"]
     assert "--worker=all" in cmd
   assert "git clone -q --branch main https://example.com/pbrl.git pbrl_jax" in (
@@ -74,9 +74,15 @@ def test_create_then_clone_then_train_on_all_workers():
   # The remote shell sees exactly the training argv, spaces included.
   assert "export PBRL_MULTIHOST=1 PATH=$PWD/.venv/bin:$PATH && pbrl-train " in remote
   train_part = remote.split(" && ", 2)[2].split(" 2>&1")[0]
+  # The gs:// workdir is the bucket's gcsfuse mount, the same path on every worker.
   assert shlex.split(train_part) == [
-      "pbrl-train", "--config", "configs/tiny.py", "--workdir", "gs://bucket/run 1",
+      "pbrl-train", "--config", "configs/tiny.py", "--workdir", "/gcs/bucket/run 1",
       "--config.total_steps=3", "--config.note=a b"]
+  mount_cmd = _remote_command(mount)
+  assert mount_cmd.startswith("mountpoint -q /gcs/bucket || ")
+  assert mount_cmd.endswith("gcsfuse --implicit-dirs --rename-dir-limit=100000 bucket"
+                            " /gcs/bucket; }")
+  assert subprocess.run(["bash", "-n", "-c", mount_cmd], check=False).returncode == 0
 
 
 def test_spot_queued_resources():
@@ -105,9 +111,20 @@ def test_copy_mode_and_delete():
 
 def test_skip_create_and_install_runs_only_the_command():
   cmds = _dry_run(*BASE, "--skip-create", "--skip-install", "--command", "pbrl-eval")
-  assert len(cmds) == 1
-  assert "--worker=all" in cmds[0]
-  assert " pbrl-eval --config configs/tiny.py" in _remote_command(cmds[0])
+  assert len(cmds) == 2  # the bucket is mounted again: a restarted worker has lost its mount
+  assert all("--worker=all" in c for c in cmds)
+  assert "gcsfuse" in _remote_command(cmds[0])
+  assert " pbrl-eval --config configs/tiny.py" in _remote_command(cmds[1])
+
+
+def test_a_worker_path_needs_no_mount_and_other_urls_are_refused():
+  args = list(BASE)
+  args[args.index("--workdir") + 1] = "/data/run"
+  cmds = _dry_run(*args, "--skip-create", "--skip-install")
+  assert len(cmds) == 1 and "--workdir /data/run" in _remote_command(cmds[0])
+  args[args.index("--workdir") + 1] = "s3://bucket/run"
+  proc = _script("--dry-run", *args)
+  assert proc.returncode == 2 and "--workdir s3://bucket/run: give a gs:// bucket" in proc.stderr
 
 
 @pytest.mark.parametrize("drop,message", [("--zone", "--zone is required"),

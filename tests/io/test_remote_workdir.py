@@ -1,0 +1,45 @@
+"""A remote URL given as an output directory is refused before any work (`fileio.refuse_remote`).
+
+Every writer uses local file calls, so `--workdir gs://bucket/run` used to become a local
+folder named 'gs:' (lost with a preempted VM) while the log said "written to gs://...". Each
+command that writes a run directory or an output file now fails at flag parsing, names the
+flag and the URL, and leaves nothing behind. (A bucket mounted with gcsfuse is a local path;
+launch/tpu_pod.sh mounts one for a gs:// workdir, tests/scale/test_launch_script.py.)
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pbrl_jax import fileio
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+URL = "gs://bucket/run"
+
+
+@pytest.mark.parametrize("path,remote", [
+    ("gs://bucket/run", True), ("s3://b/x", True), ("file:///tmp/x", True),
+    ("/tmp/run", False), ("runs/demo", False), ("gs:/bucket", False), ("a:b", False),
+    ("", False), (None, False)])
+def test_is_url(path, remote):
+  assert fileio.is_url(path) is remote
+
+
+@pytest.mark.parametrize("module,args,flag", [
+    ("pbrl_jax.cli.pivot_main", ["--config", TINY, "--oracle", "--workdir", URL], "workdir"),
+    ("pbrl_jax.cli.train_main", ["--config", TINY, "--workdir", URL], "workdir"),
+    ("pbrl_jax.cli.eval_main", ["--config", TINY, "--workdir", URL], "workdir"),
+    ("pbrl_jax.demo", ["--workdir", URL], "workdir"),
+    ("pbrl_jax.cli.compare_main", ["--quick", "--out", URL], "out"),
+    ("pbrl_jax.cli.score_main", ["--config", TINY, "--input", "in.jsonl",
+                                 "--output", URL + "/s.jsonl"], "output")])
+def test_a_remote_output_is_refused_before_any_work(tmp_path, module, args, flag):
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode != 0
+  assert f"--{flag}={URL}" in proc.stderr and "remote stores" in proc.stderr, proc.stderr[-2000:]
+  assert os.listdir(tmp_path) == []  # no local folder named 'gs:', nothing else either
