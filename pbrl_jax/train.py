@@ -112,11 +112,9 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 def make_mesh(spec: TrainerSpec) -> Any:
   """The device mesh of `config.mesh`; errors say which key does not fit the devices."""
   try:
-    mesh = shd.make_mesh(spec.mesh.data, spec.mesh.fsdp, spec.mesh.tensor)
+    mesh = shd.mesh_from_config(spec.mesh)
   except ValueError as e:
-    raise config_schema.ConfigError(
-        f"config.mesh: data={spec.mesh.data} fsdp={spec.mesh.fsdp} tensor={spec.mesh.tensor}"
-        f" does not fit the {jax.device_count()} devices: {e}") from e
+    raise config_schema.ConfigError(str(e)) from e
   data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
   rows = spec.pipeline.global_batch_size * spec.pipeline.group_size
   if rows % data_devices:

@@ -88,12 +88,7 @@ def eval_mesh(config: Any) -> Any:
   if config is None or "mesh" not in config or jax.device_count() == 1:
     return None
   from pbrl_jax.models import sharding as shd  # pylint: disable=g-import-not-at-top
-  try:
-    return shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-  except ValueError as e:
-    raise ValueError(f"config.mesh: data={config.mesh.data} fsdp={config.mesh.fsdp} tensor="
-                     f"{config.mesh.tensor} does not fit the {jax.device_count()} devices:"
-                     f" {e}") from e
+  return shd.mesh_from_config(config.mesh)
 
 
 def load_model(config: Any, workdir: str, dtype: str, mesh: Any = None

@@ -96,8 +96,13 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 
 def _reads_reference(cfg: Any) -> bool:
-  """`RLSpec.uses_reference` on the raw section: a KL term with a positive coefficient."""
-  return float(_get(cfg, "rl.beta")) > 0 and str(_get(cfg, "rl.kl_placement")) != "none"
+  """Whether the trainer keeps a reference copy: the parsed `config.rl`'s `uses_reference`."""
+  from pbrl_jax import config_schema  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.rl import spec as rl_spec  # pylint: disable=g-import-not-at-top
+  try:
+    return rl_spec.RLSpec.from_config(_get(cfg, "rl")).uses_reference
+  except config_schema.ConfigError as e:
+    raise plan_lib.PlanError(f"config: {e}") from None
 
 
 def inputs_from_config(cfg: Any, base_dir: str = ".", model_file: str | None = None

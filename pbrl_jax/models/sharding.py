@@ -52,6 +52,19 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
                        axis_types=(AxisType.Auto,) * 3)
 
 
+def mesh_from_config(mesh_cfg: Any) -> Mesh:
+  """The mesh of a `config.mesh` section (anything with data, fsdp and tensor).
+
+  The error names the section and the device count, for the trainer and pbrl-eval alike.
+  """
+  try:
+    return make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor)
+  except ValueError as e:
+    raise ValueError(f"config.mesh: data={mesh_cfg.data} fsdp={mesh_cfg.fsdp} tensor="
+                     f"{mesh_cfg.tensor} does not fit the {jax.device_count()} devices:"
+                     f" {e}") from e
+
+
 def _mesh_axes_size(mesh: Mesh, axes: Any) -> int:
   if axes is None:
     return 1

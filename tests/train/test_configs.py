@@ -72,3 +72,18 @@ def test_reference_forward_only_when_a_kl_term_reads_it(algorithm, overrides, us
   section = rl_defaults.get_config(algorithm).rl
   section.update(overrides)
   assert RLSpec.from_config(section).uses_reference is uses
+
+
+def test_a_mesh_that_does_not_fit_the_devices_names_the_section():
+  """The trainer and pbrl-eval build `config.mesh` by one helper, with one message."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from pbrl_jax import train as train_lib  # pylint: disable=import-outside-toplevel
+  from pbrl_jax.cli import eval_main  # pylint: disable=import-outside-toplevel
+  config = importlib.import_module("configs.tiny").get_config()
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 3, 1
+  message = (rf"config\.mesh: data=1 fsdp=3 tensor=1 does not fit the {jax.device_count()}"
+             r" devices: mesh: data\*fsdp\*tensor = 3")
+  with pytest.raises(ConfigError, match=message):
+    train_lib.make_mesh(TrainerSpec.from_config(config))
+  with pytest.raises(ValueError, match=message):
+    eval_main.eval_mesh(config)
