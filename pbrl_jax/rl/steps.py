@@ -68,6 +68,9 @@ class TrainState:
 class UpdateHParams:
   """Static hyperparameters of the update step (validated once by the trainer).
 
+  The defaults serve direct library callers (tests, benchmarks); a trainer run sets every
+  field from its config through `RLSpec.update_hparams`, whose defaults live in configs/.
+
   Attributes:
     policy_loss: the per-token policy term (`losses.PolicyLoss`: clip, cispo, sapo).
     importance_level: token or sequence (GSPO) importance weights.

@@ -60,3 +60,27 @@ def test_rollout_correction_and_entropy_mask_reach_the_update():
   sft.rollout_correction = "token_truncate"
   with pytest.raises(ConfigError, match="config.rl.rollout_correction: SFT"):
     spec.RLSpec.from_config(sft)
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo", "sft"])
+def test_every_update_setting_of_a_run_comes_from_the_config(algorithm):
+  """`UpdateHParams` keeps library defaults for direct callers; none may reach a trainer run.
+
+  Every field is either an `RLSpec` field (a `config.rl` key) or set by `update_hparams` from
+  the rollout section, so a new knob added only to `UpdateHParams` fails here.
+  """
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  c = rl_defaults.get_config(algorithm).rl
+  r = spec.RLSpec.from_config(c)
+  from_rollout = {"max_completion_length": 17, "temperature": 0.55, "prompt_group": 3}
+  hp = r.update_hparams(**from_rollout)
+  config_keys = {f.name for f in dataclasses.fields(spec.RLSpec)}
+  derived = {"kl_coef_in_loss", "with_value_head"}  # from rl.beta/kl_placement/algorithm
+  for f in dataclasses.fields(rl.UpdateHParams):
+    assert f.name in config_keys | set(from_rollout) | derived, f.name
+    if f.name in config_keys:
+      assert getattr(hp, f.name) == getattr(r, f.name), f.name
+    elif f.name in from_rollout:
+      assert getattr(hp, f.name) == from_rollout[f.name], f.name
+  assert hp.with_value_head is r.is_ppo
+  assert hp.kl_coef_in_loss == (r.beta if r.kl_placement is rl.KLPlacement.LOSS else 0.0)
