@@ -74,6 +74,18 @@ def select_groups(parts: Sequence[tuple[PromptBatch, Rollout]],
   return prompts, rollout
 
 
+def select_rewards(parts: Sequence[Rewards], picks: Sequence[tuple[int, int]], g: int
+                   ) -> Rewards:
+  """The rewards of the groups `picks` = [(part, group)], in the order `select_groups` puts
+  them: the very values the selection read, so a kept group stays informative."""
+  rows = [range(i * g, (i + 1) * g) for _, i in picks]
+  take = lambda f: np.concatenate([getattr(parts[k], f)[list(r)]
+                                   for (k, _), r in zip(picks, rows)])
+  return Rewards(rows=tuple(parts[k].rows[j] for (k, _), r in zip(picks, rows) for j in r)
+                 if all(p.rows for p in parts) else (),
+                 rewards=take("rewards"), overlong=take("overlong"))
+
+
 def dynamic_sampling_stage(fns: StepFns, state: Any, prompts: PromptBatch, rollout: Rollout,
                            scored: Scored, rewards: Rewards, step: int,
                            next_prompts: Callable[[], PromptBatch],
@@ -83,8 +95,9 @@ def dynamic_sampling_stage(fns: StepFns, state: Any, prompts: PromptBatch, rollo
   refilled with the informative groups of further prompt batches (`next_prompts`), at most
   `rl.dynamic_sampling_batches` of them. Short of B informative groups after that, the
   first batch's uninformative groups fill the rest (zero advantages, as without the option).
-  When groups were replaced, the assembled batch is scored and rewarded again (the reward of
-  a text does not change; its log-probs and embeddings must be the batch's).
+  When groups were replaced, the assembled batch is scored again (its log-probs must be the
+  batch's); its rewards are the ones each group was selected by (`select_rewards`), so the
+  reward, an MT model's included, runs once per completion.
 
   Returns the step's prompts, rollout, scores and rewards, and the counts:
   dynamic/informative_frac_first (of the first batch), dynamic/informative_frac (of the
@@ -97,7 +110,7 @@ def dynamic_sampling_stage(fns: StepFns, state: Any, prompts: PromptBatch, rollo
            "dynamic/informative_frac": float(np.mean(keep)), "dynamic/extra_batches": 0.0}
   if keep.all():
     return prompts, rollout, scored, rewards, stats
-  parts = [(prompts, rollout)]
+  parts, part_rewards = [(prompts, rollout)], [rewards]
   picks = [(0, int(i)) for i in np.flatnonzero(keep)]
   draw = 0
   while len(picks) < b and draw < fns.spec.rl.dynamic_sampling_batches:
@@ -107,6 +120,7 @@ def dynamic_sampling_stage(fns: StepFns, state: Any, prompts: PromptBatch, rollo
     more_rewards = reward_stage(fns, more_rollout,
                                 score_stage(fns, state, more, more_rollout, timer))
     parts.append((more, more_rollout))
+    part_rewards.append(more_rewards)
     picks += [(draw, int(i)) for i in np.flatnonzero(informative_groups(more_rewards.shaped, g))]
   informative = min(len(picks), b)
   picks = picks[:b] + [(0, int(i)) for i in np.flatnonzero(~keep)][:max(b - len(picks), 0)]
@@ -115,5 +129,5 @@ def dynamic_sampling_stage(fns: StepFns, state: Any, prompts: PromptBatch, rollo
   if draw == 0:  # nothing drawn (the option is off): the batch as it was
     return prompts, rollout, scored, rewards, stats
   prompts, rollout = select_groups(parts, picks, fns.model_cfg.pad_token_id)
-  scored = score_stage(fns, state, prompts, rollout, timer)
-  return prompts, rollout, scored, reward_stage(fns, rollout, scored), stats
+  return (prompts, rollout, score_stage(fns, state, prompts, rollout, timer),
+          select_rewards(part_rewards, picks, g), stats)

@@ -292,9 +292,20 @@ def test_dynamic_sampling_refills_groups_of_equal_rewards(run, step1):
   else:  # none in two draws: the first batch's uninformative group fills the slot
     assert stats["dynamic/informative_frac"] == (b - 1) / b and len(drawn) == 2
     assert out_p.ids[-1] == prompts.ids[0]
-  # Re-scored: the kept rows' real rewards are what they were (same texts and references).
-  np.testing.assert_allclose(out_rw.rewards[:(b - 1) * g], rewards.rewards[g:], rtol=1e-5,
+  # The kept groups' rewards are the very values the selection read (here the forced ones),
+  # the drawn group's those of its own batch; the reward layer is not run again.
+  np.testing.assert_array_equal(out_rw.rewards[:(b - 1) * g], forced.rewards[g:])
+  assert all(a is b for a, b in zip(out_rw.rows[:(b - 1) * g], rewards.rows[g:], strict=True))
+  # What re-running the reward on the assembled batch would give: the same real rewards
+  # (same texts and references) for every row but the forced ones.
+  again = stages.reward_stage(fns, out_ro, stages.score_stage(fns, run.state, out_p, out_ro))
+  np.testing.assert_allclose(again.rewards[:(b - 1) * g], rewards.rewards[g:], rtol=1e-5,
                              atol=1e-6)
+  if stats["dynamic/informative_frac"] == 1.0:  # the last group came from a drawn batch
+    np.testing.assert_allclose(again.rewards[(b - 1) * g:], out_rw.rewards[(b - 1) * g:],
+                               rtol=1e-5, atol=1e-6)
+  else:  # the first batch's uninformative group, with the rewards it was dropped for
+    np.testing.assert_array_equal(out_rw.rewards[(b - 1) * g:], forced.rewards[:g])
   # Nothing to replace: the batch comes back as it was, nothing drawn.
   informative = dataclasses.replace(forced, rewards=np.arange(b * g, dtype=np.float32))
   same = dynamic_sampling.dynamic_sampling_stage(fns, run.state, prompts, rollout, scored, informative,
