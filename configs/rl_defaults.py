@@ -58,7 +58,8 @@ def grpo() -> ml_collections.ConfigDict:
   c.kl_ratio_correction = False
   # The per-token policy term: 'clip' (PPO's clipped surrogate: GRPO, DAPO, Dr.GRPO, and GSPO
   # or LUSPO with sequence-level weights), 'cispo' (clipped, detached weight times log pi;
-  # set eps_high to its eps_max, 5.0 in ScaleRL) or 'sapo' (a soft sigmoid gate).
+  # set eps_high to its eps_max, 5.0 in ScaleRL), 'sapo' (a soft sigmoid gate) or 'vespo'
+  # (a detached Gamma weight of the sequence's ratio times log pi; token importance_level).
   c.policy_loss = "clip"
   # Importance weights per 'token', or per 'sequence' (GSPO: exp of the token-mean log-ratio).
   c.importance_level = "token"
@@ -68,6 +69,13 @@ def grpo() -> ml_collections.ConfigDict:
   # SAPO's gate temperatures for positive and non-positive advantages (TRL's defaults).
   c.sapo_tau_pos = 1.0
   c.sapo_tau_neg = 1.05
+  # VESPO's Gamma weight phi(W) = exp(lam + k log W - lam W) of the sequence ratio W: k sets
+  # how fast W < 1 is down-weighted, lam how fast W > 1; pairs for A >= 0 and A < 0 (the
+  # paper's and TRL 1.16's defaults).
+  c.vespo_k_pos = 2.0
+  c.vespo_lambda_pos = 3.0
+  c.vespo_k_neg = 3.0
+  c.vespo_lambda_neg = 2.0
   # Dual-clip constant (> 1) for negative advantages; None: off.
   c.dual_clip = config_dict.placeholder(float)
   # 'seq_mean_token_mean' (='grpo'), 'token_mean' (='dapo'), 'constant' (='dr_grpo'),

@@ -33,7 +33,8 @@ def define_flags() -> None:
   _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Completion token limit.")
   _BETA = flags.DEFINE_float("beta", 0.04, "KL coefficient (k3 in the loss).")
   _LOSS_TYPE = flags.DEFINE_enum(
-      "loss_type", "grpo", ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo"],
+      "loss_type", "grpo", ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo",
+                    "vespo"],
       "TRL loss_type; ours: the matching policy loss and aggregation (rl.TRL_LOSS_TYPES).")
   _IS_LEVEL = flags.DEFINE_enum("importance_sampling_level", "token", ["token", "sequence"],
                                 "TRL importance_sampling_level ('sequence': GSPO; luspo needs"

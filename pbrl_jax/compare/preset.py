@@ -30,10 +30,12 @@ class Preset:
     beta: KL coefficient in the loss (k3 estimator on both sides).
     loss_type: TRL loss_type: 'grpo' (sequence-mean of token-means), 'dr_grpo' (sum over
       B * max_completion_length), 'dapo' or 'bnpo' (token mean), 'cispo' (clipped detached
-      weight times log-prob), 'sapo' (soft gate), 'luspo' (sequence weights, length-scaled);
-      ours: `rl.TRL_LOSS_TYPES`.
+      weight times log-prob), 'sapo' (soft gate), 'luspo' (sequence weights, length-scaled),
+      'vespo' (detached Gamma weight of the sequence ratio times log-prob); ours:
+      `rl.TRL_LOSS_TYPES`.
     importance_sampling_level: 'token' or 'sequence' (GSPO).
     sapo_temperature_pos, sapo_temperature_neg: SAPO's gate temperatures.
+    vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg: VESPO's Gamma weight.
     top_entropy_quantile: rho: only the top rho of the tokens by entropy carry the policy
       term (1: all).
     mask_truncated_completions: completions cut by the length cap leave the loss (DAPO's
@@ -62,6 +64,10 @@ class Preset:
   importance_sampling_level: str = "token"
   sapo_temperature_pos: float = 1.0
   sapo_temperature_neg: float = 1.05
+  vespo_k_pos: float = 2.0
+  vespo_lambda_pos: float = 3.0
+  vespo_k_neg: float = 3.0
+  vespo_lambda_neg: float = 2.0
   top_entropy_quantile: float = 1.0
   mask_truncated_completions: bool = False
   max_grad_norm: float = 1.0
@@ -101,7 +107,9 @@ class Preset:
                 policy_loss=rl.TRL_LOSS_TYPES[self.loss_type][0],
                 importance_level=self.importance_sampling_level, eps_low=self.epsilon,
                 eps_high=self.epsilon_high, sapo_tau_pos=self.sapo_temperature_pos,
-                sapo_tau_neg=self.sapo_temperature_neg, dual_clip=None,
+                sapo_tau_neg=self.sapo_temperature_neg, vespo_k_pos=self.vespo_k_pos,
+                vespo_lambda_pos=self.vespo_lambda_pos, vespo_k_neg=self.vespo_k_neg,
+                vespo_lambda_neg=self.vespo_lambda_neg, dual_clip=None,
                 loss_aggregation=rl.TRL_LOSS_TYPES[self.loss_type][1],
                 entropy_coef=0.0, top_entropy_quantile=self.top_entropy_quantile,
                 # TRL corrects the sampler mismatch only with vLLM generation; both sides
@@ -164,6 +172,8 @@ class Preset:
                 importance_sampling_level=self.importance_sampling_level,
                 sapo_temperature_pos=self.sapo_temperature_pos,
                 sapo_temperature_neg=self.sapo_temperature_neg,
+                vespo_k_pos=self.vespo_k_pos, vespo_lambda_pos=self.vespo_lambda_pos,
+                vespo_k_neg=self.vespo_k_neg, vespo_lambda_neg=self.vespo_lambda_neg,
                 top_entropy_quantile=self.top_entropy_quantile,
                 mask_truncated_completions=self.mask_truncated_completions,
                 max_grad_norm=self.max_grad_norm, adam_beta1=self.adam_b1,

@@ -10,9 +10,10 @@ from pbrl_jax.rl.losses import (TRL_LOSS_TYPES, Aggregation, ImportanceLevel, Po
                                 RolloutCorrection, aggregate, aggregation_denominator,
                                 cispo_surrogate, clip_surrogate_of_weights, clipped_surrogate,
                                 clipped_value_loss, entropy_quantile_mask, explained_variance,
-                                log_importance_weights, rollout_correction_weights,
-                                sapo_surrogate)
+                                log_importance_weights, policy_objective,
+                                rollout_correction_weights, sapo_surrogate, vespo_log_weight,
+                                vespo_surrogate)
 from pbrl_jax.rl.optim import Schedule, make_optimizer, make_schedule
 from pbrl_jax.rl.steps import (StateFns, TrainState, UpdateHParams, completion_outputs,
                                make_loss_fn, make_score_fn, make_state_fns,
-                               make_update_fn, policy_objective, should_stop)
+                               make_update_fn, should_stop)

@@ -9,9 +9,17 @@ aggregation mode.
 from __future__ import annotations
 
 import enum
+import math
+
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+
+from pbrl_jax.rl import kl as kl_lib
+
+if TYPE_CHECKING:  # the update's hyperparameters; rl.steps imports this module
+  from pbrl_jax.rl.steps import UpdateHParams
 
 Array = jax.Array
 
@@ -102,11 +110,16 @@ class PolicyLoss(enum.Enum):
   SAPO: -(4 / tau) sigmoid(tau (w - 1)) A, tau = tau_pos for A > 0 else tau_neg: a soft gate
     in place of the hard clip, with the surrogate's gradient at w = 1 (SAPO, arXiv
     2511.20347).
+  VESPO: -sg(phi(W)) A log pi with W the sequence's product of token ratios and the Gamma
+    weight phi(W) = exp(lam + k log W - lam W) (phi(1) = 1; k, lam by the advantage's sign):
+    a smooth, asymmetric down-weighting of off-policy sequences in place of the clip (VESPO,
+    arXiv 2602.10693; `vespo_surrogate`). It builds its own W, so it takes token weights.
   """
 
   CLIP = "clip"
   CISPO = "cispo"
   SAPO = "sapo"
+  VESPO = "vespo"
 
   @classmethod
   def parse(cls, name: str) -> "PolicyLoss":
@@ -236,6 +249,7 @@ TRL_LOSS_TYPES = {
     "cispo": ("cispo", "token_mean", None),
     "sapo": ("sapo", "seq_mean_token_mean", None),
     "luspo": ("clip", "seq_sum", "sequence"),
+    "vespo": ("vespo", "token_mean", "token"),
 }
 
 
@@ -283,6 +297,106 @@ def sapo_surrogate(weights: Array, advantages: Array, tau_pos: float, tau_neg: f
     advantages = advantages[:, None]
   tau = jnp.where(advantages > 0, tau_pos, tau_neg)
   return -jax.nn.sigmoid(tau * (weights - 1.0)) * 4.0 / tau * advantages
+
+
+# VESPO's bounds on log-ratios, as the paper's code (and TRL 1.16) set them: each token's
+# log-ratio is clipped to +-20 before the sum, log W and each log rollout weight to
+# [log 1e-8, 20], so exp never overflows.
+VESPO_TOKEN_LOG_CLIP = 20.0
+VESPO_LOG_W_MIN = math.log(1e-8)
+
+
+def vespo_log_weight(logp: Array, old_logp: Array, mask: Array,
+                     rollout_weight: Array | None = None) -> Array:
+  """log W [B,1]: the masked sum of clipped token log-ratios, plus the log of a rollout
+  correction's token weights (their product joins the ratio to the sampler), clipped."""
+  m = mask.astype(logp.dtype)
+  log_ratio = jnp.clip(logp - old_logp, -VESPO_TOKEN_LOG_CLIP, VESPO_TOKEN_LOG_CLIP)
+  log_w = jnp.sum(log_ratio * m, axis=-1, keepdims=True)
+  if rollout_weight is not None:
+    # A masked-out token's weight is 0: log clipped to log 1e-8, which sinks the sequence.
+    log_rho = jnp.clip(jnp.log(rollout_weight.astype(logp.dtype)), VESPO_LOG_W_MIN,
+                       VESPO_TOKEN_LOG_CLIP)
+    log_w = log_w + jnp.sum(log_rho * m, axis=-1, keepdims=True)
+  return jnp.clip(log_w, VESPO_LOG_W_MIN, VESPO_TOKEN_LOG_CLIP)
+
+
+def vespo_surrogate(logp: Array, log_w: Array, advantages: Array, k_pos: float,
+                    lambda_pos: float, k_neg: float, lambda_neg: float
+                    ) -> tuple[Array, Array]:
+  """Per-token VESPO loss -sg(phi(W)) A log pi, and phi [B,1].
+
+  phi(W) = exp(lam + k log W - lam W): 1 at W = 1, falling off both ways (faster below W = 1
+  the larger k, above it the larger lam); (k, lam) = (k_pos, lambda_pos) where A >= 0, else
+  the negative pair. lam is floored at 1e-4 and a non-finite phi counts as 0 (TRL 1.16 does
+  both). The weight is detached: the gradient is phi A grad log pi.
+  """
+  if advantages.ndim == 1:
+    advantages = advantages[:, None]
+  nonneg = advantages >= 0
+  k = jnp.where(nonneg, k_pos, k_neg)
+  lam = jnp.maximum(jnp.where(nonneg, lambda_pos, lambda_neg), 1e-4)
+  phi = jnp.exp(lam + k * log_w - lam * jnp.exp(log_w))
+  phi = jax.lax.stop_gradient(jnp.where(jnp.isfinite(phi), phi, 0.0))
+  return -phi * advantages * logp, phi
+
+
+def policy_objective(logp: Array, old_logp: Array, ref_logp: Array | None, advantages: Array,
+                     mask: Array, hp: "UpdateHParams", pg_weight: Array | None = None,
+                     rollout_weight: Array | None = None
+                     ) -> tuple[Array, Array, dict[str, Array]]:
+  """The policy term of the loss as (sum, denominator), plus its per-token pieces.
+
+    l_t = c_t pg_t(w) + beta kl_t [w]
+    pg_t = -min(w A, clip(w, 1 - eps_low, 1 + eps_high) A)      (hp.policy_loss CLIP)
+    loss = aggregate(l, mask) = sum / denominator
+
+  w: the importance weight per token or per sequence (`hp.importance_level`, GSPO); CISPO,
+  SAPO and VESPO replace pg_t (`PolicyLoss`). [w] only with `hp.kl_ratio_correction`.
+  c_t: the constants `pg_weight` (top-entropy mask) times `rollout_weight` (the rollout
+  correction), 1 when None, on the policy term only, as TRL; VESPO folds `rollout_weight`
+  into its sequence weight instead, as TRL does. The denominators keep every valid token.
+  `ref_logp` None (no reference forward): no KL piece, which needs `hp.kl_coef_in_loss` 0.
+
+  (GRPO: Shao et al. 2024, arXiv 2402.03300, eq. 3 with the KL inside the per-token term,
+  as TRL's GRPOTrainer does; beta = `hp.kl_coef_in_loss`, kl_t by `hp.kl_estimator`.)
+  """
+  weights = jnp.exp(log_importance_weights(logp, old_logp, mask, hp.importance_level))
+  zeros = jnp.zeros_like(logp)
+  if hp.policy_loss is PolicyLoss.CISPO:
+    pg, high = cispo_surrogate(logp, weights, advantages, hp.eps_high)
+    low = zeros
+  elif hp.policy_loss is PolicyLoss.SAPO:
+    pg = sapo_surrogate(weights, advantages, hp.sapo_tau_pos, hp.sapo_tau_neg)
+    low = high = zeros
+  elif hp.policy_loss is PolicyLoss.VESPO:
+    log_w = vespo_log_weight(logp, old_logp, mask, rollout_weight)
+    pg, phi = vespo_surrogate(logp, log_w, advantages, hp.vespo_k_pos,
+                                     hp.vespo_lambda_pos, hp.vespo_k_neg, hp.vespo_lambda_neg)
+    low, high, rollout_weight = zeros, zeros, None  # the rollout weights are inside phi
+  else:
+    pg, low, high = clip_surrogate_of_weights(weights, advantages, hp.eps_low,
+                                                     hp.eps_high, hp.dual_clip)
+  pg, low, high = (jnp.broadcast_to(x, logp.shape) for x in (pg, low, high))
+  for weight in (pg_weight, rollout_weight):
+    if weight is not None:
+      pg = pg * jax.lax.stop_gradient(weight)
+  ratio = jnp.broadcast_to(weights, logp.shape)
+  pieces = {"pg": pg, "clip_low": low, "clip_high": high, "ratio": ratio}
+  if hp.policy_loss is PolicyLoss.VESPO:
+    pieces["vespo_phi"] = jnp.broadcast_to(phi, logp.shape)
+  per_token = pg
+  if ref_logp is None:
+    if hp.kl_coef_in_loss:
+      raise ValueError(f"kl_coef_in_loss {hp.kl_coef_in_loss} needs the reference log-probs"
+                       " (the batch has no ref_logp)")
+  else:
+    kl = pieces["kl"] = kl_lib.kl_estimate(hp.kl_estimator, logp, ref_logp, hp.kl_clamp)
+    if hp.kl_coef_in_loss:
+      kl_term = kl * ratio if hp.kl_ratio_correction else kl
+      per_token = pg + hp.kl_coef_in_loss * kl_term
+  total, den = aggregate(per_token, mask, hp.aggregation, hp.max_completion_length)
+  return total, den, pieces
 
 
 def clipped_surrogate(logp: Array, old_logp: Array, advantages: Array, eps_low: float,

@@ -40,6 +40,10 @@ class _RLSection:
   eps_high: float
   sapo_tau_pos: float
   sapo_tau_neg: float
+  vespo_k_pos: float
+  vespo_lambda_pos: float
+  vespo_k_neg: float
+  vespo_lambda_neg: float
   dual_clip: float | None
   loss_aggregation: str
   entropy_coef: float
@@ -82,6 +86,10 @@ class RLSpec:
   eps_high: float
   sapo_tau_pos: float
   sapo_tau_neg: float
+  vespo_k_pos: float
+  vespo_lambda_pos: float
+  vespo_k_neg: float
+  vespo_lambda_neg: float
   dual_clip: float | None
   aggregation: Aggregation
   entropy_coef: float
@@ -122,9 +130,12 @@ class RLSpec:
       raise ConfigError(f"config.rl.kl_clamp: expected (lo, hi) with lo <= hi, got {s.kl_clamp}")
     if s.dual_clip is not None and s.dual_clip <= 1.0:
       raise ConfigError(f"config.rl.dual_clip: must be > 1, got {s.dual_clip}")
-    for key in ("sapo_tau_pos", "sapo_tau_neg"):
+    for key in ("sapo_tau_pos", "sapo_tau_neg", "vespo_lambda_pos", "vespo_lambda_neg"):
       if getattr(s, key) <= 0:
         raise ConfigError(f"config.rl.{key}: must be > 0, got {getattr(s, key)}")
+    for key in ("vespo_k_pos", "vespo_k_neg"):
+      if getattr(s, key) < 0:
+        raise ConfigError(f"config.rl.{key}: must be >= 0, got {getattr(s, key)}")
     for key in ("eps_low", "eps_high", "beta", "std_floor", "entropy_coef", "value_coef",
                 "overlong_buffer", "overlong_penalty"):
       if getattr(s, key) < 0:
@@ -162,6 +173,15 @@ class RLSpec:
                                  s.rollout_correction))
     if is_sft and parsed["rollout_correction"] is not RolloutCorrection.OFF:
       raise ConfigError("config.rl.rollout_correction: SFT samples nothing to correct; set 'off'")
+    if parsed["policy_loss"] is PolicyLoss.VESPO:
+      # VESPO builds its sequence weight from token ratios, and a rollout correction joins
+      # it token by token (TRL 1.16 refuses the sequence modes there too).
+      if parsed["importance_level"] is not ImportanceLevel.TOKEN:
+        raise ConfigError("config.rl.importance_level: 'vespo' builds its own sequence"
+                          f" weight from token ratios; set 'token', got {s.importance_level!r}")
+      if parsed["rollout_correction"].per_sequence:
+        raise ConfigError("config.rl.rollout_correction: 'vespo' takes token_truncate or"
+                          f" token_mask (or off), got {s.rollout_correction!r}")
     same = {f.name: getattr(s, f.name) for f in dataclasses.fields(cls)
             if f.name not in parsed}
     return cls(**parsed, **same)

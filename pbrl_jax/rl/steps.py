@@ -68,8 +68,8 @@ class TrainState:
 class UpdateHParams:
   """Static hyperparameters of the update step (validated once by the trainer).
 
-  The defaults serve direct library callers (tests, benchmarks); a trainer run sets every
-  field from its config through `RLSpec.update_hparams`, whose defaults live in configs/.
+  The defaults serve direct library callers; a trainer run sets every field from its config
+  (`RLSpec.update_hparams`).
 
   Attributes:
     policy_loss: the per-token policy term (`losses.PolicyLoss`: clip, cispo, sapo).
@@ -77,6 +77,8 @@ class UpdateHParams:
     eps_low: lower clip range of the ratio.
     eps_high: upper clip range ("clip-higher"); CISPO's bound on the weight.
     sapo_tau_pos, sapo_tau_neg: SAPO's gate temperatures for A > 0 and A <= 0.
+    vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg: VESPO's Gamma weight
+      parameters for A >= 0 and A < 0 (`losses.vespo_surrogate`).
     dual_clip: dual-clip constant (> 1) or None.
     aggregation: how per-token policy losses are reduced.
     max_completion_length: the Dr.GRPO constant; None uses M.
@@ -109,6 +111,10 @@ class UpdateHParams:
   eps_high: float = 0.2
   sapo_tau_pos: float = 1.0
   sapo_tau_neg: float = 1.05
+  vespo_k_pos: float = 2.0
+  vespo_lambda_pos: float = 3.0
+  vespo_k_neg: float = 3.0
+  vespo_lambda_neg: float = 2.0
   dual_clip: float | None = None
   aggregation: losses.Aggregation = losses.Aggregation.TOKEN_MEAN
   max_completion_length: int | None = None
@@ -416,56 +422,6 @@ def _minibatch_indices(rng: Array, batch_size: int, hp: UpdateHParams) -> Array:
   return rows.reshape(idx.shape[:-1] + (micro * g,))
 
 
-def policy_objective(logp: Array, old_logp: Array, ref_logp: Array | None, advantages: Array,
-                     mask: Array, hp: UpdateHParams, pg_weight: Array | None = None
-                     ) -> tuple[Array, Array, dict[str, Array]]:
-  """The policy term of the loss as (sum, denominator), plus its per-token pieces.
-
-    l_t = c_t pg_t(w) + beta kl_t [w]
-    pg_t = -min(w A, clip(w, 1 - eps_low, 1 + eps_high) A)      (hp.policy_loss CLIP)
-    loss = aggregate(l, mask) = sum / denominator
-
-  w is the importance weight: per token, or per sequence (`hp.importance_level`, GSPO);
-  CISPO and SAPO replace pg_t (`losses.PolicyLoss`). [w] only with `hp.kl_ratio_correction`
-  (TRL multiplies the KL by the same weight, sequence-level under GSPO). c_t = `pg_weight`
-  (constant: the top-entropy mask times the rollout correction weight; TRL applies both to
-  the policy term only, before the KL is added), 1 when None. The denominators keep every
-  valid token. `ref_logp` None (no reference forward was run): no KL piece, which needs
-  `hp.kl_coef_in_loss` 0.
-
-  (GRPO: Shao et al. 2024, arXiv 2402.03300, eq. 3 with the KL inside the per-token term,
-  as TRL's GRPOTrainer does; beta = `hp.kl_coef_in_loss`, kl_t by `hp.kl_estimator`.)
-  """
-  weights = jnp.exp(losses.log_importance_weights(logp, old_logp, mask, hp.importance_level))
-  zeros = jnp.zeros_like(logp)
-  if hp.policy_loss is losses.PolicyLoss.CISPO:
-    pg, high = losses.cispo_surrogate(logp, weights, advantages, hp.eps_high)
-    low = zeros
-  elif hp.policy_loss is losses.PolicyLoss.SAPO:
-    pg = losses.sapo_surrogate(weights, advantages, hp.sapo_tau_pos, hp.sapo_tau_neg)
-    low = high = zeros
-  else:
-    pg, low, high = losses.clip_surrogate_of_weights(weights, advantages, hp.eps_low,
-                                                     hp.eps_high, hp.dual_clip)
-  pg, low, high = (jnp.broadcast_to(x, logp.shape) for x in (pg, low, high))
-  if pg_weight is not None:
-    pg = pg * jax.lax.stop_gradient(pg_weight)
-  ratio = jnp.broadcast_to(weights, logp.shape)
-  pieces = {"pg": pg, "clip_low": low, "clip_high": high, "ratio": ratio}
-  per_token = pg
-  if ref_logp is None:
-    if hp.kl_coef_in_loss:
-      raise ValueError(f"kl_coef_in_loss {hp.kl_coef_in_loss} needs the reference log-probs"
-                       " (the batch has no ref_logp)")
-  else:
-    kl = pieces["kl"] = kl_lib.kl_estimate(hp.kl_estimator, logp, ref_logp, hp.kl_clamp)
-    if hp.kl_coef_in_loss:
-      kl_term = kl * ratio if hp.kl_ratio_correction else kl
-      per_token = pg + hp.kl_coef_in_loss * kl_term
-  total, den = losses.aggregate(per_token, mask, hp.aggregation, hp.max_completion_length)
-  return total, den, pieces
-
-
 def make_loss_fn(config: DecoderConfig, hp: UpdateHParams,
                  lora: lora_lib.LoraSpec | None = None
                  ) -> Callable[..., tuple[Array, dict[str, Array]]]:
@@ -488,12 +444,12 @@ def make_loss_fn(config: DecoderConfig, hp: UpdateHParams,
                                                  m.shape[1], hp.temperature, base, lora,
                                                  hp.prompt_group)
     advantages = mb["advantages"]
-    pg_weight = mb.get("rollout_weight")
+    keep = None
     if hp.top_entropy_quantile < 1.0:
       keep = losses.entropy_quantile_mask(entropy, m, hp.top_entropy_quantile)
-      pg_weight = keep if pg_weight is None else pg_weight * keep
-    policy_sum, _, t = policy_objective(logp, mb["old_logp"], mb.get("ref_logp"), advantages,
-                                        m, hp, pg_weight)
+    policy_sum, _, t = losses.policy_objective(logp, mb["old_logp"], mb.get("ref_logp"),
+                                               advantages, m, hp, keep,
+                                               mb.get("rollout_weight"))
     t["entropy"] = entropy
     if values is not None:
       t["value_loss"], t["value_clip_frac"] = losses.clipped_value_loss(
@@ -502,7 +458,7 @@ def make_loss_fn(config: DecoderConfig, hp: UpdateHParams,
     loss = policy_sum / dens["policy"]
     tok_sum = lambda x: jnp.sum(x * m)
     sums = {name: tok_sum(t[name]) for name in ("pg", "kl", "clip_low", "clip_high",
-                                                "entropy", "ratio") if name in t}
+                                                "entropy", "ratio", "vespo_phi") if name in t}
     if hp.top_entropy_quantile < 1.0:
       sums["entropy_kept"] = tok_sum(keep)
     if hp.entropy_coef:
@@ -564,6 +520,8 @@ def _sum_metrics(sums: dict[str, Array], dens: dict[str, Array], with_value_head
     metrics["kl"] = sums["kl"] / tok
   if "entropy_kept" in sums:
     metrics["entropy_mask_kept_frac"] = sums["entropy_kept"] / tok
+  if "vespo_phi" in sums:  # VESPO's sequence weight phi(W), token-weighted
+    metrics["vespo_phi_mean"] = sums["vespo_phi"] / tok
   if with_value_head:
     var_r = sums["ev_r2"] / tok - jnp.square(sums["ev_r"] / tok)
     var_d = sums["ev_d2"] / tok - jnp.square(sums["ev_d"] / tok)

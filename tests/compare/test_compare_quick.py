@@ -126,7 +126,7 @@ def test_our_side_is_the_trainers_spec_with_shared_prompt():
 @pytest.mark.parametrize("loss_type,level", [("grpo", "token"), ("dr_grpo", "token"),
                                               ("dapo", "token"), ("grpo", "sequence"),
                                               ("luspo", "sequence"), ("cispo", "token"),
-                                              ("sapo", "token")])
+                                              ("sapo", "token"), ("vespo", "token")])
 def test_preset_sets_trl_config_and_our_hparams(loss_type, level, tmp_path):
   preset = compare.Preset(beta=0.02, loss_type=loss_type, num_generations=3, temperature=0.7,
                           learning_rate=3e-6, max_completion_length=48, epsilon=0.2,
@@ -156,8 +156,17 @@ def test_preset_sets_trl_config_and_our_hparams(loss_type, level, tmp_path):
   assert masked.trainer_spec("unused", num_prompts=2).rl.mask_truncated
   with pytest.raises(ValueError, match="needs importance_sampling_level"):
     compare.Preset(loss_type="luspo")
+  with pytest.raises(ValueError, match="needs importance_sampling_level"):
+    compare.Preset(loss_type="vespo", importance_sampling_level="sequence")
   with pytest.raises(ValueError, match="loss_type"):
-    compare.Preset(loss_type="vespo")
+    compare.Preset(loss_type="gspo")  # TRL's name for it is importance_sampling_level
+  vespo = compare.Preset(loss_type="vespo", vespo_k_pos=1.5, vespo_lambda_neg=2.5)
+  args = trl.GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[],
+                        per_device_train_batch_size=8, **vespo.trl_kwargs())
+  hp = vespo.update_hparams()
+  assert (args.vespo_k_pos, args.vespo_lambda_pos, args.vespo_k_neg, args.vespo_lambda_neg) \
+      == (hp.vespo_k_pos, hp.vespo_lambda_pos, hp.vespo_k_neg, hp.vespo_lambda_neg) \
+      == (1.5, 3.0, 3.0, 2.5)
 
 
 def _probe_errors(**overrides):
@@ -191,7 +200,7 @@ def test_parity_checks_bounds():
 
 def test_preset_rejects_unmatched_settings():
   with pytest.raises(ValueError):
-    compare.Preset(loss_type="vespo")  # not built (bnpo, cispo, sapo, luspo are)
+    compare.Preset(loss_type="gpo")  # not a TRL 1.16 loss_type
   with pytest.raises(ValueError):
     compare.Preset(num_generations=1)
 

@@ -147,6 +147,32 @@ def sapo(weights, adv, tau_pos, tau_neg):
   return out
 
 
+def vespo(logp, old_logp, mask, adv, k_pos, lam_pos, k_neg, lam_neg, rollout_weight=None):
+  """Per-token -phi(W) A log pi and phi [B], one loop per row and token: log W sums the
+  token log-ratios clipped to +-20 (and the logs of rollout weights clipped to
+  [log 1e-8, 20]) over valid tokens, then is clipped to [log 1e-8, 20];
+  phi = exp(lam + k log W - lam W) with (k, lam) by the sign of A (A >= 0: positive)."""
+  lo = math.log(1e-8)
+  b, t = logp.shape
+  loss, phis = np.zeros((b, t)), np.zeros(b)
+  for i in range(b):
+    log_w = 0.0
+    for s in range(t):
+      if mask[i, s]:
+        log_w += min(max(float(logp[i, s]) - float(old_logp[i, s]), -20.0), 20.0)
+        if rollout_weight is not None:
+          rho = float(rollout_weight[i, s])
+          log_w += min(max(math.log(rho) if rho > 0 else -math.inf, lo), 20.0)
+    log_w = min(max(log_w, lo), 20.0)
+    a = float(adv[i])
+    k, lam = (k_pos, lam_pos) if a >= 0 else (k_neg, lam_neg)
+    lam = max(lam, 1e-4)
+    phis[i] = math.exp(lam + k * log_w - lam * math.exp(log_w))
+    for s in range(t):
+      loss[i, s] = -phis[i] * a * float(logp[i, s])
+  return loss, phis
+
+
 def kl_reward(scores, kl_tok, mask, beta):
   b, t = kl_tok.shape
   out = np.zeros((b, t))

@@ -136,6 +136,42 @@ def test_sequence_weights_cispo_and_sapo(dtype, tol):
                                atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_vespo_weight_and_loss(dtype, tol):
+  rng = np.random.default_rng(8)
+  b, t = 8, 6
+  logp = rng.normal(size=(b, t)) * 0.3 - 2
+  old = logp + rng.normal(size=(b, t)) * 0.25  # W from about e^-1.5 to e^1.5
+  old[0, :] = logp[0, :] + 30.0  # a token log-ratio past the +-20 clip, and W below 1e-8
+  adv = rng.normal(size=b)
+  adv[1] = 0.0  # A = 0 takes the positive pair
+  mask = _mask(rng, b, t)
+  mask[0, :2] = mask[2, :2] = 1
+  rho = np.exp(rng.normal(size=(b, t)) * 0.2)
+  rho[2, 1] = 0.0  # a masked-out token (token_mask) sinks its sequence
+  params = (2.0, 3.0, 3.0, 2.0)
+  with _x64(dtype):
+    j = lambda x: jnp.asarray(x, dtype)
+    for weight in (None, rho):
+      log_w = rl.vespo_log_weight(j(logp), j(old), j(mask),
+                                  None if weight is None else j(weight))
+      got, phi = rl.vespo_surrogate(j(logp), log_w, j(adv), *params)
+      want, want_phi = ref.vespo(logp, old, mask, adv, *params, rollout_weight=weight)
+      assert log_w.shape == phi.shape == (b, 1)
+      np.testing.assert_allclose(phi[:, 0], want_phi, atol=tol, rtol=tol)
+      np.testing.assert_allclose(got, want, atol=tol, rtol=tol)
+      assert want_phi[0] < 1e-12  # W clipped to 1e-8: the sequence is dropped
+      assert (want_phi[2] < 1e-12) == (weight is not None)  # and so by a masked-out token
+    # phi(1) = 1: on-policy sequences keep the plain policy-gradient term -A log pi.
+    one, _ = rl.vespo_surrogate(j(logp), jnp.zeros((b, 1), dtype), j(adv), *params)
+    np.testing.assert_allclose(one, -adv[:, None] * logp, atol=tol, rtol=tol)
+    # The weight is detached: the gradient of sum(loss) in log pi is -phi A.
+    grad = jax.grad(lambda lp: jnp.sum(rl.vespo_surrogate(lp, log_w, j(adv), *params)[0]))(
+        j(logp))
+    np.testing.assert_allclose(grad, -want_phi[:, None] * adv[:, None] * np.ones((b, t)),
+                               atol=tol, rtol=tol)
+
+
 def test_cispo_and_sequence_weight_gradients():
   """CISPO's weight is detached (gradient -min(w, eps) A per token); GSPO's sequence weight
   sends d/dlogp_t = w A / n to every real token: both against central differences (fp64)."""

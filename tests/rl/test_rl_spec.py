@@ -33,6 +33,8 @@ def test_defaults_validate(algorithm):
     ("rollout_correction_high", 0.0, "config.rl.rollout_correction_low/high"),
     ("rollout_correction_low", 4.0, "config.rl.rollout_correction_low/high"),
     ("dynamic_sampling_batches", -1, "config.rl.dynamic_sampling_batches"),
+    ("vespo_lambda_neg", 0.0, "config.rl.vespo_lambda_neg"),
+    ("vespo_k_pos", -1.0, "config.rl.vespo_k_pos"),
 ])
 def test_bad_values_name_the_key(key, value, match):
   c = rl_defaults.get_config("grpo").rl
@@ -84,3 +86,19 @@ def test_every_update_setting_of_a_run_comes_from_the_config(algorithm):
       assert getattr(hp, f.name) == from_rollout[f.name], f.name
   assert hp.with_value_head is r.is_ppo
   assert hp.kl_coef_in_loss == (r.beta if r.kl_placement is rl.KLPlacement.LOSS else 0.0)
+
+
+def test_vespo_takes_token_weights_only():
+  c = rl_defaults.get_config("grpo").rl
+  c.policy_loss = "vespo"
+  hp = spec.RLSpec.from_config(c).update_hparams(1.0, 16)
+  assert hp.policy_loss is rl.PolicyLoss.VESPO and hp.vespo_lambda_pos == c.vespo_lambda_pos
+  c.rollout_correction = "token_mask"
+  spec.RLSpec.from_config(c)
+  c.rollout_correction = "sequence_truncate"
+  with pytest.raises(ConfigError, match="config.rl.rollout_correction: 'vespo'"):
+    spec.RLSpec.from_config(c)
+  c.rollout_correction = "off"
+  c.importance_level = "sequence"
+  with pytest.raises(ConfigError, match="config.rl.importance_level: 'vespo'"):
+    spec.RLSpec.from_config(c)

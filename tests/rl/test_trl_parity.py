@@ -134,19 +134,18 @@ def _our_loss_and_grad(beta, loss_type, correction, logits, completion, mask, ol
                         kl_ratio_correction=correction)
 
   m = jnp.asarray(mask)
-  weight = None
+  weight = is_weight = None
   if entropy_quantile < 1.0:
     weight = rl.entropy_quantile_mask(jnp.asarray(_entropy(logits)), m, entropy_quantile)
   if rollout is not None:
     sampler, mode, low, high = rollout
     is_weight, _ = rl.rollout_correction_weights(jnp.asarray(old), jnp.asarray(sampler), m,
                                                  rl.RolloutCorrection.parse(mode), low, high)
-    weight = is_weight if weight is None else weight * is_weight
 
   def loss_fn(lg):
     logp = decoder.token_logprobs(lg, jnp.asarray(completion))
     total, den, _ = rl.policy_objective(logp, jnp.asarray(old), jnp.asarray(ref),
-                                        jnp.asarray(adv), m, hp, weight)
+                                        jnp.asarray(adv), m, hp, weight, is_weight)
     return total / jnp.maximum(den, 1.0)
 
   loss, grad = jax.value_and_grad(loss_fn)(jnp.asarray(logits))
@@ -174,6 +173,7 @@ def test_grpo_loss_matches_trl(beta, correction, loss_type):
     ("sapo", "token", EPS_HIGH),
     ("sapo", "sequence", EPS_HIGH),
     ("bnpo", "token", EPS_HIGH),
+    ("vespo", "token", EPS_HIGH),  # the Gamma weight of the sequence ratio, TRL's defaults
 ])
 def test_policy_loss_family_matches_trl(loss_type, level, eps_high):
   """TRL 1.16's loss_type / importance_sampling_level settings (issue: the policy-gradient
@@ -195,6 +195,8 @@ def test_policy_loss_family_matches_trl(loss_type, level, eps_high):
     ("grpo", 1.0, "token_mask", (0.7, 1.5)),
     ("dr_grpo", 1.0, "sequence_truncate", (None, 3.0)),
     ("grpo", 1.0, "sequence_mask", (None, 3.0)),  # TRL's default mode and bound
+    ("vespo", 0.6, "token_truncate", (0.7, 1.5)),  # VESPO folds the weights into its W
+    ("vespo", 1.0, "token_mask", (0.7, 1.5)),  # a masked token sinks its sequence
 ])
 def test_entropy_mask_and_rollout_correction_match_trl(loss_type, quantile, mode, bounds):
   """TRL's top_entropy_quantile and its sampler-mismatch ratio through its own _compute_loss.

@@ -1,7 +1,8 @@
 """`pbrl-train` with the policy-gradient options of the TRL family switched on.
 
-The sampler/trainer mismatch correction, the top-entropy-quantile mask and DAPO's dynamic
-sampling run end to end on configs/tiny.py, and their metrics reach metrics.jsonl (the
+The sampler/trainer mismatch correction, the top-entropy-quantile mask, DAPO's dynamic
+sampling and the VESPO policy loss (which folds the correction's token weights into its
+sequence weight) run end to end on configs/tiny.py, and their metrics reach metrics.jsonl (the
 refill itself is checked stage by stage in tests/train/test_stages.py: the tiny run's
 continuous rewards leave no group of equal rewards to replace). In float32 the sampler (incremental,
 KV cache) and the trainer (full forward) run the same code in the same precision, so the
@@ -32,7 +33,8 @@ def test_correction_and_entropy_mask_run_and_log(tmp_path):
                       "--config.rl.rollout_correction_low=0.5",
                       "--config.rl.rollout_correction_high=2.0",
                       "--config.rl.top_entropy_quantile=0.5",
-                      "--config.rl.dynamic_sampling_batches=1")
+                      "--config.rl.dynamic_sampling_batches=1",
+                      "--config.rl.policy_loss=vespo")
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   assert len(rows) == 2
@@ -47,3 +49,5 @@ def test_correction_and_entropy_mask_run_and_log(tmp_path):
     assert abs(r["mismatch/is_ratio_mean"] - 1.0) < 1e-3
     assert 0.0 <= r["dynamic/informative_frac_first"] <= r["dynamic/informative_frac"] <= 1.0
     assert r["dynamic/extra_batches"] in (0.0, 1.0)
+    # One update per rollout: the sequence ratio W is 1 up to rounding, and so is phi(W).
+    assert abs(r["vespo_phi_mean"] - 1.0) < 1e-3, r["vespo_phi_mean"]
