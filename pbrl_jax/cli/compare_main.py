@@ -22,7 +22,7 @@ from pbrl_jax import fileio
 
 def define_flags() -> None:
   """Defines this command's flags when it runs, so that importing the module defines none."""
-  global _IS_LEVEL, _ENTROPY_QUANTILE, _MASK_TRUNCATED, _QUICK, _MODEL, _OUT, _STEPS, _PROMPTS, _GENERATIONS, _MAX_NEW_TOKENS, _BETA, _LOSS_TYPE, _LR, _TEMPERATURE, _EPSILON, _EPSILON_HIGH, _SEED, _REWARD, _PARITY, _TRL_BF16, _CACHE_DIR, _JAX_MICROBATCHES
+  global _IS_MODE, _IS_MIN, _IS_MAX, _IS_LEVEL, _ENTROPY_QUANTILE, _MASK_TRUNCATED, _QUICK, _MODEL, _OUT, _STEPS, _PROMPTS, _GENERATIONS, _MAX_NEW_TOKENS, _BETA, _LOSS_TYPE, _LR, _TEMPERATURE, _EPSILON, _EPSILON_HIGH, _SEED, _REWARD, _PARITY, _TRL_BF16, _CACHE_DIR, _JAX_MICROBATCHES
   _QUICK = flags.DEFINE_bool("quick", False, "Tiny random model, a couple of steps (seconds).")
   _MODEL = flags.DEFINE_string("model", "", "HF model directory; default SmolLM2-135M-Instruct.")
   _OUT = flags.DEFINE_string("out", "runs/compare", "Output directory.")
@@ -44,6 +44,15 @@ def define_flags() -> None:
       " rho of the tokens by entropy (ours: rl.top_entropy_quantile).")
   _MASK_TRUNCATED = flags.DEFINE_bool(
       "mask_truncated", False, "TRL mask_truncated_completions (ours: rl.mask_truncated).")
+  _IS_MODE = flags.DEFINE_enum(
+      "vllm_importance_sampling_mode", None,
+      ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"],
+      "TRL's sampler-mismatch correction (ours: rl.rollout_correction); unset: none. The"
+      " step parity feeds both losses the same seeded sampler log-probs.")
+  _IS_MIN = flags.DEFINE_float("vllm_importance_sampling_clip_min", None,
+                               "Lower bound of the correction's ratio (unset: none).")
+  _IS_MAX = flags.DEFINE_float("vllm_importance_sampling_clip_max", 3.0,
+                               "Upper bound of the correction's ratio (TRL's default).")
   _LR = flags.DEFINE_float("learning_rate", 1e-6, "Constant AdamW learning rate.")
   _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
   _EPSILON = flags.DEFINE_float("epsilon", 0.2, "Lower clip range.")
@@ -87,7 +96,10 @@ def options_from_flags():
       epsilon_high=_EPSILON.value if _EPSILON_HIGH.value is None else _EPSILON_HIGH.value,
       importance_sampling_level=_IS_LEVEL.value, seed=_SEED.value,
       top_entropy_quantile=_ENTROPY_QUANTILE.value,
-      mask_truncated_completions=_MASK_TRUNCATED.value)
+      mask_truncated_completions=_MASK_TRUNCATED.value,
+      vllm_importance_sampling_mode=_IS_MODE.value,
+      vllm_importance_sampling_clip_min=_IS_MIN.value,
+      vllm_importance_sampling_clip_max=_IS_MAX.value)
   return compare.Options(model_dir=model, out_dir=out, steps=_value(_STEPS, quick),
                          num_prompts=_value(_PROMPTS, quick), preset=preset,
                          reward=_REWARD.value, parity=_PARITY.value,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import tempfile
@@ -105,6 +106,24 @@ def _jax_loss_and_grad_fn(config: DecoderConfig, hp: rl.UpdateHParams) -> Callab
   return jax.jit(loss_and_grad)
 
 
+def _torch_float(x: np.ndarray) -> Any:
+  import torch
+  return torch.tensor(np.asarray(x), dtype=torch.float32)
+
+
+@contextlib.contextmanager
+def _trl_mismatch_correction(trainer: Any, on: bool):
+  """TRL's loss applies `importance_sampling_ratio` only with vLLM generation; the loss code
+  is the same without it, so the flags are switched on for the call and restored."""
+  saved = trainer.use_vllm, trainer.vllm_importance_sampling_correction
+  if on:
+    trainer.use_vllm, trainer.vllm_importance_sampling_correction = True, True
+  try:
+    yield
+  finally:
+    trainer.use_vllm, trainer.vllm_importance_sampling_correction = saved
+
+
 def _perturb_torch_model(model: Any, scale: float, seed: int) -> None:
   """Adds seeded Gaussian noise of `scale` times each tensor's std, in place."""
   import torch
@@ -115,6 +134,28 @@ def _perturb_torch_model(model: Any, scale: float, seed: int) -> None:
       p.add_((noise * scale * p.float().std().clamp(min=1e-3)).to(p.dtype))
 
 
+# Seeded noise of the sampler's log-probs around the old ones in the probes of a preset with
+# a sampler-mismatch correction (both sides sample in float32 here, so the real mismatch is
+# rounding): std 0.2 per token moves a 16-token sequence's ratio by about e^0.8.
+SAMPLER_NOISE = 0.2
+
+
+def _rollout_weights(preset: Any, old: np.ndarray, mask: np.ndarray
+                     ) -> tuple[np.ndarray, float] | None:
+  """The correction's weights [B,T] for sampler log-probs = `old` + seeded noise (None when
+  the preset has no correction), and the share of valid tokens they bound."""
+  mode = preset.vllm_importance_sampling_mode
+  if mode is None:
+    return None
+  noise = np.random.default_rng(preset.seed + 3).normal(size=old.shape).astype(np.float32)
+  sampler = (old + SAMPLER_NOISE * noise) * mask
+  weights, stats = rl.rollout_correction_weights(
+      jnp.asarray(old), jnp.asarray(sampler), jnp.asarray(mask),
+      rl.RolloutCorrection.parse(mode), preset.vllm_importance_sampling_clip_min,
+      preset.vllm_importance_sampling_clip_max)
+  return np.asarray(weights, np.float32), float(stats["mismatch/bounded_frac"])
+
+
 def _probe(trainer: Any, side: JaxSide, policy_params: Any, batch: Mapping[str, Any],
            advantages: np.ndarray, old_noise: float) -> dict[str, float]:
   """TRL vs ours on one batch: log-probs, reference log-probs, loss and gradient.
@@ -122,7 +163,10 @@ def _probe(trainer: Any, side: JaxSide, policy_params: Any, batch: Mapping[str, 
   Both sides get identical reference and old log-probs (ours). With `old_noise` == 0 the old
   log-probs are omitted on TRL's side (its on-policy path: current log-probs, detached) and
   are our current log-probs on ours; otherwise they are the reference log-probs plus seeded
-  N(0, old_noise^2) noise, so ratios leave the clip range.
+  N(0, old_noise^2) noise, so ratios leave the clip range. With a sampler-mismatch
+  correction both losses get the same weights (`_rollout_weights`: TRL computes its ratio
+  inline while generating, so it cannot compute them here; the weights themselves are
+  checked against a NumPy loop in tests/rl): the probe checks how each loss applies them.
   """
   p = side.preset
   config = side.bundle.config
@@ -140,11 +184,19 @@ def _probe(trainer: Any, side: JaxSide, policy_params: Any, batch: Mapping[str, 
   else:
     old = None
   inputs = _trl_inputs(batch, advantages, ours_ref, old)
-  trl_loss, trl_grads = _trl_loss_and_grads(trainer, inputs)
-  exact_loss, exact_grads = _trl_loss_and_grads(trainer, inputs, float64=True)
   jbatch = {"tokens": batch["tokens"], "valid": batch["valid"], "completion_mask": m,
             "old_logp": ours_logp if old is None else old, "ref_logp": ours_ref,
             "advantages": np.broadcast_to(advantages[:, None], m.shape).astype(np.float32)}
+  correction = _rollout_weights(p, jbatch["old_logp"], m)
+  if correction is not None:
+    weights, bounded = correction
+    jbatch["rollout_weight"] = weights
+    per_sequence = rl.RolloutCorrection.parse(p.vllm_importance_sampling_mode).per_sequence
+    inputs["importance_sampling_ratio"] = _torch_float(weights[:, :1] if per_sequence
+                                                       else weights)
+  with _trl_mismatch_correction(trainer, correction is not None):
+    trl_loss, trl_grads = _trl_loss_and_grads(trainer, inputs)
+    exact_loss, exact_grads = _trl_loss_and_grads(trainer, inputs, float64=True)
   loss, grads = _jax_loss_and_grad_fn(config, side.update_hparams)(
       {"policy": policy_params}, jbatch)
   ours_grads = dict(hf_state_dict(jax.device_get(grads["policy"]), config))
@@ -193,6 +245,8 @@ def _probe(trainer: Any, side: JaxSide, policy_params: Any, batch: Mapping[str, 
                                for a, b, n in per_tensor[:5]]
   if trl_ref is not None:
     out["ref_logp_rel_err"] = rel_err(ours_ref[mask], trl_ref[mask])
+  if correction is not None:
+    out["rollout_bounded_frac"] = bounded  # the share of valid tokens the bounds moved
   return out
 
 

@@ -40,6 +40,13 @@ class Preset:
       term (1: all).
     mask_truncated_completions: completions cut by the length cap leave the loss (DAPO's
       overlong filtering).
+    vllm_importance_sampling_mode: the sampler-mismatch correction ('token_truncate',
+      'token_mask', 'sequence_truncate', 'sequence_mask'; TRL sets
+      `vllm_importance_sampling_correction` with it), or None for none (ours:
+      `rl.rollout_correction`). Both sides sample with their own float32 model, so the step
+      parity feeds both losses the same seeded sampler log-probs (`parity.step_parity`).
+    vllm_importance_sampling_clip_min, vllm_importance_sampling_clip_max: its bounds (None:
+      none; TRL's defaults None and 3.0).
     num_generations: G completions per prompt.
     temperature: sampling temperature; logits are divided by it in the loss as well.
     learning_rate: constant AdamW learning rate (no warmup, no decay).
@@ -70,6 +77,9 @@ class Preset:
   vespo_lambda_neg: float = 2.0
   top_entropy_quantile: float = 1.0
   mask_truncated_completions: bool = False
+  vllm_importance_sampling_mode: str | None = None
+  vllm_importance_sampling_clip_min: float | None = None
+  vllm_importance_sampling_clip_max: float | None = 3.0
   max_grad_norm: float = 1.0
   adam_b1: float = 0.9
   adam_b2: float = 0.999
@@ -93,6 +103,10 @@ class Preset:
     if not 0.0 < self.top_entropy_quantile <= 1.0:
       raise ValueError(f"top_entropy_quantile must lie in (0, 1], got "
                        f"{self.top_entropy_quantile}")
+    if self.vllm_importance_sampling_mode is not None:
+      mode = rl.RolloutCorrection.parse(self.vllm_importance_sampling_mode)  # raises if unknown
+      if mode is rl.RolloutCorrection.OFF:
+        raise ValueError("vllm_importance_sampling_mode: None turns the correction off")
 
   def rl_section(self, num_microbatches: int = 1) -> dict[str, Any]:
     """Our `rl` config section for this preset, validated by `RLSpec.from_config` like a
@@ -112,10 +126,9 @@ class Preset:
                 vespo_lambda_neg=self.vespo_lambda_neg, dual_clip=None,
                 loss_aggregation=rl.TRL_LOSS_TYPES[self.loss_type][1],
                 entropy_coef=0.0, top_entropy_quantile=self.top_entropy_quantile,
-                # TRL corrects the sampler mismatch only with vLLM generation; both sides
-                # here sample with their own model, in float32.
-                rollout_correction="off", rollout_correction_low=None,
-                rollout_correction_high=None,
+                rollout_correction=self.vllm_importance_sampling_mode or "off",
+                rollout_correction_low=self.vllm_importance_sampling_clip_min,
+                rollout_correction_high=self.vllm_importance_sampling_clip_max,
                 value_coef=0.0, value_clip=None, gamma=1.0, lam=1.0,
                 num_epochs=1, num_minibatches=1, num_microbatches=num_microbatches,
                 shuffle=False, share_prompt=True)
@@ -176,6 +189,13 @@ class Preset:
                 vespo_k_neg=self.vespo_k_neg, vespo_lambda_neg=self.vespo_lambda_neg,
                 top_entropy_quantile=self.top_entropy_quantile,
                 mask_truncated_completions=self.mask_truncated_completions,
+                # TRL applies it only with vLLM generation (the step parity switches it on).
+                vllm_importance_sampling_correction=self.vllm_importance_sampling_mode
+                is not None,
+                vllm_importance_sampling_mode=self.vllm_importance_sampling_mode
+                or "sequence_mask",
+                vllm_importance_sampling_clip_min=self.vllm_importance_sampling_clip_min,
+                vllm_importance_sampling_clip_max=self.vllm_importance_sampling_clip_max,
                 max_grad_norm=self.max_grad_norm, adam_beta1=self.adam_b1,
                 adam_beta2=self.adam_b2, adam_epsilon=self.adam_eps,
                 weight_decay=self.weight_decay, scale_rewards="group", num_iterations=1,
@@ -198,6 +218,10 @@ class Preset:
         ("truncated completions",
          f"mask_truncated_completions={self.mask_truncated_completions}",
          f"mask_truncated={self.mask_truncated_completions}"),
+        ("sampler mismatch correction",
+         f"vllm_importance_sampling_mode={self.vllm_importance_sampling_mode}, clip"
+         f" [{self.vllm_importance_sampling_clip_min}, {self.vllm_importance_sampling_clip_max}]",
+         f"rollout_correction={self.vllm_importance_sampling_mode or 'off'}"),
         ("completions per prompt", f"num_generations={self.num_generations}",
          f"num_samples={self.num_generations}"),
         ("advantages", "scale_rewards=group (std ddof=1, +1e-4)",

@@ -73,6 +73,33 @@ def test_step_parity_with_the_top_entropy_mask(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("loss_type,mode,low,high", [
+    # TRL's default mode; its default bound 3.0 rarely bites on 16 rows of <= 16 tokens.
+    ("grpo", "sequence_mask", None, 1.5),
+    ("vespo", "token_truncate", 0.8, 1.25),  # folded into VESPO's sequence weight
+])
+def test_step_parity_with_the_sampler_mismatch_correction(tmp_path, loss_type, mode, low,
+                                                          high):
+  """TRL's vLLM importance-sampling correction in its own compute_loss against
+  rl.rollout_correction in ours, both fed the same seeded sampler log-probs."""
+  model = compare.write_tiny_model(str(tmp_path / "tiny_model"))
+  preset = compare.Preset(max_completion_length=16, seed=0, loss_type=loss_type,
+                          vllm_importance_sampling_mode=mode,
+                          vllm_importance_sampling_clip_min=low,
+                          vllm_importance_sampling_clip_max=high)
+  opts = compare.Options(model_dir=model, out_dir=str(tmp_path), steps=0, num_prompts=4,
+                         preset=preset)
+  par = compare.run(opts, log=lambda _: None)["parity"]
+  for name, pr in par["probes"].items():
+    for key in ("loss_rel_err", "grad_rel_err", "grad_norm_rel_err"):
+      assert pr[key] <= compare.PARITY_RTOL, (name, key, pr[key])
+    assert pr["grad_norm_trl"] > 1e-4, (name, pr["grad_norm_trl"])
+    # The bounds bite on some tokens but not all: the weights carry weight.
+    assert 0.0 < pr["rollout_bounded_frac"] < 0.9, (name, pr["rollout_bounded_frac"])
+  assert par["passed"]
+
+
+@pytest.mark.slow
 def test_curves_speed_and_reports(quick):
   out, result = quick
   for side in ("trl_steps", "jax_steps"):
@@ -164,6 +191,20 @@ def test_preset_sets_trl_config_and_our_hparams(loss_type, level, tmp_path):
   args = trl.GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[],
                         per_device_train_batch_size=8, **vespo.trl_kwargs())
   hp = vespo.update_hparams()
+  corrected = compare.Preset(vllm_importance_sampling_mode="token_mask",
+                             vllm_importance_sampling_clip_min=0.5)
+  args_c = trl.GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[],
+                          per_device_train_batch_size=8, **corrected.trl_kwargs())
+  assert args_c.vllm_importance_sampling_correction and args_c.vllm_importance_sampling_mode \
+      == "token_mask"
+  assert (args_c.vllm_importance_sampling_clip_min, args_c.vllm_importance_sampling_clip_max) \
+      == (0.5, 3.0)
+  rl_c = corrected.trainer_spec("unused", num_prompts=2).rl
+  assert rl_c.rollout_correction is rl.RolloutCorrection.TOKEN_MASK
+  assert (rl_c.rollout_correction_low, rl_c.rollout_correction_high) == (0.5, 3.0)
+  assert not trl.GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=[],
+                            per_device_train_batch_size=8, **compare.Preset().trl_kwargs()
+                            ).vllm_importance_sampling_correction
   assert (args.vespo_k_pos, args.vespo_lambda_pos, args.vespo_k_neg, args.vespo_lambda_neg) \
       == (hp.vespo_k_pos, hp.vespo_lambda_pos, hp.vespo_k_neg, hp.vespo_lambda_neg) \
       == (1.5, 3.0, 3.0, 2.5)
