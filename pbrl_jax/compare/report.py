@@ -61,7 +61,10 @@ def markdown_report(result: Mapping[str, Any]) -> str:
     lines += ["## Step-level parity (same completions, fp32)", "",
               f"advantages from: {par['advantages_source']}; rows {par['rows']}, completion "
               f"tokens {par['completion_tokens']}; tolerance {par['rtol']:g} relative. Errors"
-              " are max|ours - TRL| / max|TRL|; 'vs fp64' columns: distance of ours / TRL"
+              " are max|ours - TRL| / max|TRL|, except the loss's: |ours - TRL| /"
+              " max(|loss TRL|, mean|A|), because the loss of group-centred advantages nearly"
+              " cancels and its rounding is that of its terms (about |A| each): an absolute"
+              " floor of rtol x mean|A|. 'vs fp64' columns: distance of ours / TRL"
               " (both fp32) to TRL run in float64.", "",
               "| probe | loss TRL | loss ours | loss | log-probs | ref log-probs | gradient |"
               " grad norm | gradient vs fp64 (ours / TRL) | grad norm vs fp64 (ours / TRL) |"

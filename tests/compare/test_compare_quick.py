@@ -50,6 +50,8 @@ def test_step_parity_within_tolerance(quick):
   # On a tiny model both fp32 implementations sit well within rtol of TRL's float64 result.
   for pr in par["probes"].values():
     assert pr["grad_rel_err_ours_vs_fp64"] <= compare.PARITY_RTOL
+    assert pr["loss_rel_err_ours_vs_fp64"] <= compare.PARITY_RTOL
+    assert pr["loss_scale"] >= abs(pr["loss_trl"])
     assert abs(pr["loss_fp64"] - pr["loss_trl"]) <= compare.PARITY_RTOL * max(
         abs(pr["loss_trl"]), 1.0)
   assert par["passed"] and par["max_rel_err"] <= compare.PARITY_RTOL
