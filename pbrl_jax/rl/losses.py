@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import math
-
 from typing import TYPE_CHECKING
 
 import jax
@@ -371,12 +370,12 @@ def policy_objective(logp: Array, old_logp: Array, ref_logp: Array | None, advan
     low = high = zeros
   elif hp.policy_loss is PolicyLoss.VESPO:
     log_w = vespo_log_weight(logp, old_logp, mask, rollout_weight)
-    pg, phi = vespo_surrogate(logp, log_w, advantages, hp.vespo_k_pos,
-                                     hp.vespo_lambda_pos, hp.vespo_k_neg, hp.vespo_lambda_neg)
+    pg, phi = vespo_surrogate(logp, log_w, advantages, hp.vespo_k_pos, hp.vespo_lambda_pos,
+                              hp.vespo_k_neg, hp.vespo_lambda_neg)
     low, high, rollout_weight = zeros, zeros, None  # the rollout weights are inside phi
   else:
-    pg, low, high = clip_surrogate_of_weights(weights, advantages, hp.eps_low,
-                                                     hp.eps_high, hp.dual_clip)
+    pg, low, high = clip_surrogate_of_weights(weights, advantages, hp.eps_low, hp.eps_high,
+                                              hp.dual_clip)
   pg, low, high = (jnp.broadcast_to(x, logp.shape) for x in (pg, low, high))
   for weight in (pg_weight, rollout_weight):
     if weight is not None:

@@ -72,7 +72,7 @@ class UpdateHParams:
   (`RLSpec.update_hparams`).
 
   Attributes:
-    policy_loss: the per-token policy term (`losses.PolicyLoss`: clip, cispo, sapo).
+    policy_loss: the per-token policy term (`losses.PolicyLoss`: clip, cispo, sapo, vespo).
     importance_level: token or sequence (GSPO) importance weights.
     eps_low: lower clip range of the ratio.
     eps_high: upper clip range ("clip-higher"); CISPO's bound on the weight.
