@@ -2,7 +2,8 @@
 
 The sampler/trainer mismatch correction, the top-entropy-quantile mask, DAPO's dynamic
 sampling and the VESPO policy loss (which folds the correction's token weights into its
-sequence weight) run end to end on configs/tiny.py, and their metrics reach metrics.jsonl (the
+sequence weight) run end to end on configs/tiny.py, as do GSPO's sequence weights, SAPO,
+LUSPO's sum, CISPO and DAPO's overlong filtering, and their metrics reach metrics.jsonl (the
 refill itself is checked stage by stage in tests/train/test_stages.py: the tiny run's
 continuous rewards leave no group of equal rewards to replace). In float32 the sampler (incremental,
 KV cache) and the trainer (full forward) run the same code in the same precision, so the
@@ -51,3 +52,27 @@ def test_correction_and_entropy_mask_run_and_log(tmp_path):
     assert r["dynamic/extra_batches"] in (0.0, 1.0)
     # One update per rollout: the sequence ratio W is 1 up to rounding, and so is phi(W).
     assert abs(r["vespo_phi_mean"] - 1.0) < 1e-3, r["vespo_phi_mean"]
+
+
+@pytest.mark.parametrize("flags", [
+    # GSPO's sequence weights with SAPO's gate and LUSPO's length-scaled sum.
+    ("--config.rl.policy_loss=sapo", "--config.rl.importance_level=sequence",
+     "--config.rl.loss_aggregation=seq_sum"),
+    # CISPO with DAPO's overlong filtering. The random policy almost never samples EOS, so
+    # every completion runs to the cap and the filter leaves no token: the run checks the
+    # wiring (exactly the capped rows are masked), tests/rl the arithmetic.
+    ("--config.rl.policy_loss=cispo", "--config.rl.eps_high=5.0",
+     "--config.rl.mask_truncated=true"),
+], ids=["sapo_sequence_seq_sum", "cispo_masked"])
+def test_the_other_policy_losses_train(tmp_path, flags):
+  """One `pbrl-train` step per remaining policy-gradient option, with finite metrics."""
+  workdir = str(tmp_path / "run")
+  tl.build_tiny_pivot(workdir)
+  proc = tl.run_train(workdir, "--config.total_steps=1", "--config.checkpoint_every=1", *flags)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (r,) = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert np.isfinite(r["loss"]) and r["skipped"] == 0.0
+  if "--config.rl.mask_truncated=true" in flags:
+    assert r["rollout/loss_masked_frac"] == r["rollout/length_capped_frac"] == 1.0, r
+  else:  # on policy: every ratio is 1 up to rounding
+    assert r["num_tokens"] > 1 and abs(r["ratio_mean"] - 1.0) < 1e-3, r
