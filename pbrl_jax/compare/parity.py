@@ -35,7 +35,8 @@ def rel_err(ours: Any, ref: Any) -> float:
 
 
 def _trl_inputs(batch: Mapping[str, Any], advantages: np.ndarray, ref_logp: np.ndarray,
-                old_logp: np.ndarray | None) -> dict[str, Any]:
+                old_logp: np.ndarray | None, is_ratio: np.ndarray | None = None
+                ) -> dict[str, Any]:
   import torch
   p = batch["prompt_len"]
   long = lambda x: torch.tensor(np.asarray(x), dtype=torch.long)
@@ -49,6 +50,8 @@ def _trl_inputs(batch: Mapping[str, Any], advantages: np.ndarray, ref_logp: np.n
   }
   if old_logp is not None:
     inputs["old_per_token_logps"] = torch.tensor(old_logp, dtype=torch.float32)
+  if is_ratio is not None:  # the sampler-mismatch ratio, [B,T] or [B,1] per sequence
+    inputs["importance_sampling_ratio"] = torch.tensor(is_ratio, dtype=torch.float32)
   return inputs
 
 
@@ -104,11 +107,6 @@ def _jax_loss_and_grad_fn(config: DecoderConfig, hp: rl.UpdateHParams) -> Callab
     return loss, grads
 
   return jax.jit(loss_and_grad)
-
-
-def _torch_float(x: np.ndarray) -> Any:
-  import torch
-  return torch.tensor(np.asarray(x), dtype=torch.float32)
 
 
 @contextlib.contextmanager
@@ -183,17 +181,17 @@ def _probe(trainer: Any, side: JaxSide, policy_params: Any, batch: Mapping[str, 
     old = (ours_ref + old_noise * noise) * m
   else:
     old = None
-  inputs = _trl_inputs(batch, advantages, ours_ref, old)
   jbatch = {"tokens": batch["tokens"], "valid": batch["valid"], "completion_mask": m,
             "old_logp": ours_logp if old is None else old, "ref_logp": ours_ref,
             "advantages": np.broadcast_to(advantages[:, None], m.shape).astype(np.float32)}
   correction = _rollout_weights(p, jbatch["old_logp"], m)
+  is_ratio = None
   if correction is not None:
     weights, bounded = correction
     jbatch["rollout_weight"] = weights
     per_sequence = rl.RolloutCorrection.parse(p.vllm_importance_sampling_mode).per_sequence
-    inputs["importance_sampling_ratio"] = _torch_float(weights[:, :1] if per_sequence
-                                                       else weights)
+    is_ratio = weights[:, :1] if per_sequence else weights
+  inputs = _trl_inputs(batch, advantages, ours_ref, old, is_ratio)
   with _trl_mismatch_correction(trainer, correction is not None):
     trl_loss, trl_grads = _trl_loss_and_grads(trainer, inputs)
     exact_loss, exact_grads = _trl_loss_and_grads(trainer, inputs, float64=True)
