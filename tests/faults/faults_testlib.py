@@ -98,9 +98,7 @@ def read_metrics(workdir: str) -> list:
   return metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
 
 
-def comparable(rows) -> list:
-  """Every key except the host-dependent ones: wall times and resident memory."""
-  return [{k: v for k, v in r.items() if not k.startswith(("time/", "host/"))} for r in rows]
+comparable = tl.strip_times  # every key except wall times and resident memory
 
 
 def finalized_steps(workdir: str) -> list:

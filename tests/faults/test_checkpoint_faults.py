@@ -6,7 +6,6 @@ small sharded pytree (seconds), and `test_resume_faults.py` drives the same case
 CLI.
 """
 
-import errno
 import glob
 import logging
 import os

@@ -36,20 +36,21 @@ def _check_run(workdir, steps):
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["total_steps"] == steps
   assert os.path.exists(os.path.join(workdir, "report.md"))
+  # Sample completions: the first of every group, every step, with its reward.
+  samples = metrics_lib.read_jsonl(os.path.join(workdir, "samples.jsonl"))
+  assert sorted({s["step"] for s in samples}) == list(range(1, steps + 1))
+  assert all(isinstance(s["text"], str) and 0.0 <= s["reward"] <= 1.0 for s in samples)
   return rows
 
 
-STEPS = 5
+STEPS = tl.REFERENCE_STEPS
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(pivot_dir, tmp_path_factory):
-  """One uninterrupted 5-step GRPO run through the CLI, shared by the tests below: its outputs
-  are checked, it is resumed for more steps, and it is the reference of the SIGTERM run."""
-  workdir = str(tmp_path_factory.mktemp("uninterrupted") / "full")
-  tl.copy_pivot(pivot_dir, workdir)
-  proc = tl.run_train(workdir, f"--config.total_steps={STEPS}", "--config.checkpoint_every=100")
-  assert proc.returncode == 0, proc.stderr[-4000:]
+def uninterrupted():
+  """The test run's shared uninterrupted GRPO run (train_testlib.reference_run): its outputs
+  are checked, a copy is resumed for more steps, and it is the reference of the SIGTERM run."""
+  workdir = tl.reference_run()
   return workdir, tl.strip_times(metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl")))
 
 
@@ -91,6 +92,8 @@ def test_sigterm_then_resume_equals_uninterrupted(uninterrupted, pivot_dir, tmp_
   steps = STEPS
   cut = str(tmp_path / "cut")
   tl.copy_pivot(pivot_dir, cut)
+  # No periodic checkpoint (the reference saved every 2 steps): the one the run resumes from
+  # is the one SIGTERM wrote, and the cadence must not change a single metric.
   p = subprocess.Popen(tl.train_cmd(cut, f"--config.total_steps={steps}",
                                     "--config.checkpoint_every=100"),
                        env=tl.cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

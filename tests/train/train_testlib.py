@@ -24,26 +24,58 @@ def tiny_config(arg: str = "grpo", **overrides):
   return c
 
 
+def built_once(name: str, build) -> str | None:
+  """`PBRL_TEST_SHARED_DIR/name`, built by `build(directory)` once per test run.
+
+  A lock serialises the pytest-xdist workers; the first builds into a temp dir renamed when
+  complete, so a failed build leaves nothing that looks finished and the next caller retries.
+  None when no shared directory is set (tests/conftest.py sets one).
+  """
+  shared = os.environ.get("PBRL_TEST_SHARED_DIR")
+  if not shared:
+    return None
+  built = os.path.join(shared, name)
+  with open(os.path.join(shared, name + ".lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.isdir(built):
+      tmp = tempfile.mkdtemp(prefix=name + ".tmp", dir=shared)
+      build(tmp)
+      os.rename(tmp, built)
+  return built
+
+
 def build_tiny_pivot(workdir: str) -> None:
   """Oracle pivot references for configs/tiny.py in `workdir` (in process).
 
-  Built once per test run in PBRL_TEST_SHARED_DIR (tests/conftest.py; a lock serialises the
-  pytest-xdist workers, the first builds into a temp dir renamed when complete) and copied
-  from there: the build is deterministic, so every test gets the files it would have built.
+  Built once per test run (`built_once`) and copied from there: the build is deterministic,
+  so every test gets the files it would have built.
   """
   from pbrl_jax import pivot_step  # pylint: disable=g-import-not-at-top
-  shared = os.environ.get("PBRL_TEST_SHARED_DIR")
-  if not shared:
-    pivot_step.build(tiny_config(), workdir, oracle=True)
+  build = lambda d: pivot_step.build(tiny_config(), d, oracle=True)
+  built = built_once("tiny_pivot", build)
+  if built is None:
+    build(workdir)
     return
-  built = os.path.join(shared, "tiny_pivot")
-  with open(os.path.join(shared, "tiny_pivot.lock"), "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not os.path.isdir(built):
-      tmp = tempfile.mkdtemp(prefix="tiny_pivot.tmp", dir=shared)
-      pivot_step.build(tiny_config(), tmp, oracle=True)
-      os.rename(tmp, built)
   shutil.copytree(built, workdir, dirs_exist_ok=True)
+
+
+# The uninterrupted GRPO run that the end-to-end, resume and preemption tests compare with.
+REFERENCE_STEPS = 6
+REFERENCE_FLAGS = (f"--config.total_steps={REFERENCE_STEPS}", "--config.checkpoint_every=2")
+
+
+def reference_run() -> str:
+  """Workdir of one `pbrl-train` run of configs/tiny.py with REFERENCE_FLAGS, run once per
+  test run and shared: read it, or copy it before resuming or damaging it."""
+  def build(workdir):
+    build_tiny_pivot(workdir)
+    proc = run_train(workdir, *REFERENCE_FLAGS)
+    if proc.returncode:
+      raise RuntimeError(f"the reference run failed (exit {proc.returncode}):\n"
+                         + proc.stderr[-4000:])
+  built = built_once("reference_run", build)
+  assert built, "tests/conftest.py sets PBRL_TEST_SHARED_DIR"
+  return built
 
 
 def copy_pivot(src_workdir: str, dst_workdir: str) -> None:
