@@ -16,11 +16,18 @@ replicated, as there):
 * reference params (full fine-tuning with `reference=True`, for the KL term), `param_dtype`;
 * value head (PPO) params, grads and moments: D + 1 floats each;
 * grads of the trainable params (their dtype), plus one fp32 accumulator when the update is
-  split into micro-batches;
+  split into micro-batches, plus the all-reduce's buffer when params are replicated over
+  'data';
 * AdamW state: two moments of every trainable param in `optimizer_dtype` (default fp32);
 * rollout KV cache: 2 (k and v) x L x B*G x S x K x H x `kv_dtype`, S = prompt + completion;
-* activations of the update step over one micro-batch of b sequences of T tokens (below);
-* logits [b, T, V] in fp32: XLA keeps one buffer (the log-softmax gradient reuses it);
+* activations of the update step over one micro-batch of b sequences (below): P + M tokens
+  each, or with shared prompts (`prompt_group` G > 1, the trainer's default) the prompt once
+  per group, plus the prompt's keys and values of every layer repeated for each row;
+* logits [b, M, V] in fp32 over the M completion positions, or [b, M, K] with the model's
+  `vocab_block` K: XLA keeps one buffer (the log-softmax gradient reuses it);
+* scoring (forwards only, the whole batch): one layer's gathered weights and working set
+  beside the repeated prompt keys and values, or the gathered unembedding and the
+  logits (three copies when the policy's pass also takes entropies), whichever is larger;
 * rollout decode working set: one layer's k/v read out of the cache (the cache itself is
   updated in place in the layer scan's carry) and, without FSDP, one layer's weights
   sliced out of the stacked params;
@@ -42,6 +49,9 @@ layer input (D c) is saved per layer, and the running layer holds its full resid
 On TPU, bf16 compute keeps bf16 residuals (c = 2); on CPU, XLA upcasts bf16 and keeps extra
 copies, so bf16 is not checked on CPU.
 
+`pbrl_jax.plan_xla` compiles the trainer's own scoring and update programs and checks these
+formulas against XLA (`pbrl-plan --check-xla`).
+
 Not counted: XLA's own scratch and fragmentation (covered by `margin`), the host-side data
 pipeline, the reward encoder (USE-sized encoders are a few hundred MB; add them to the margin), and
 the sampler's per-step logits beyond one [B*G, V] fp32 row.
@@ -52,20 +62,22 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
 from pbrl_jax.models import decoder
-from pbrl_jax.models import lora as lora_lib
 from pbrl_jax.models import sharding as sharding_lib
 from pbrl_jax.models.config import DecoderConfig
 
 GiB = 1024 ** 3
 LOGITS_COPIES = 1
+# Scoring's policy pass takes entropies too: logits, log-softmax and probabilities are alive
+# together (XLA's buffers for the small PPO run of docs/scaling.md: 224 MiB, as planned).
+SCORING_ENTROPY_COPIES = 3
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -100,10 +112,15 @@ DEVICES: dict[str, DeviceSpec] = {
     "v4-8": DeviceSpec("v4-8", 32 * GiB, 4),
     "v4-32": DeviceSpec("v4-32", 32 * GiB, 16),
     "v5p-8": DeviceSpec("v5p-8", 95 * GiB, 4),
+    "v5p-64": DeviceSpec("v5p-64", 95 * GiB, 32),
+    "v5p-512": DeviceSpec("v5p-512", 95 * GiB, 256),
+    "v5e-256": DeviceSpec("v5e-256", 16 * GiB, 256),
+    "v6e-256": DeviceSpec("v6e-256", 32 * GiB, 256),
     "h100": DeviceSpec("h100", 80 * 10 ** 9, 1),
     "h200": DeviceSpec("h200", 141 * 10 ** 9, 1),
 }
 DEVICE_ALIASES = {"v5litepod-1": "v5e-1", "v5litepod-4": "v5e-4", "v5litepod-8": "v5e-8",
+                  "v5litepod-256": "v5e-256",
                   "h100-80gb": "h100", "h200-141gb": "h200"}
 
 
@@ -138,6 +155,9 @@ class PlanInputs:
     remat: rematerialise each layer in the backward pass.
     reference: keep a frozen reference policy for the KL term.
     value_head: PPO critic head on the policy.
+    prompt_group: rows per shared prompt in scoring and the update (`rl.share_prompt`: G,
+      else 1); the prompt then runs once per group.
+    on_policy: scoring skips the policy forward (`stages.is_on_policy`).
     mesh: (data, fsdp, tensor); their product must equal the device count.
   """
 
@@ -155,12 +175,17 @@ class PlanInputs:
   remat: bool = False
   reference: bool = True
   value_head: bool = False
+  prompt_group: int = 1
+  on_policy: bool = False
   mesh: tuple[int, int, int] = (1, 1, 1)
 
   def __post_init__(self):
     for name in ("group_size", "prompts_per_step", "max_prompt_len", "max_completion_len"):
       if int(getattr(self, name)) <= 0:
         raise PlanError(f"{name}: must be positive, got {getattr(self, name)}")
+    if self.prompt_group not in (1, self.group_size):
+      raise PlanError(f"prompt_group: 1 or group_size ({self.group_size}), got"
+                      f" {self.prompt_group}")
     if self.micro_batch < 0 or self.lora_rank < 0:
       raise PlanError("micro_batch and lora_rank: must be >= 0")
     for name in ("param_dtype", "compute_dtype", "optimizer_dtype", "kv_dtype"):
@@ -188,6 +213,15 @@ class PlanInputs:
   @property
   def seq_len(self) -> int:
     return self.max_prompt_len + self.max_completion_len
+
+  def tokens(self, rows: int) -> int:
+    """Tokens a forward over `rows` sequences runs: the prompt once per group of
+    `prompt_group` rows (`steps.completion_outputs`)."""
+    g = self.prompt_group
+    if g == 1:
+      return rows * self.seq_len
+    # A device holding part of a group still runs that group's whole prompt.
+    return -(-rows // g) * self.max_prompt_len + rows * self.max_completion_len
 
   def model_config(self) -> DecoderConfig:
     return self.model.replace(param_dtype=self.param_dtype, dtype=self.compute_dtype,
@@ -308,10 +342,11 @@ class MemoryPlan:
   rollout_peak: int
   update_peak: int
   margin: float
+  score_peak: int = 0
 
   @property
   def peak(self) -> int:
-    return max(self.rollout_peak, self.update_peak)
+    return max(self.rollout_peak, self.score_peak, self.update_peak)
 
   @property
   def budget(self) -> int:
@@ -340,6 +375,7 @@ class MemoryPlan:
       lines.append(f"{name:<22}{b / GiB:>12.3f}")
     lines += [
         f"{'rollout peak':<22}{self.rollout_peak / GiB:>12.3f}",
+        f"{'scoring peak':<22}{self.score_peak / GiB:>12.3f}",
         f"{'update peak':<22}{self.update_peak / GiB:>12.3f}",
         f"{'budget':<22}{self.budget / GiB:>12.3f}  ({self.margin:.0%} margin)",
         f"fits: {'yes' if self.fits else 'NO'}",
@@ -351,7 +387,8 @@ class MemoryPlan:
         "device": self.device.name, "hbm_bytes": self.device.hbm_bytes,
         "num_devices": self.device.num_devices, "mesh": list(self.inputs.mesh),
         "total_params": self.total_params, "components": dict(self.components),
-        "rollout_peak": self.rollout_peak, "update_peak": self.update_peak,
+        "rollout_peak": self.rollout_peak, "score_peak": self.score_peak,
+        "update_peak": self.update_peak,
         "budget": self.budget, "fits": self.fits,
     }
 
@@ -388,7 +425,9 @@ def plan(inputs: PlanInputs, device: DeviceSpec, margin: float = 0.1) -> MemoryP
   comp["value head"] = vh * 4 * 4  # params, grads, two moments
   comp["optimizer state"] = 2 * trainable * ob
   accumulate = inputs.update_batch < inputs.sequences
-  comp["grads"] = trainable * trainable_bytes + (trainable * 4 if accumulate else 0)
+  # Plus, with data parallelism (params replicated over 'data'), the all-reduce's buffer.
+  comp["grads"] = trainable * trainable_bytes * (2 if data > 1 else 1) + (
+      trainable * 4 if accumulate else 0)
   kv_heads = c.num_kv_heads // tensor if c.num_kv_heads % tensor == 0 else c.num_kv_heads
   seqs = inputs.sequences // batch_ways
   comp["kv cache"] = (2 * c.num_layers * seqs * inputs.seq_len * kv_heads * c.head_dim
@@ -399,253 +438,47 @@ def plan(inputs: PlanInputs, device: DeviceSpec, margin: float = 0.1) -> MemoryP
   unembed_elems = c.vocab_size * c.hidden_size
   layer_elems = (total - unembed_elems * (1 if c.tie_word_embeddings else 2)
                  - c.hidden_size) // c.num_layers
-  comp["gathered weights"] = ((layer_elems + unembed_elems) * pb // tensor) if fsdp > 1 else 0
+  gathered_layer = layer_elems * pb // tensor if fsdp > 1 else 0
+  gathered_unembed = unembed_elems * pb // tensor if fsdp > 1 else 0
+  comp["gathered weights"] = gathered_layer + gathered_unembed
   # A decode step reads one layer's k/v out of the cache (the cache itself is updated in
   # place in the scan carry) and, without FSDP, copies that layer's weights out of the
   # stacked params.
   comp["kv cache work"] = comp["kv cache"] // c.num_layers + (
       layer_elems * pb // tensor if fsdp == 1 else 0)
   comp["sampling logits"] = seqs * vocab * 4
+  # Log-probs read the hidden states of the M completion positions only, over the vocabulary
+  # in blocks of `vocab_block` columns when set (`decoder.token_logp_entropy`).
+  block = c.vocab_block if 0 < c.vocab_block < c.vocab_size else c.vocab_size
+  block = block // tensor if block % tensor == 0 else block
   b = inputs.update_batch // batch_ways
-  tokens = b * inputs.seq_len
   saved, work = activation_bytes_per_token_layer(c, inputs.seq_len, inputs.compute_dtype,
                                                  inputs.remat, tensor)
-  comp["activations"] = int(tokens * (saved * c.num_layers + work))
-  comp["logits"] = LOGITS_COPIES * tokens * vocab * 4
+  # Shared prompts: the prompt's keys and values of every layer, repeated for each of the
+  # group's rows before the completions' pass (`steps._grouped_hidden`), are alive through
+  # that pass and, in the update, kept for its backward.
+  cb = _nbytes(inputs.compute_dtype)
+  prompt_kv = lambda rows: (rows * inputs.max_prompt_len * 2 * kv_heads * c.head_dim
+                            * c.num_layers * cb if inputs.prompt_group > 1 else 0)
+  comp["activations"] = int(inputs.tokens(b) * (saved * c.num_layers + work) + prompt_kv(b))
+  comp["logits"] = LOGITS_COPIES * b * inputs.max_completion_len * block * 4
+  # Scoring runs forwards only, over the whole batch: one layer at a time (its gathered
+  # weights and working set, beside the repeated prompt keys and values), then the log-prob
+  # pass (the gathered unembedding and the logits), whichever is larger. The policy's pass
+  # (skipped on-policy) also takes entropies: the log-softmax and the probabilities are
+  # alive beside the logits.
+  copies = LOGITS_COPIES if inputs.on_policy else SCORING_ENTROPY_COPIES
+  _, forward_work = activation_bytes_per_token_layer(c, inputs.seq_len, inputs.compute_dtype,
+                                                     False, tensor)  # no backward to remat
+  comp["scoring work"] = int(max(
+      gathered_layer + inputs.tokens(seqs) * forward_work + prompt_kv(seqs),
+      gathered_unembed + copies * seqs * inputs.max_completion_len * block * 4))
   resident = (comp["params"] + comp.get("lora params", 0) + comp["reference params"]
               + comp["value head"] + comp["optimizer state"])
   rollout = (resident + comp["gathered weights"] + comp["kv cache"] + comp["kv cache work"]
              + comp["sampling logits"])
   update = (resident + comp["gathered weights"] + comp["grads"] + comp["activations"]
             + comp["logits"])
-  return MemoryPlan(inputs, device, comp, total, int(rollout), int(update), margin)
-
-
-# ---------------------------------------------------------------------------------------------
-# Abstract steps, compiled ahead of time (no allocation) to check the planner against XLA.
-# ---------------------------------------------------------------------------------------------
-
-
-def _mesh_for(devices: Sequence[jax.Device], mesh_shape: Sequence[int]) -> Mesh:
-  return sharding_lib.make_mesh(*mesh_shape, devices=list(devices)[:math.prod(mesh_shape)])
-
-
-def _abstract(tree: Any, shardings: Any) -> Any:
-  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                      tree, shardings)
-
-
-def abstract_update_step(inputs: PlanInputs, mesh: Mesh
-                         ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-  """A minimal GRPO update and its abstract, sharded arguments.
-
-  The loss is the clipped-ratio policy-gradient term over completion tokens with a k3 KL
-  to given reference log-probs (the reference policy is scored in the scoring step, so its
-  params are not an argument here). The state (trainable params, AdamW moments) is donated.
-  Full fine-tuning trains the decoder; with `lora_rank` the state holds the adapters of every
-  projection and the frozen base is a separate, non-donated argument, run unmerged exactly as
-  the trainer does (`decoder.forward(base, ..., lora=adapters)`). `remat` comes from the
-  inputs' model config.
-
-  Returns:
-    (jitted function, abstract args) ready for `.lower(*args).compile()`.
-  """
-  import optax  # Only the checks need it.
-
-  c = inputs.model_config()
-  base_shapes = decoder.param_shapes(c)
-  base_shard = sharding_lib.param_shardings(decoder.param_logical_axes(c), base_shapes, mesh)
-  rank = inputs.lora_rank
-  if rank:
-    shapes = lora_lib.lora_shapes(c, lora_lib.ALL_TARGETS, rank)
-    p_shard = sharding_lib.param_shardings(
-        lora_lib.lora_logical_axes(c, lora_lib.ALL_TARGETS, rank), shapes, mesh)
-  else:
-    shapes, p_shard = base_shapes, base_shard
-  tx = optax.adamw(1e-6)
-  opt_shapes = jax.eval_shape(tx.init, shapes)
-  odt = jnp.dtype(inputs.optimizer_dtype)
-  # Moments in optimizer_dtype whatever the param dtype (optax would give nu the param's).
-  opt_shapes = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, odt) if s.ndim else s, opt_shapes)
-  rep = sharding_lib.replicated(mesh)
-  o_shard = _opt_tree_shardings(opt_shapes, shapes, p_shard, rep)
-  b, t = inputs.update_batch, inputs.seq_len
-  bs2 = sharding_lib.batch_sharding(mesh, 2)
-  bs1 = sharding_lib.batch_sharding(mesh, 1)
-  batch = {
-      "tokens": jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=bs2),
-      "valid": jax.ShapeDtypeStruct((b, t), jnp.int32, sharding=bs2),
-      "completion_mask": jax.ShapeDtypeStruct((b, t), jnp.float32, sharding=bs2),
-      "old_logprobs": jax.ShapeDtypeStruct((b, t), jnp.float32, sharding=bs2),
-      "ref_logprobs": jax.ShapeDtypeStruct((b, t), jnp.float32, sharding=bs2),
-      "advantages": jax.ShapeDtypeStruct((b,), jnp.float32, sharding=bs1),
-  }
-  state = {"params": _abstract(shapes, p_shard), "opt": _abstract(opt_shapes, o_shard)}
-  state_shard = {"params": p_shard, "opt": o_shard}
-  base = _abstract(base_shapes, base_shard) if rank else None
-
-  def loss_fn(params, base, batch):
-    valid = batch["valid"]
-    if rank:
-      model, adapters = jax.lax.stop_gradient(base), params
-    else:
-      model, adapters = params, None
-    hidden, _ = decoder.forward(model, c, batch["tokens"], decoder.positions_from_mask(valid),
-                                decoder.causal_mask(valid), lora=adapters, lora_scale=2.0)
-    logits = decoder.unembed(model, c, hidden[:, :-1])
-    logp = decoder.token_logprobs(logits, batch["tokens"][:, 1:])  # [B,T-1]
-    mask = batch["completion_mask"][:, 1:]
-    ratio = jnp.exp(logp - batch["old_logprobs"][:, 1:])
-    adv = batch["advantages"][:, None]
-    pg = -jnp.minimum(ratio * adv, jnp.clip(ratio, 0.8, 1.2) * adv)
-    d = batch["ref_logprobs"][:, 1:] - logp
-    kl = jnp.exp(d) - d - 1.0
-    return jnp.sum((pg + 0.04 * kl) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-  def update(state, batch, base):
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"], base, batch)
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    opt = jax.tree.map(lambda new, old: new.astype(old.dtype), opt, state["opt"])
-    params = optax.apply_updates(state["params"], updates)
-    return {"params": params, "opt": opt}, loss
-
-  fn = jax.jit(update, in_shardings=(state_shard, jax.tree.map(lambda s: s.sharding, batch),
-                                     base_shard if rank else None),
-               out_shardings=(state_shard, rep), donate_argnums=(0,))
-  return fn, (state, batch, base)
-
-
-def _opt_tree_shardings(opt_shapes: Any, param_shapes: Any, p_shard: Any, rep: Any) -> Any:
-  """Shardings of an optax state: every params-shaped subtree is sharded like the params."""
-  p_struct = jax.tree.structure(param_shapes)
-
-  def is_params_tree(x):
-    return jax.tree.structure(x) == p_struct
-
-  return jax.tree.map(lambda x: p_shard if is_params_tree(x) else rep, opt_shapes,
-                      is_leaf=is_params_tree)
-
-
-def abstract_decode_step(inputs: PlanInputs, mesh: Mesh
-                         ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-  """One sampling step over the full rollout batch: a token in, fp32 logits out.
-
-  The KV cache [L, B*G, S, K, H] is donated and updated in place. With `lora_rank` the
-  adapters ride along unmerged, as in the trainer's sampler.
-
-  Returns:
-    (jitted function, abstract args).
-  """
-  c = inputs.model_config()
-  shapes = decoder.param_shapes(c)
-  p_shard = sharding_lib.param_shardings(decoder.param_logical_axes(c), shapes, mesh)
-  rank = inputs.lora_rank
-  lora_shapes = lora_sh = None
-  if rank:
-    lora_shapes = lora_lib.lora_shapes(c, lora_lib.ALL_TARGETS, rank)
-    lora_sh = sharding_lib.param_shardings(
-        lora_lib.lora_logical_axes(c, lora_lib.ALL_TARGETS, rank), lora_shapes, mesh)
-  b, s = inputs.sequences, inputs.seq_len
-  cache_shape = (c.num_layers, b, s, c.num_kv_heads, c.head_dim)
-  spec = sharding_lib.logical_to_mesh_spec(
-      P("layers", "activation_batch", "activation_length", "kv_heads", "head_dim"),
-      cache_shape, mesh)
-  cache_sh = NamedSharding(mesh, spec)
-  kv = jnp.dtype(inputs.kv_dtype)
-  cache = {n: jax.ShapeDtypeStruct(cache_shape, kv, sharding=cache_sh) for n in ("k", "v")}
-  bs2 = sharding_lib.batch_sharding(mesh, 2)
-  rep = sharding_lib.replicated(mesh)
-  tokens = jax.ShapeDtypeStruct((b, 1), jnp.int32, sharding=bs2)
-  positions = jax.ShapeDtypeStruct((b, 1), jnp.int32, sharding=bs2)
-  valid = jax.ShapeDtypeStruct((b, s), jnp.bool_, sharding=bs2)
-  index = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
-
-  def step(params, cache, tokens, positions, valid, index, adapters):
-    mask = valid[:, None, :]  # [B,1,S]
-    hidden, cache = decoder.forward(params, c, tokens, positions, mask, cache, index,
-                                    lora=adapters, lora_scale=2.0)
-    return decoder.unembed(params, c, hidden)[:, 0], cache
-
-  fn = jax.jit(step, in_shardings=(p_shard, {"k": cache_sh, "v": cache_sh}, bs2, bs2, bs2, rep,
-                                   lora_sh),
-               out_shardings=(sharding_lib.batch_sharding(mesh, 2),
-                              {"k": cache_sh, "v": cache_sh}),
-               donate_argnums=(1,))
-  adapters = _abstract(lora_shapes, lora_sh) if rank else None
-  return fn, (_abstract(shapes, p_shard), cache, tokens, positions, valid, index, adapters)
-
-
-@dataclasses.dataclass(frozen=True)
-class XlaMemory:
-  """Per-device bytes from `compiled.memory_analysis()`.
-
-  `peak` = arguments + outputs - aliased (donated buffers reused for outputs) + temporaries:
-  what is alive at once at the step's high-water mark, if every argument stays resident.
-  """
-
-  argument: int
-  output: int
-  alias: int
-  temp: int
-
-  @property
-  def peak(self) -> int:
-    return self.argument + self.output - self.alias + self.temp
-
-
-def xla_memory(fn: Callable[..., Any], args: Sequence[Any], mesh: Mesh) -> XlaMemory:
-  """AOT-compiles `fn` for abstract `args` (nothing is allocated) and reads XLA's numbers.
-
-  Traced under the mesh and the logical axis rules: the decoder's activation constraints
-  bind only there, and without them XLA may shard activations over D and gather the batch.
-  """
-  with jax.set_mesh(mesh), sharding_lib.axis_rules():
-    lowered = fn.lower(*args)
-  m = lowered.compile().memory_analysis()
-  return XlaMemory(int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
-                   int(m.alias_size_in_bytes), int(m.temp_size_in_bytes))
-
-
-def planned_update_bytes(p: MemoryPlan) -> int:
-  """The planner's update-step peak without components that the abstract step lacks."""
-  c = p.components
-  return (c["params"] + c.get("lora params", 0) + c["optimizer state"]
-          + c["gathered weights"] + c["grads"] + c["activations"] + c["logits"])
-
-
-def planned_decode_bytes(p: MemoryPlan) -> int:
-  c = p.components
-  return (c["params"] + c.get("lora params", 0) + c["gathered weights"] + c["kv cache"]
-          + c["kv cache work"] + c["sampling logits"])
-
-
-def compare_with_xla(inputs: PlanInputs, devices: Sequence[jax.Device] | None = None,
-                     update: bool = True, decode: bool = True) -> dict[str, Any]:
-  """Planner and XLA per-device bytes of the update and decode steps, side by side.
-
-  Compiles the abstract steps on `devices` (default: all local devices; fake CPU devices
-  work) with `inputs.mesh`; nothing is allocated.
-
-  Returns:
-    {'update': {'planner', 'xla_peak', 'xla_argument', 'xla_output', 'xla_alias',
-    'xla_temp', 'ratio'}, 'decode': {...}} for the steps requested.
-  """
-  if update and inputs.update_batch < inputs.sequences:
-    raise PlanError("micro_batch: the abstract update step has no gradient accumulation;"
-                    " compare with micro_batch=0")
-  devices = list(devices if devices is not None else jax.devices())
-  mesh = _mesh_for(devices, inputs.mesh)
-  p = plan(inputs, DeviceSpec("compile", 1 << 50, math.prod(inputs.mesh)))
-  out: dict[str, Any] = {"total_params": p.total_params}
-  steps = []
-  if update:
-    steps.append(("update", abstract_update_step, planned_update_bytes(p)))
-  if decode:
-    steps.append(("decode", abstract_decode_step, planned_decode_bytes(p)))
-  for name, make, planned in steps:
-    x = xla_memory(*make(inputs, mesh), mesh)
-    out[name] = {"planner": planned, "xla_peak": x.peak, "xla_argument": x.argument,
-                 "xla_output": x.output, "xla_alias": x.alias, "xla_temp": x.temp,
-                 "ratio": planned / x.peak}
-  return out
+  score = resident + comp["scoring work"]
+  return MemoryPlan(inputs, device, comp, total, int(rollout), int(update), margin,
+                    int(score))

@@ -203,23 +203,28 @@ def _segment_embedder(encoder: Any) -> Callable[[Any, Any], Array]:
   return embed
 
 
-def build_step_fns(spec: TrainerSpec, mesh: Any, model_cfg: decoder.DecoderConfig,
-                   tokenizer: Any, reward_models: Any, ref_params: Any, state_fns: Any,
-                   optimizer: Any, lora: lora_lib.LoraSpec | None, base_key: Array) -> StepFns:
-  """Jits the scoring, advantage and update programs of `spec` on `mesh`."""
-  on_policy = is_on_policy(spec)
-  # The reward encoder runs in the same jit as the policy scoring, on the same mesh; its
-  # parameters are replicated (USE-m3 is 30 MB). Host-side engines embed on the host.
-  encoder = None if reward_models is None else reward_models.encoder
-  encoder_params = embed_fn = None
-  if encoder is not None and encoder.params is not None and not spec.rl.is_sft:
-    encoder_params = distributed.global_from_host(encoder.params, shd.replicated(mesh))
-    embed_fn = _segment_embedder(encoder)
+def make_state_fns(spec: TrainerSpec, model_cfg: decoder.DecoderConfig, mesh: Any
+                   ) -> tuple[Any, lora_lib.LoraSpec | None, Any]:
+  """(optimizer, LoRA spec or None, `steps.StateFns`): the train state's structure,
+  shardings and initialisers. With LoRA the state holds the adapters only."""
+  optimizer = spec.optim.make(spec.run.total_steps * spec.rl.num_epochs
+                              * spec.rl.num_minibatches)
+  lora = (lora_lib.LoraSpec(spec.model.lora_rank, spec.model.lora_alpha,
+                            spec.model.lora_targets) if spec.model.lora_rank else None)
+  state_fns = steps_lib.make_state_fns(model_cfg, optimizer, mesh, spec.rl.is_ppo, lora=lora)
+  return optimizer, lora, state_fns
 
+
+def make_device_steps(spec: TrainerSpec, mesh: Any, model_cfg: decoder.DecoderConfig,
+                      state_fns: Any, optimizer: Any, lora: lora_lib.LoraSpec | None,
+                      embed_fn: Callable[[Any, Any], Array] | None = None
+                      ) -> tuple[Callable[..., Any], Callable[..., Any]]:
+  """The jitted scoring and update programs of `spec`: what a run executes, and what
+  `pbrl-plan --check-xla` compiles from abstract parameters (`plan_xla.trainer_steps`)."""
   score_fn = steps_lib.make_score_fn(model_cfg, mesh,
                                      params_shardings=state_fns.shardings.params,
                                      temperature=spec.rollout.temperature,
-                                     embed_fn=embed_fn, policy_outputs=not on_policy,
+                                     embed_fn=embed_fn, policy_outputs=not is_on_policy(spec),
                                      lora=lora, ref_shardings=state_fns.policy_shardings,
                                      prompt_group=spec.prompt_group,
                                      reference_outputs=spec.rl.uses_reference)
@@ -233,6 +238,24 @@ def build_step_fns(spec: TrainerSpec, mesh: Any, model_cfg: decoder.DecoderConfi
   update_fn = steps_lib.make_update_fn(model_cfg, hp, optimizer, mesh, state_fns.shardings,
                                        nonfinite_hook=hook, lora=lora,
                                        base_shardings=state_fns.policy_shardings)
+  return score_fn, update_fn
+
+
+def build_step_fns(spec: TrainerSpec, mesh: Any, model_cfg: decoder.DecoderConfig,
+                   tokenizer: Any, reward_models: Any, ref_params: Any, state_fns: Any,
+                   optimizer: Any, lora: lora_lib.LoraSpec | None, base_key: Array) -> StepFns:
+  """Jits the scoring, advantage and update programs of `spec` on `mesh`."""
+  on_policy = is_on_policy(spec)
+  # The reward encoder runs in the same jit as the policy scoring, on the same mesh; its
+  # parameters are replicated (USE-m3 is 30 MB). Host-side engines embed on the host.
+  encoder = None if reward_models is None else reward_models.encoder
+  encoder_params = embed_fn = None
+  if encoder is not None and encoder.params is not None and not spec.rl.is_sft:
+    encoder_params = distributed.global_from_host(encoder.params, shd.replicated(mesh))
+    embed_fn = _segment_embedder(encoder)
+
+  score_fn, update_fn = make_device_steps(spec, mesh, model_cfg, state_fns, optimizer, lora,
+                                          embed_fn)
   g = spec.pipeline.group_size
   advantage_fn = jax.jit(lambda *a: adv_lib.batch_advantages(spec.rl, g, *a))
   stop_ids = tuple(tuple(tokenizer.encode(s, add_special_tokens=False))

@@ -39,7 +39,6 @@ from pbrl_jax import metrics as metrics_lib
 from pbrl_jax import stages
 from pbrl_jax.models import bundle as bundle_lib
 from pbrl_jax.models import decoder
-from pbrl_jax.models import lora as lora_lib
 from pbrl_jax.models import sharding as shd
 from pbrl_jax.rl import steps as steps_lib
 from pbrl_jax.train_spec import TrainerSpec
@@ -151,12 +150,8 @@ def build(spec: TrainerSpec, mesh: Any, workdir: str) -> Run:
                model_cfg.num_layers, decoder.count_params(ref_params) / 1e6)
   data_iter, eval_examples = _load_data(spec, workdir, tokenizer)
 
-  updates_per_step = spec.rl.num_epochs * spec.rl.num_minibatches
-  optimizer = spec.optim.make(run.total_steps * updates_per_step)
   # LoRA: the state holds adapters only; `ref_params` is then also the frozen base.
-  lora = (lora_lib.LoraSpec(spec.model.lora_rank, spec.model.lora_alpha,
-                            spec.model.lora_targets) if spec.model.lora_rank else None)
-  state_fns = steps_lib.make_state_fns(model_cfg, optimizer, mesh, spec.rl.is_ppo, lora=lora)
+  optimizer, lora, state_fns = stages.make_state_fns(spec, model_cfg, mesh)
   # A no-op unless the loader's shardings differ from the state's (they are built alike).
   ref_params = jax.device_put(ref_params, state_fns.policy_shardings)
   base_key = jax.random.PRNGKey(run.seed)

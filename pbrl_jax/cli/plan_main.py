@@ -5,16 +5,25 @@
       --device v5e-8
   pbrl-plan --model configs/model_configs/qwen3_4b.json --device v6e-1 --group_size 8 \
       --prompts_per_step 4 --max_prompt_len 256 --max_completion_len 512 --lora_rank 16
+  pbrl-plan --config configs/qwen3_32b_grpo.py --model configs/model_configs/qwen3_32b.json \
+      --device v5p-512 --check-xla   # the trainer's programs compiled for 256 chips (minutes)
   pbrl-plan --docs_table   # the table in docs/scaling.md
 
 With --config, the run is read from the training config (sections model, rl, data, mesh,
 train); any flag given explicitly on the command line overrides the config's value. With
 --config and --model, --model's config.json is the architecture (for configs whose
 `model.path` lives on the TPU hosts).
+
+--check-xla (with --config) also compiles the trainer's own scoring and update programs and
+the rollout's decode step for the slice's device count, on fake CPU devices and from
+abstract parameters (nothing is allocated; `pbrl_jax.plan_xla`), in float32 (CPU XLA does
+not describe bfloat16 on a TPU), prints the planner's bytes beside XLA's for each, and exits
+with status 1 when one is more than 15% off (--xla_tolerance).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -25,12 +34,16 @@ from absl import flags
 from ml_collections import config_flags
 
 from pbrl_jax import plan as plan_lib
+from pbrl_jax import stages
+from pbrl_jax.models import bundle
 from pbrl_jax.models.config import ConfigError, DecoderConfig
 
 
 def define_flags() -> None:
   """Defines this command's flags when it runs, so that importing the module defines none."""
-  global _CONFIG, _MODEL, _DEVICE, _MESH, _G, _B, _PROMPT, _COMPLETION, _MICRO, _LORA, _PDTYPE, _CDTYPE, _ODTYPE, _KVDTYPE, _REMAT, _REFERENCE, _VALUE, _MARGIN, _CPU_GB, _JSON, _DOCS_TABLE
+  global _CONFIG, _MODEL, _DEVICE, _MESH, _G, _B, _PROMPT, _COMPLETION, _MICRO, _LORA
+  global _PDTYPE, _CDTYPE, _ODTYPE, _KVDTYPE, _REMAT, _REFERENCE, _VALUE, _MARGIN, _CPU_GB
+  global _JSON, _DOCS_TABLE, _CHECK_XLA, _XLA_TOL
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                             lock_config=False)
   _MODEL = flags.DEFINE_string("model", None, "HF config.json, or a directory holding one.")
@@ -56,6 +69,13 @@ def define_flags() -> None:
   _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
   _DOCS_TABLE = flags.DEFINE_bool("docs_table", False,
                                   "Print the markdown table of docs/scaling.md and exit.")
+  _CHECK_XLA = flags.DEFINE_bool(
+      "check_xla", False, "Compile the trainer's programs for the slice on fake CPU devices"
+      " and compare XLA's bytes with the planner's (needs --config; exit 1 beyond"
+      " --xla_tolerance).")
+  flags.DEFINE_alias("check-xla", "check_xla")
+  _XLA_TOL = flags.DEFINE_float("xla_tolerance", 0.15,
+                                "--check-xla: largest accepted |planner / XLA - 1|.")
 
 # Training-config paths read by `inputs_from_config` (section.field -> PlanInputs field).
 def flag_fields() -> dict[str, Any]:
@@ -95,13 +115,12 @@ def _get(cfg: Any, dotted: str) -> Any:
   return node
 
 
-def _reads_reference(cfg: Any) -> bool:
-  """Whether the trainer keeps a reference copy: the parsed `config.rl`'s `uses_reference`."""
-  from pbrl_jax import config_schema  # pylint: disable=g-import-not-at-top
-  from pbrl_jax.rl import spec as rl_spec  # pylint: disable=g-import-not-at-top
+def trainer_spec(cfg: Any) -> Any:
+  """The training config as the trainer validates it (`TrainerSpec.from_config`)."""
+  from pbrl_jax.train_spec import TrainerSpec  # pylint: disable=g-import-not-at-top
   try:
-    return rl_spec.RLSpec.from_config(_get(cfg, "rl")).uses_reference
-  except config_schema.ConfigError as e:
+    return TrainerSpec.from_config(cfg)
+  except ConfigError as e:
     raise plan_lib.PlanError(f"config: {e}") from None
 
 
@@ -142,17 +161,25 @@ def inputs_from_config(cfg: Any, base_dir: str = ".", model_file: str | None = N
         "prompts_per_step": prompts,
         "max_prompt_len": int(max(_get(cfg, "data.buckets"))),
         "max_completion_len": int(_get(cfg, "rollout.max_new_tokens")),
-        "micro_batch": prompts * group_size // int(_get(cfg, "rl.num_microbatches")),
+        # Rows one forward-backward of the update runs: a micro-batch of a minibatch.
+        "micro_batch": prompts * group_size // (int(_get(cfg, "rl.num_minibatches"))
+                                                * int(_get(cfg, "rl.num_microbatches"))),
         "param_dtype": str(_get(cfg, "model.param_dtype")),
         "compute_dtype": str(_get(cfg, "model.dtype")),
         "remat": bool(_get(cfg, "model.remat")),
         "value_head": _get(cfg, "rl.algorithm") == "ppo",
-        # The trainer keeps a reference copy only when a KL term reads it (`train.build`).
-        "reference": _reads_reference(cfg),
+        "lora_rank": int(_get(cfg, "model.lora_rank")),
     }
   except KeyError as e:
     raise plan_lib.PlanError(f"config: missing field {e.args[0]} (or run with --model)"
                              ) from None
+  spec = trainer_spec(cfg)
+  # The architecture the trainer builds: the model section's vocabulary block and overrides.
+  model = bundle.run_config(model, spec.model)
+  kwargs.update(
+      # The trainer keeps a reference copy only when a KL term reads it (`train.build`).
+      reference=spec.rl.uses_reference, prompt_group=spec.prompt_group,
+      on_policy=stages.is_on_policy(spec))
   mesh = None
   try:
     mesh = tuple(int(_get(cfg, f"mesh.{a}")) for a in ("data", "fsdp", "tensor"))
@@ -190,19 +217,25 @@ DOCS_SETTINGS = (
 
 def docs_table(root: str) -> str:
   """The markdown table of docs/scaling.md: peak GiB per device on v5e-1 and v6e-1."""
-  lines = ["| model | params | setting | rollout / update peak, GiB | v5e-1 (16 GiB) |"
-           " v6e-1 (32 GiB) |", "|---|---|---|---|---|---|"]
+  lines = ["| model | params | setting | rollout / scoring / update peak, GiB |"
+           " v5e-1 (16 GiB) | v6e-1 (32 GiB) |", "|---|---|---|---|---|---|"]
+  # The trainer's defaults (configs/common.py): shared prompts, the vocabulary in blocks.
+  sys.path.insert(0, root)
+  from configs import common  # pylint: disable=g-import-not-at-top
+  block = int(common.base_config("grpo").model.vocab_block)
   for fname, label in DOCS_MODELS:
     model = load_model_config(os.path.join(root, "configs", "model_configs", f"{fname}.json"))
     for setting, rank, remat, g, b, p, c, micro in DOCS_SETTINGS:
       inputs = plan_lib.PlanInputs(
-          model=model, group_size=g, prompts_per_step=b, max_prompt_len=p,
-          max_completion_len=c, micro_batch=micro, lora_rank=rank, remat=remat)
+          model=model.replace(vocab_block=block), group_size=g, prompts_per_step=b,
+          max_prompt_len=p, max_completion_len=c, micro_batch=micro, lora_rank=rank,
+          remat=remat, prompt_group=g)
       results = [plan_lib.plan(inputs, plan_lib.device_spec(d)) for d in ("v5e-1", "v6e-1")]
       r = results[0]
       verdicts = " | ".join("fits" if x.fits else "no" for x in results)
-      lines.append(f"| {label} | {r.total_params / 1e9:.2f}B | {setting} |"
-                   f" {r.rollout_peak / plan_lib.GiB:.1f} / {r.update_peak / plan_lib.GiB:.1f} |"
+      peaks = " / ".join(f"{x / plan_lib.GiB:.1f}"
+                         for x in (r.rollout_peak, r.score_peak, r.update_peak))
+      lines.append(f"| {label} | {r.total_params / 1e9:.2f}B | {setting} | {peaks} |"
                    f" {verdicts} |")
   return "\n".join(lines)
 
@@ -229,13 +262,23 @@ def _main() -> None:
       import psutil  # Host RAM only matters for --device cpu.
       cpu_bytes = psutil.virtual_memory().total
   device = plan_lib.device_spec(_DEVICE.value, cpu_bytes)
+  if _CHECK_XLA.value:
+    # Fake CPU devices for the slice; read when JAX first creates its CPU backend, so before
+    # anything below (reading the config validates it with JAX) can.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={device.num_devices}")
+    os.environ["JAX_PLATFORMS"] = "cpu"
   kwargs: dict[str, Any] = {}
-  mesh = None
+  mesh, overridden = None, []
   if _CONFIG.value is not None:
     model, kwargs, mesh = inputs_from_config(_CONFIG.value, model_file=_MODEL.value)
+    overridden = [f"--{flag.name}" for field, flag in flag_fields().items()
+                  if field in kwargs and flags.FLAGS[flag.name].present]
     for field, flag in flag_fields().items():
       if flags.FLAGS[flag.name].present or field not in kwargs:
         kwargs[field] = flag.value
+    if kwargs.get("prompt_group", 1) > 1:  # shared prompts: the group, whatever its size
+      kwargs["prompt_group"] = kwargs["group_size"]
   elif _MODEL.value is not None:
     model = load_model_config(_MODEL.value)
     kwargs = {field: flag.value for field, flag in flag_fields().items()}
@@ -246,9 +289,60 @@ def _main() -> None:
   if mesh is None or -1 in mesh:
     mesh = default_mesh(device.num_devices) if mesh is None else parse_mesh(
         ",".join(map(str, mesh)), device.num_devices)
-  result = plan_lib.plan(plan_lib.PlanInputs(model=model, mesh=mesh, **kwargs), device,
-                         margin=_MARGIN.value)
-  print(json.dumps(result.to_dict(), indent=2) if _JSON.value else result.table())
+  inputs = plan_lib.PlanInputs(model=model, mesh=mesh, **kwargs)
+  result = plan_lib.plan(inputs, device, margin=_MARGIN.value)
+  if not _CHECK_XLA.value:
+    print(json.dumps(result.to_dict(), indent=2) if _JSON.value else result.table())
+    return
+  if _CONFIG.value is None or overridden:
+    raise app.UsageError("--check-xla compiles the trainer's programs of a --config as"
+                         " written; give changes as --config.<field>=<value>"
+                         + (f", not {', '.join(overridden)}" if overridden else ""))
+  xla = check_xla(_CONFIG.value, inputs, device.num_devices)
+  bad = [s for s, r in xla.items() if isinstance(r, dict) and
+         abs(r["ratio"] - 1.0) > _XLA_TOL.value]
+  if _JSON.value:
+    print(json.dumps({**result.to_dict(), "xla": xla}, indent=2))
+  else:
+    print(result.table() + "\n\n" + xla_table(xla))
+    print("(the XLA check compiles the run in float32 on fake CPU devices: CPU XLA does not"
+          " describe bfloat16 on a TPU)")
+  if bad:
+    sys.exit(f"pbrl-plan: the planner is more than {_XLA_TOL.value:.0%} off XLA for"
+             f" {', '.join(bad)}")
+
+
+def check_xla(cfg: Any, inputs: plan_lib.PlanInputs, num_devices: int) -> dict[str, Any]:
+  """The trainer's programs compiled on `num_devices` fake CPU devices: planner vs XLA bytes
+  per device (`plan_xla.compare_with_xla`), both in float32.
+
+  XLA on CPU computes bfloat16 in float32 and keeps extra copies that a TPU does not, so a
+  bfloat16 compile here would not describe the TPU: the check compiles (and plans) the run
+  with float32 weights, compute and cache, which tests the same byte model.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from pbrl_jax import plan_xla  # pylint: disable=g-import-not-at-top
+  if jax.device_count() < num_devices:
+    raise plan_lib.PlanError(f"--check-xla: needs {num_devices} devices, JAX has"
+                             f" {jax.device_count()} (its backend started before the flag)")
+  fp32 = "float32"
+  inputs = dataclasses.replace(inputs, param_dtype=fp32, compute_dtype=fp32, kv_dtype=fp32)
+  spec = trainer_spec(cfg)
+  spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, dtype=fp32,
+                                                             param_dtype=fp32))
+  return plan_xla.compare_with_xla(spec, inputs.model_config(), inputs)
+
+
+def xla_table(xla: dict[str, Any]) -> str:
+  gib = plan_lib.GiB
+  lines = [f"{'XLA check':<10}{'planner GiB':>12}{'XLA GiB':>10}{'args':>8}{'temp':>8}"
+           f"{'ratio':>7}"]
+  for step, r in xla.items():
+    if isinstance(r, dict):
+      lines.append(f"{step:<10}{r['planner'] / gib:>12.3f}{r['xla_peak'] / gib:>10.3f}"
+                   f"{r['xla_argument'] / gib:>8.2f}{r['xla_temp'] / gib:>8.2f}"
+                   f"{r['ratio']:>7.2f}")
+  return "\n".join(lines)
 
 
 def run() -> None:

@@ -116,14 +116,18 @@ def load_policy(model: Any, seed: int, mesh: Mesh | None = None
   path = resolve_path(model.path)
   if model.random_init:
     cfg, tokenizer = config_and_tokenizer(path)
-    cfg = cfg.replace(dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat,
-                      vocab_block=model.vocab_block, **model.overrides)
+    cfg = run_config(cfg, model)
     out_sh = None if mesh is None else sharding.param_shardings(
         decoder.param_logical_axes(cfg), decoder.param_shapes(cfg), mesh)
     init = jax.jit(decoder.init_params, static_argnums=0, out_shardings=out_sh)
     return cfg, init(cfg, jax.random.PRNGKey(seed)), tokenizer
   bundle = from_pretrained(path, dtype=model.dtype, param_dtype=model.param_dtype, mesh=mesh)
-  cfg = bundle.config.replace(remat=model.remat, vocab_block=model.vocab_block)
-  if model.overrides:
-    cfg = cfg.replace(**model.overrides)
-  return cfg, bundle.params, bundle.tokenizer
+  return run_config(bundle.config, model), bundle.params, bundle.tokenizer
+
+
+def run_config(cfg: DecoderConfig, model: Any) -> DecoderConfig:
+  """The architecture a run trains: `cfg` (a checkpoint's) with the config's `model` section
+  applied (dtypes, remat, vocabulary block, then `overrides`). `pbrl-plan --check-xla`
+  compiles the trainer's steps for exactly this."""
+  return cfg.replace(dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat,
+                     vocab_block=model.vocab_block, **model.overrides)

@@ -9,10 +9,11 @@ import textwrap
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _plan(*args):
+def _plan(*args, timeout=120):
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env.pop("XLA_FLAGS", None)  # as a user runs it (--check_xla sets the device count)
   proc = subprocess.run([sys.executable, "-m", "pbrl_jax.cli.plan_main", *args],
-                        capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env,
                         check=False)
   return proc
 
@@ -46,6 +47,7 @@ def test_training_config_with_overrides(tmp_path):
       def get_config():
         c = tiny.get_config()
         c.model.path = "{ROOT}/configs/model_configs/qwen3_1p7b.json"
+        c.model.overrides = {{}}  # the checkpoint's own architecture (tiny shrinks it)
         c.model.dtype = "bfloat16"
         c.model.param_dtype = "bfloat16"
         c.data.group_size = 4
@@ -91,3 +93,46 @@ def test_config_missing_field_is_named(tmp_path):
 def test_unknown_device_is_an_error():
   proc = _plan("--model", "configs/model_configs/qwen3_0p6b.json", "--device", "v9-1")
   assert proc.returncode != 0 and "device: unknown kind 'v9-1'" in proc.stderr
+
+
+SMALL_RUN = textwrap.dedent(f"""
+    import sys
+    sys.path.insert(0, "{ROOT}")
+    from configs import tiny
+
+    def get_config():
+      c = tiny.get_config()
+      c.model.overrides = dict(hidden_size=512, intermediate_size=1536, num_layers=4,
+                               num_heads=8, num_kv_heads=4, head_dim=64, vocab_size=8192)
+      c.model.dtype = c.model.param_dtype = "float32"
+      c.data.group_size, c.data.global_batch_size, c.data.buckets = 4, 4, (128,)
+      c.rollout.max_new_tokens = 128
+      c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 4, 2
+      return c
+""")
+
+
+def test_check_xla_compiles_the_trainers_programs(tmp_path):
+  cfg = tmp_path / "run.py"
+  cfg.write_text(SMALL_RUN)
+  args = ("--config", str(cfg), "--device", "v5e-8", "--kv_dtype", "float32", "--check_xla")
+  proc = _plan(*args, "--json", timeout=600)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  out = json.loads(proc.stdout)
+  assert out["mesh"] == [1, 4, 2]
+  for step in ("score", "update", "decode"):
+    assert abs(out["xla"][step]["ratio"] - 1.0) <= 0.15, (step, out["xla"][step])
+  # Outside the tolerance: the table names the step and the command fails.
+  proc = _plan(*args, "--xla_tolerance", "0.0001", timeout=600)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "XLA check" in proc.stdout and "score" in proc.stdout
+  assert "the planner is more than 0% off XLA for score, update, decode" in proc.stderr
+
+
+def test_check_xla_refuses_what_it_cannot_compile(tmp_path):
+  proc = _plan("--model", "configs/model_configs/qwen3_0p6b.json", "--check_xla")
+  assert proc.returncode != 0 and "--check-xla compiles the trainer's programs" in proc.stderr
+  cfg = tmp_path / "run.py"
+  cfg.write_text(SMALL_RUN)
+  proc = _plan("--config", str(cfg), "--device", "v5e-8", "--group_size", "8", "--check_xla")
+  assert proc.returncode != 0 and "not --group_size" in proc.stderr
