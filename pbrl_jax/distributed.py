@@ -24,6 +24,10 @@ and a run does not depend on the host count): every host holds the same numpy va
 value of global arrays on every host. `any_host` agrees on a flag (a SIGTERM that reached one
 worker only) so every host leaves the loop at the same step.
 
+Host work split by rows (the reward's text scores): `local_rows` says which rows of a batch
+this host's devices hold; each host computes those, `global_from_rows` places its results on
+its own devices and `gather_rows` gives every host every row's (JSON) result.
+
 `launch_local_processes` runs N local processes of one Python module wired into one JAX
 cluster (CPU devices, gloo collectives), with a deadline that kills them all: the harness
 for multi-process tests. `python -m pbrl_jax.distributed` is a collective self-check that
@@ -283,6 +287,112 @@ def host_value(tree: Any) -> Any:
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def local_rows(sharding: jax.sharding.Sharding, n: int) -> np.ndarray:
+  """The rows of an [n, ...] array laid out by `sharding` that this process's devices hold.
+
+  Sorted row indices: all n rows on one host; on a pod each host's own slice of the batch
+  (rows replicated over several hosts are held, and later computed, by each of them).
+  """
+  held = np.zeros((n,), bool)
+  for index in sharding.addressable_devices_indices_map((n,)).values():
+    held[index[0]] = True
+  return np.flatnonzero(held)
+
+
+def _row_positions(rows: np.ndarray, n: int) -> np.ndarray:
+  """For each of n global rows, its position in `rows` (-1: not among them)."""
+  pos = np.full((n,), -1, np.int64)
+  pos[rows] = np.arange(len(rows))
+  return pos
+
+
+def global_from_rows(tree: Any, rows: np.ndarray, n: int, shardings: Any) -> Any:
+  """Global `jax.Array`s of n rows from this host's `rows` of them (the leading axis).
+
+  Each host passes only the rows it holds (`local_rows`), computed from its own data; each
+  addressable device takes its slice from them, so nothing crosses hosts.
+  """
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, tree)
+  pos = _row_positions(rows, n)
+
+  def place(x, sharding):
+    x = np.asarray(x)
+    if x.shape[0] != len(rows):
+      raise ValueError(f"global_from_rows: {x.shape[0]} rows of data for {len(rows)} row"
+                       " indices")
+
+    def piece(index):
+      want = pos[np.arange(n)[index[0]]]
+      if np.any(want < 0):
+        raise DistributedError(f"process {jax.process_index()}: a device of this host needs"
+                               " rows this host did not compute")
+      return x[want][(slice(None),) + tuple(index[1:])]
+
+    return jax.make_array_from_callback((n,) + x.shape[1:], sharding, piece)
+
+  return jax.tree.map(place, tree, shardings)
+
+
+def rows_of(array: jax.Array, rows: np.ndarray) -> np.ndarray:
+  """`array`'s `rows` (leading axis) read from this host's own shards, with no collective."""
+  if array.is_fully_addressable:
+    return np.asarray(array)[rows]
+  n = array.shape[0]
+  pos = _row_positions(rows, n)
+  out = np.zeros((len(rows),) + array.shape[1:], array.dtype)
+  filled = np.zeros((len(rows),), bool)
+  for shard in array.addressable_shards:
+    at = pos[np.arange(n)[shard.index[0]]]
+    keep = at >= 0
+    out[(at[keep],) + tuple(shard.index[1:])] = np.asarray(shard.data)[keep]
+    filled[at[keep]] = True
+  if not filled.all():
+    raise DistributedError(f"process {jax.process_index()}: rows"
+                           f" {rows[~filled].tolist()[:8]} are on no device of this host")
+  return out
+
+
+def _json_scalar(value: Any) -> Any:
+  if isinstance(value, np.generic):  # numpy scalars travel as the Python value they hold
+    return value.item()
+  raise TypeError(f"gather_rows: {type(value).__name__} is not a JSON value")
+
+
+def gather_rows(values: Sequence[Any], rows: np.ndarray, n: int) -> list[Any]:
+  """All n rows' values on every host, from each host's `values` of its `rows`.
+
+  For host-side results of each host's own rows (reward records: numbers, strings, lists).
+  They cross hosts as JSON, and pass through JSON on one host too, so a run's records are
+  the same values of the same types whatever the host count (numpy scalars become Python
+  numbers, tuples lists). A row held by several hosts is taken from the first.
+  """
+  if len(values) != len(rows):
+    raise ValueError(f"gather_rows: {len(values)} values for {len(rows)} rows")
+  payload = json.dumps([np.asarray(rows).tolist(), list(values)], default=_json_scalar)
+  if jax.process_count() == 1:
+    pieces = [json.loads(payload)]
+  else:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    data = np.frombuffer(payload.encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(
+        np.asarray([data.size], np.int32))).reshape(-1)
+    padded = np.zeros((int(sizes.max()),), np.uint8)
+    padded[:data.size] = data
+    every = np.asarray(multihost_utils.process_allgather(padded))  # [processes, longest]
+    pieces = [json.loads(bytes(every[p, :size])) for p, size in enumerate(sizes)]
+  out: list[Any] = [None] * n
+  seen = np.zeros((n,), bool)
+  for host_rows, host_values in pieces:
+    for row, value in zip(host_rows, host_values):
+      if not seen[row]:
+        out[row], seen[row] = value, True
+  if not seen.all():
+    raise DistributedError(f"gather_rows: rows {np.flatnonzero(~seen).tolist()[:8]} were"
+                           " computed by no host")
+  return out
+
+
 def any_host(flag: bool) -> bool:
   """True on every host when `flag` is true on at least one (a collective on multi-host)."""
   if jax.process_count() == 1:
@@ -434,6 +544,11 @@ def collective_check(rows_per_device: int = 2, width: int = 3) -> dict[str, Any]
 
   psum = jax.jit(jax.shard_map(local_sum, mesh=mesh, in_specs=P(("data", "fsdp")),
                                out_specs=P()), out_shardings=replicated)(x)
+  # Host work split by rows (what the trainer's reward stage does): each host computes
+  # 10 * row for the rows its devices hold, and only for those.
+  rows = local_rows(NamedSharding(mesh, P(("data", "fsdp"))), global_rows)
+  placed = global_from_rows((10.0 * rows).astype(np.float32), rows, global_rows,
+                            NamedSharding(mesh, P(("data", "fsdp"))))
   return {
       "process_index": shard.index,
       "process_count": shard.count,
@@ -446,6 +561,11 @@ def collective_check(rows_per_device: int = 2, width: int = 3) -> dict[str, Any]
       "psum": np.asarray(psum).tolist(),
       "numpy_sum": full.sum(axis=0).tolist(),
       "numpy_mean": float(full.mean()),
+      "local_rows": rows.tolist(),
+      "rows_of": rows_of(x, rows).tolist(),
+      "numpy_rows": full[rows].tolist(),
+      "placed": np.asarray(host_value(placed)).tolist(),
+      "gathered": gather_rows([10 * int(r) for r in rows], rows, global_rows),
   }
 
 

@@ -21,8 +21,8 @@ replicated, as there):
 * AdamW state: two moments of every trainable param in `optimizer_dtype` (default fp32);
 * rollout KV cache: 2 (k and v) x L x B*G x S x K x H x `kv_dtype`, S = prompt + completion;
 * activations of the update step over one micro-batch of b sequences (below): P + M tokens
-  each, or with shared prompts (`prompt_group` G > 1, the trainer's default) the prompt once
-  per group, plus the prompt's keys and values of every layer repeated for each row;
+  each, or with shared prompts (`share_prompt`, the trainer's default) the prompt once
+  per group, plus the prompt's keys and values of every layer (once per group);
 * logits [b, M, V] in fp32 over the M completion positions, or [b, M, K] with the model's
   `vocab_block` K: XLA keeps one buffer (the log-softmax gradient reuses it);
 * scoring (forwards only, the whole batch): one layer's gathered weights and working set
@@ -155,8 +155,8 @@ class PlanInputs:
     remat: rematerialise each layer in the backward pass.
     reference: keep a frozen reference policy for the KL term.
     value_head: PPO critic head on the policy.
-    prompt_group: rows per shared prompt in scoring and the update (`rl.share_prompt`: G,
-      else 1); the prompt then runs once per group.
+    share_prompt: the G rows of a prompt share its forward in scoring and the update
+      (`rl.share_prompt`): the prompt then runs once per group.
     on_policy: scoring skips the policy forward (`stages.is_on_policy`).
     mesh: (data, fsdp, tensor); their product must equal the device count.
   """
@@ -175,7 +175,7 @@ class PlanInputs:
   remat: bool = False
   reference: bool = True
   value_head: bool = False
-  prompt_group: int = 1
+  share_prompt: bool = False
   on_policy: bool = False
   mesh: tuple[int, int, int] = (1, 1, 1)
 
@@ -183,9 +183,6 @@ class PlanInputs:
     for name in ("group_size", "prompts_per_step", "max_prompt_len", "max_completion_len"):
       if int(getattr(self, name)) <= 0:
         raise PlanError(f"{name}: must be positive, got {getattr(self, name)}")
-    if self.prompt_group not in (1, self.group_size):
-      raise PlanError(f"prompt_group: 1 or group_size ({self.group_size}), got"
-                      f" {self.prompt_group}")
     if self.micro_batch < 0 or self.lora_rank < 0:
       raise PlanError("micro_batch and lora_rank: must be >= 0")
     for name in ("param_dtype", "compute_dtype", "optimizer_dtype", "kv_dtype"):
@@ -205,6 +202,11 @@ class PlanInputs:
   @property
   def sequences(self) -> int:
     return self.prompts_per_step * self.group_size
+
+  @property
+  def prompt_group(self) -> int:
+    """Rows per prompt forward: G with shared prompts, else 1 (`RLSpec.prompt_group`)."""
+    return self.group_size if self.share_prompt else 1
 
   @property
   def update_batch(self) -> int:
@@ -454,16 +456,18 @@ def plan(inputs: PlanInputs, device: DeviceSpec, margin: float = 0.1) -> MemoryP
   b = inputs.update_batch // batch_ways
   saved, work = activation_bytes_per_token_layer(c, inputs.seq_len, inputs.compute_dtype,
                                                  inputs.remat, tensor)
-  # Shared prompts: the prompt's keys and values of every layer, repeated for each of the
-  # group's rows before the completions' pass (`steps._grouped_hidden`), are alive through
-  # that pass and, in the update, kept for its backward.
+  # Shared prompts: the prompt's keys and values of every layer, once per group (the
+  # completions' pass attends to them without copying them per row: `decoder.forward`'s
+  # shared prefix), are alive through that pass and, in the update, kept for its backward.
+  # A device holding part of a group holds that group's.
   cb = _nbytes(inputs.compute_dtype)
-  prompt_kv = lambda rows: (rows * inputs.max_prompt_len * 2 * kv_heads * c.head_dim
-                            * c.num_layers * cb if inputs.prompt_group > 1 else 0)
+  g = inputs.prompt_group
+  prompt_kv = lambda rows: (-(-rows // g) * inputs.max_prompt_len * 2 * kv_heads * c.head_dim
+                            * c.num_layers * cb if g > 1 else 0)
   comp["activations"] = int(inputs.tokens(b) * (saved * c.num_layers + work) + prompt_kv(b))
   comp["logits"] = LOGITS_COPIES * b * inputs.max_completion_len * block * 4
   # Scoring runs forwards only, over the whole batch: one layer at a time (its gathered
-  # weights and working set, beside the repeated prompt keys and values), then the log-prob
+  # weights and working set, beside the prompts' keys and values), then the log-prob
   # pass (the gathered unembedding and the logits), whichever is larger. The policy's pass
   # (skipped on-policy) also takes entropies: the log-softmax and the probabilities are
   # alive beside the logits.

@@ -4,7 +4,8 @@
   rollout  = rollout_stage(fns, state, prompts, step)             jit sampler -> host rows
   scored   = score_stage(fns, state, prompts, rollout)            host -> mesh, one scoring jit,
                                                                   host text scores meanwhile
-  rewards  = reward_stage(fns, rollout, scored)                   host (embeddings from mesh)
+  rewards  = reward_stage(fns, rollout, scored)                   host: each host its own rows,
+                                                                  then gathered (all rows)
   (optional) pbrl_jax.dynamic_sampling: groups of equal rewards replaced by further
              prompts' informative groups, the assembled batch scored and rewarded again
   batch    = advantage_stage(fns, rollout, scored, rewards)       host -> mesh, jit advantages
@@ -15,7 +16,9 @@ Every stage is a function of `StepFns` (what a run builds once: models, mesh, ji
 and of the frozen outputs of the stages before it, so each can be called and tested on its
 own, and `pbrl_jax.train` is the loop around them. Host/device moves happen in the stage that
 names them above: rollouts and rewards live on the host (every host holds all rows), scoring,
-advantages and the update run on the mesh.
+advantages and the update run on the mesh. The host text work of scoring and rewarding (final
+answers, guards, translations, long-text embeddings) is split: each host computes the rows its
+devices hold, and only the finished reward records cross hosts.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import jax
 import numpy as np
 
 from pbrl_jax import distributed
+from pbrl_jax import host_scoring
 from pbrl_jax import metrics as metrics_lib
 from pbrl_jax import padding
 from pbrl_jax import sampling
@@ -99,9 +103,10 @@ class Scored:
 
   device_batch: dict[str, Array]  # tokens, valid, completion_mask on the mesh
   outputs: dict[str, Array]  # [ref_logp, logp, entropy, values, embeddings]
-  items: tuple[dict[str, Any], ...]  # reward inputs, one per row (empty for SFT)
-  text_rows: tuple[dict[str, Any], ...]  # host text scores, one per row (empty for SFT)
-  policy_embeddings: np.ndarray | None  # [BG, S, E] every segment, long ones host-embedded
+  rows: np.ndarray  # [R] the rows this host scored (all BG on one host), sorted
+  items: tuple[dict[str, Any], ...]  # reward inputs of those rows (empty for SFT)
+  text_rows: tuple[dict[str, Any], ...]  # their host text scores (empty for SFT)
+  policy_embeddings: np.ndarray | None  # [R, S, E] every segment, long ones host-embedded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,22 +387,28 @@ def score_stage(fns: StepFns, state: Any, prompts: PromptBatch, rollout: Rollout
 
   The jit is dispatched first; the host text scores (final answers, guards, translations)
   are computed while the devices run. Long policy segments are then re-embedded on the host
-  the way the pivot step embedded the references.
+  the way the pivot step embedded the references. The host text work covers the rows this
+  host's devices hold (`distributed.local_rows`: every row on one host, its own slice of the
+  batch on each host of a pod); `reward_stage` gathers every row's reward.
   """
   timer = timer or metrics_lib.StepTimer()
   sft = fns.spec.rl.is_sft
   timer.start("host_text")
-  host = {"tokens": rollout.tokens, "valid": rollout.valid,
-          "completion_mask": rollout.completion_mask}
+  n = len(rollout.texts)
+  mine = distributed.local_rows(fns.batch_sharding, n)
+  device_batch = distributed.global_from_host(
+      {"tokens": rollout.tokens, "valid": rollout.valid,
+       "completion_mask": rollout.completion_mask}, fns.batch_sharding)
   # Each completion is parsed once, for the scoring jit's encoder and for the reward.
   scores_text = not sft and fns.reward_models is not None
-  parsed = (tuple(score_lib.parse(t, lang) for t, lang in zip(rollout.texts, rollout.langs))
+  parsed = (tuple(score_lib.parse(rollout.texts[r], rollout.langs[r]) for r in mine)
             if fns.encoder_in_jit or scores_text else ())
   segments = None
   if fns.encoder_in_jit:
     segments = [p.segments() for p in parsed]
-    host["enc_batch"] = encoder_batch(fns.encoder, segments, score_lib.SEGMENTS)
-  device_batch = distributed.global_from_host(host, fns.batch_sharding)
+    device_batch["enc_batch"] = distributed.global_from_rows(
+        host_scoring.encoder_batch(fns.encoder, segments, score_lib.SEGMENTS), mine, n,
+        fns.batch_sharding)
   timer.stop("host_text")
 
   timer.start("scoring")  # dispatched, not waited for
@@ -409,82 +420,21 @@ def score_stage(fns: StepFns, state: Any, prompts: PromptBatch, rollout: Rollout
   items, text_rows = (), ()
   # SFT samples nothing and scores nothing; external rewards need no host text scores.
   if scores_text:
-    items = tuple(reward_items(prompts, rollout.texts, fns.spec.reward.encoder, parsed))
+    items = tuple(host_scoring.reward_items(prompts, rollout.texts, fns.spec.reward.encoder,
+                                            mine, parsed))
     text_rows = tuple(score_lib.text_scores(fns.spec.reward, fns.reward_models, list(items)))
   timer.stop("host_text")
 
   timer.start("scoring")  # what is left of the device work once the host is done
   policy_embeddings = None
   if fns.encoder_in_jit:
-    policy_embeddings = embed_long_segments_on_host(
+    policy_embeddings = host_scoring.embed_long_segments_on_host(
         fns.encoder, segments, score_lib.SEGMENTS,
-        np.asarray(distributed.host_value(outputs["embeddings"])))  # [BG, S, E]
+        distributed.rows_of(outputs["embeddings"], mine))  # [R, S, E]
   jax.block_until_ready(outputs)
   timer.stop("scoring")
-  return Scored(device_batch=device_batch, outputs=outputs, items=items, text_rows=text_rows,
-                policy_embeddings=policy_embeddings)
-
-
-def reward_items(prompts: PromptBatch, texts: Sequence[str], encoder_name: str,
-                 parsed: Sequence[score_lib.Parsed] = ()) -> list[dict[str, Any]]:
-  """One reward item per completion (row i*G + j), with the cached reference embeddings.
-
-  `parsed`: each text's `score_lib.parse` when the caller has it (else the scorer parses).
-  """
-  g = prompts.group_size
-  items = []
-  for row, text in enumerate(texts):
-    i = row // g
-    emb = prompts.ref_emb
-    # The pivot step cached the reference's segments (`score.SEGMENT_FIELDS`); one it did
-    # not cache (references built with fewer `embed_fields`) is embedded by the scorer.
-    cached = {seg: emb[f"{encoder_name}/{field}"][i]
-              for seg, field in score_lib.SEGMENT_FIELDS.items()
-              if f"{encoder_name}/{field}" in emb} or None
-    items.append({
-        "lang": prompts.langs[i], "question": prompts.questions[i], "response": text,
-        "reference": prompts.reference[i], "reference_answer": prompts.reference_answer[i],
-        "gold": prompts.gold[i], "reference_embeddings": cached,
-        "parsed": parsed[row] if parsed else None,
-    })
-  return items
-
-
-def encoder_batch(encoder: Any, segments: Sequence[dict[str, str]], keys: Sequence[str]
-                  ) -> dict[str, np.ndarray]:
-  """Reward-encoder inputs [BG, S, ...] for S text segments of each completion.
-
-  Sequences are padded to the encoder's longest bucket so the scoring program has one shape
-  (zeros beyond the mask are never attended to or pooled).
-  """
-  flat = [seg[k] for seg in segments for k in keys]
-  tok = encoder.tokenize(flat)
-  length = max(encoder.buckets)
-  out = {}
-  for name, arr in tok.items():
-    arr = np.asarray(arr)
-    if arr.ndim >= 2 and arr.shape[1] < length:
-      arr = np.pad(arr, [(0, 0), (0, length - arr.shape[1])] + [(0, 0)] * (arr.ndim - 2))
-    out[name] = arr.reshape((len(segments), len(keys)) + arr.shape[1:])
-  return out
-
-
-def embed_long_segments_on_host(encoder: Any, segments: Sequence[dict[str, str]],
-                                keys: Sequence[str], embeddings: np.ndarray) -> np.ndarray:
-  """`embeddings` [BG, S, E] with every segment longer than one window re-embedded on the host.
-
-  The scoring jit embeds each segment from its first window (`encoder.tokenize` truncates),
-  while the pivot step embeds references with `encoder.encode`, which averages the windows of
-  a long text. Re-embedding the few long policy segments with `encode` makes both sides embed
-  the same text the same way. Returns a copy; short segments keep the jit's embeddings.
-  """
-  long = [(i, k, seg[key]) for i, seg in enumerate(segments) for k, key in enumerate(keys)
-          if encoder.window_count(seg[key]) > 1]
-  out = np.array(embeddings, copy=True)
-  if long:
-    for (i, k, _), emb in zip(long, encoder.encode([text for _, _, text in long])):
-      out[i, k] = emb
-  return out
+  return Scored(device_batch=device_batch, outputs=outputs, rows=mine, items=items,
+                text_rows=text_rows, policy_embeddings=policy_embeddings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,7 +443,10 @@ def embed_long_segments_on_host(encoder: Any, segments: Sequence[dict[str, str]]
 
 
 def reward_stage(fns: StepFns, rollout: Rollout, scored: Scored) -> Rewards:
-  """The reward of every row (similarity to the cached pivot embeddings, guards, answers)."""
+  """The reward of every row (similarity to the cached pivot embeddings, guards, answers).
+
+  Each host finishes the rows it scored; every host then holds every row's record.
+  """
   spec = fns.spec
   rows: tuple[dict[str, Any], ...] = ()
   if spec.rl.is_sft:
@@ -503,8 +456,9 @@ def reward_stage(fns: StepFns, rollout: Rollout, scored: Scored) -> Rewards:
     if scored.policy_embeddings is not None:
       for item, emb in zip(items, scored.policy_embeddings):
         item["response_embeddings"] = dict(zip(score_lib.SEGMENTS, emb))
-    rows = tuple(score_lib.finish_scores(spec.reward, fns.reward_models, items,
-                                         [dict(r) for r in scored.text_rows]))
+    mine = score_lib.finish_scores(spec.reward, fns.reward_models, items,
+                                   [dict(r) for r in scored.text_rows])
+    rows = tuple(distributed.gather_rows(mine, scored.rows, len(rollout.texts)))
     rewards = np.asarray([r["reward"] for r in rows], np.float32)
   return Rewards(rows=rows, rewards=rewards, overlong=_overlong(fns, rollout))
 
@@ -624,6 +578,9 @@ def step_record(fns: StepFns, rollout: Rollout, scored: Scored, rewards: Rewards
     return record
   record.update(reward_record(rewards, rollout, spec.pipeline.group_size,
                               shaping_on=spec.rl.overlong_buffer > 0))
+  # Rows whose text the host writing the metrics (process 0) scored: every row on one host,
+  # its own slice of the batch on a pod.
+  record["host/scored_rows"] = float(len(scored.rows))
   if spec.rl.mask_truncated:  # rows the update left out (DAPO's overlong filtering)
     record["rollout/loss_masked_frac"] = float(np.mean(~rollout.finished))
   return record

@@ -178,7 +178,7 @@ def inputs_from_config(cfg: Any, base_dir: str = ".", model_file: str | None = N
   model = bundle.run_config(model, spec.model)
   kwargs.update(
       # The trainer keeps a reference copy only when a KL term reads it (`train.build`).
-      reference=spec.rl.uses_reference, prompt_group=spec.prompt_group,
+      reference=spec.rl.uses_reference, share_prompt=spec.prompt_group > 1,
       on_policy=stages.is_on_policy(spec))
   mesh = None
   try:
@@ -229,7 +229,7 @@ def docs_table(root: str) -> str:
       inputs = plan_lib.PlanInputs(
           model=model.replace(vocab_block=block), group_size=g, prompts_per_step=b,
           max_prompt_len=p, max_completion_len=c, micro_batch=micro, lora_rank=rank,
-          remat=remat, prompt_group=g)
+          remat=remat, share_prompt=True)
       results = [plan_lib.plan(inputs, plan_lib.device_spec(d)) for d in ("v5e-1", "v6e-1")]
       r = results[0]
       verdicts = " | ".join("fits" if x.fits else "no" for x in results)
@@ -277,8 +277,6 @@ def _main() -> None:
     for field, flag in flag_fields().items():
       if flags.FLAGS[flag.name].present or field not in kwargs:
         kwargs[field] = flag.value
-    if kwargs.get("prompt_group", 1) > 1:  # shared prompts: the group, whatever its size
-      kwargs["prompt_group"] = kwargs["group_size"]
   elif _MODEL.value is not None:
     model = load_model_config(_MODEL.value)
     kwargs = {field: flag.value for field, flag in flag_fields().items()}

@@ -2,7 +2,8 @@
 
 Axis letters used in einsum strings and shape comments:
   B batch, T query sequence, S key/cache sequence, L layers, D model dim, N query heads,
-  K key/value heads, G query heads per kv head (N = K * G), H head dim, F ffw dim, V vocab.
+  K key/value heads, G query heads per kv head (N = K * G), H head dim, F ffw dim, V vocab,
+  R LoRA rank, C rows that share one prefix (the completions of one prompt).
 
 The layer stack is an `nn.scan`, so parameters carry a leading L axis and an 8B model compiles
 one layer body. Every parameter has a logical axis name on every dimension
@@ -124,9 +125,10 @@ class Attention(nn.Module):
                ) -> tuple[Array, Cache | None, Cache]:
     """Returns (output, updated cache or None, this call's keys and values {'k','v'}).
 
-    `prefix` ({'k','v'}: [B,P,K,H], RoPE already applied) holds keys and values of earlier
-    positions computed by another call (a shared prompt); they are attended to before this
-    call's own, so attn_mask is then [B,T,P+T].
+    `prefix` ({'k','v'}: [B/C,P,K,H], RoPE already applied) holds keys and values of earlier
+    positions computed by another call (a shared prompt), each prefix row serving C
+    consecutive rows; they are attended to before this call's own, so attn_mask is then
+    [B,T,P+T].
     """
     c = self.config
     d, n, k, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
@@ -154,11 +156,8 @@ class Attention(nn.Module):
 
     kv = {"k": key, "v": val}
     new_cache = None
-    if prefix is not None:
-      if cache is not None:
-        raise ValueError("Attention: a prefix and a cache cannot be used together")
-      key = jnp.concatenate([prefix["k"].astype(key.dtype), key], axis=1)
-      val = jnp.concatenate([prefix["v"].astype(val.dtype), val], axis=1)
+    if prefix is not None and cache is not None:
+      raise ValueError("Attention: a prefix and a cache cannot be used together")
     if cache is not None:
       # Write this call's T keys/values into this layer's rows of the whole [L,B,S,K,H] cache
       # at cache_index (in place: the cache rides in the scan carry), then attend over the
@@ -173,15 +172,47 @@ class Attention(nn.Module):
 
     b, t = x.shape[:2]
     qg = q.reshape(b, t, k, n // k, h)  # [B,T,K,G,H]
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, key,
-                        preferred_element_type=jnp.float32) / math.sqrt(h)
-    logits = jnp.where(attn_mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(c.jnp_dtype)
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, val).reshape(b, t, n, h)
+    if prefix is None:
+      logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, key,
+                          preferred_element_type=jnp.float32) / math.sqrt(h)
+      logits = jnp.where(attn_mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
+      probs = jax.nn.softmax(logits, axis=-1).astype(c.jnp_dtype)
+      out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, val)
+    else:
+      out = _attend_with_prefix(qg, key, val, prefix, attn_mask, c.jnp_dtype)
+    out = out.reshape(b, t, n, h)
     proj = jnp.einsum("BTNH,NHD->BTD", out, self._proj("o_proj", (n, h, d),
                                                        ("q_heads", "head_dim", "embed")))
     proj = _with_lora(self, "o_proj", proj, out, "BTNH,NHR->BTR", "BTR,RD->BTD", dt)
     return proj, new_cache, kv
+
+
+def _attend_with_prefix(qg: Array, key: Array, val: Array, prefix: Cache, attn_mask: Array,
+                        dtype: Any) -> Array:
+  """Attention over [prefix keys; this call's keys] -> [B,T,K,G,H].
+
+  The prefix may be shared: {'k','v'} [B/C,P,K,H] serves C consecutive rows each (a shared
+  prompt's group), and its keys and values are never repeated per row. The scores against
+  the prefix and against this call's keys form one softmax over P+T positions, as one pass
+  over the concatenated keys would.
+  """
+  b, t, k, g, h = qg.shape
+  pk, pv = prefix["k"].astype(key.dtype), prefix["v"].astype(val.dtype)  # [B/C,P,K,H]
+  groups, p = pk.shape[:2]
+  if b % groups:
+    raise ValueError(f"Attention: a prefix of {groups} rows cannot serve {b} rows")
+  c = b // groups
+  qc = qg.reshape(groups, c, t, k, g, h)
+  prefix_logits = jnp.einsum("BCTKGH,BSKH->BCKGTS", qc, pk,
+                             preferred_element_type=jnp.float32).reshape(b, k, g, t, p)
+  own_logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, key, preferred_element_type=jnp.float32)
+  logits = jnp.concatenate([prefix_logits, own_logits], axis=-1) / math.sqrt(h)
+  logits = jnp.where(attn_mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(dtype)  # [B,K,G,T,P+T]
+  from_prefix = jnp.einsum("BCKGTS,BSKH->BCTKGH",
+                           probs[..., :p].reshape(groups, c, k, g, t, p), pv)
+  return (from_prefix.reshape(b, t, k, g, h)
+          + jnp.einsum("BKGTS,BSKH->BTKGH", probs[..., p:], val))
 
 
 class MLP(nn.Module):
@@ -389,9 +420,11 @@ def forward(params: Params, config: DecoderConfig, tokens: Array, positions: Arr
     lora: LoRA adapters (`pbrl_jax.models.lora.init_lora`), applied unmerged: each adapted
       projection adds lora_scale * ((x A) B) to x W.
     lora_scale: alpha / rank.
-    prefix: {'k','v'}: [L,B,P,K,H] keys and values of P earlier positions (a shared prompt,
-      from a `collect_kv` call), attended to before this call's tokens; attn_mask is then
-      [B,T,P+T] and `positions` continue the prefix's. Not with a cache.
+    prefix: {'k','v'}: [L,B/C,P,K,H] keys and values of P earlier positions (a shared
+      prompt, from a `collect_kv` call), attended to before this call's tokens; each prefix
+      row serves C consecutive rows (a group sharing its prompt; C = 1: one each), without
+      being repeated. attn_mask is then [B,T,P+T] and `positions` continue the prefix's. Not
+      with a cache.
     collect_kv: return {'k','v'}: [L,B,T,K,H], this call's keys and values, in place of the
       cache (what `prefix` takes).
   """

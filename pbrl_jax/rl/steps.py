@@ -208,19 +208,20 @@ def _grouped_hidden(pol: Params, config: DecoderConfig, tokens: Array, valid: Ar
     raise ValueError(f"prompt_group {g} does not divide the batch of {b} rows")
   p = t - completion_len
   first = lambda x: x.reshape((b // g, g) + x.shape[1:])[:, 0]  # one row per group
-  repeat = lambda x, axis: jnp.repeat(x, g, axis=axis)  # back to every row of the group
   prompt_valid = first(valid[:, :p])
   prompt_h, kv = decoder.forward(pol, config, first(tokens[:, :p]),
                                  decoder.positions_from_mask(prompt_valid),
                                  decoder.causal_mask(prompt_valid), lora=adapters,
                                  lora_scale=scale, collect_kv=True)
   # The rows of the one-pass mask and positions that belong to the completion: the same
-  # attention pattern over [prompt keys; completion keys].
+  # attention pattern over [prompt keys; completion keys]. Each group's prompt keys and
+  # values serve its g rows as they are (`decoder.forward`'s shared prefix), not copied per
+  # row: [L, B/g, P, K, H] stays the only copy.
   comp_h, _ = decoder.forward(pol, config, tokens[:, p:],
                               decoder.positions_from_mask(valid)[:, p:],
                               decoder.causal_mask(valid)[:, p:, :], lora=adapters,
-                              lora_scale=scale, prefix=jax.tree.map(lambda x: repeat(x, 1), kv))
-  return jnp.concatenate([repeat(prompt_h[:, -1:], 0), comp_h[:, :-1]], axis=1)
+                              lora_scale=scale, prefix=kv)
+  return jnp.concatenate([jnp.repeat(prompt_h[:, -1:], g, axis=0), comp_h[:, :-1]], axis=1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from pbrl_jax import stages
+from pbrl_jax import host_scoring
 from pbrl_jax.rewards import load_encoder, score
 
 
@@ -20,10 +20,10 @@ def test_reference_and_policy_embeddings_of_a_long_text_agree():
   assert encoder.window_count(segs[0]["full"]) >= 2 and encoder.window_count(
       segs[1]["full"]) == 1
   # The trainer's jitted policy side: its encoder batch, embedded row by row.
-  batch = stages.encoder_batch(encoder, segs, score.SEGMENTS)
+  batch = host_scoring.encoder_batch(encoder, segs, score.SEGMENTS)
   flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), batch)
   jitted = np.asarray(encoder.embed(encoder.params, flat)).reshape(2, len(score.SEGMENTS), -1)
-  policy = stages.embed_long_segments_on_host(encoder, segs, score.SEGMENTS, jitted)
+  policy = host_scoring.embed_long_segments_on_host(encoder, segs, score.SEGMENTS, jitted)
   # The pivot step's reference side: `encode` of each text (windows averaged).
   for i, seg in enumerate(segs):
     for k, key in enumerate(score.SEGMENTS):

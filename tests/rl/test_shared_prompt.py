@@ -76,6 +76,24 @@ def test_outputs_equal_one_pass(config):
   assert np.std(np.asarray(one[0])[batch["completion_mask"] == 1]) > 0.05  # not degenerate
 
 
+def test_prompt_keys_and_values_are_not_copied_per_row():
+  # The completions attend to each group's prompt keys and values [L, B/G, P, K, H] as they
+  # are; a copy per row ([L, B, P, K, H], what a repeat before the completions' pass made)
+  # is G times the memory. Checked on the lowered program, gradient included.
+  config, batch = LLAMA, grouped_batch(0, LLAMA.vocab_size)
+
+  def loss(params, g):
+    logp, _, _ = steps.completion_outputs({"policy": params}, config, batch["tokens"],
+                                          batch["valid"], M, 1.0, prompt_group=g)
+    return jnp.sum(logp)
+
+  per_row = f"tensor<{config.num_layers}x{B}x{P}x{config.num_kv_heads}x{config.head_dim}xf32>"
+  per_group = (f"tensor<{config.num_layers}x{GROUPS}x{P}x{config.num_kv_heads}"
+               f"x{config.head_dim}xf32>")
+  text = jax.jit(jax.grad(loss), static_argnums=1).lower(_params(config), G).as_text()
+  assert per_group in text and per_row not in text
+
+
 @pytest.mark.parametrize("use_lora", [False, True], ids=["full", "lora"])
 def test_gradients_equal_one_pass(use_lora):
   config = LLAMA

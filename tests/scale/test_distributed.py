@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from pbrl_jax import distributed
@@ -74,6 +75,12 @@ def test_two_processes_match_one_process():
     assert r["global_shape"] == [8, 3]
     assert r["sum"] == r["numpy_sum"] == r["psum"]
     assert r["mean"] == pytest.approx(r["numpy_mean"])
+    # Each host's own rows: read from its shards, computed there, placed and gathered whole.
+    assert r["rows_of"] == r["numpy_rows"]
+    assert r["placed"] == [10.0 * i for i in range(8)]
+    assert r["gathered"] == [10 * i for i in range(8)]
+  assert [r["local_rows"] for r in two] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+  assert one[0]["local_rows"] == list(range(8))
   keys = ("sum", "mean", "sq", "psum")
   assert [r[k] for k in keys for r in two] == [one[0][k] for k in keys for _ in two]
 
@@ -92,3 +99,14 @@ def test_bad_heartbeat_timeout_is_named_before_joining(value):
          distributed.ENV_HEARTBEAT_TIMEOUT: value}
   with pytest.raises(distributed.DistributedError, match=distributed.ENV_HEARTBEAT_TIMEOUT):
     distributed.maybe_initialize(env=env)
+
+
+def test_gather_rows_gives_json_values_and_names_missing_rows():
+  got = distributed.gather_rows([{"r": np.float32(0.5), "n": ("a",)}, {"r": float("nan")}],
+                                np.array([1, 0]), 2)
+  assert got[1] == {"r": 0.5, "n": ["a"]} and type(got[1]["r"]) is float
+  assert np.isnan(got[0]["r"])  # NaN (a broken reward term) stays NaN
+  with pytest.raises(distributed.DistributedError, match=r"rows \[1\] were computed by no host"):
+    distributed.gather_rows([1.0, 2.0], np.array([0, 2]), 3)
+  with pytest.raises(TypeError, match="object is not a JSON value"):
+    distributed.gather_rows([object()], np.array([0]), 1)

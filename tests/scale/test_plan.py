@@ -65,12 +65,12 @@ def test_shared_prompts_and_vocabulary_blocks():
   m = _model("qwen3_0p6b")
   kw = dict(group_size=8, prompts_per_step=4, max_prompt_len=256, max_completion_len=512)
   whole = plan.plan(plan.PlanInputs(model=m, **kw), plan.device_spec("v6e-1")).components
-  shared = plan.plan(plan.PlanInputs(model=m, prompt_group=8, **kw),
+  shared = plan.plan(plan.PlanInputs(model=m, share_prompt=True, **kw),
                      plan.device_spec("v6e-1")).components
   # 32 rows of 768 tokens; shared: 4 prompts of 256 and 32 completions of 512, plus each
-  # row's copy of its prompt's keys and values in every layer (28 layers, 8 kv heads of 128,
+  # prompt's keys and values in every layer, once per group (28 layers, 8 kv heads of 128,
   # bf16).
-  kv = 32 * 256 * 2 * 8 * 128 * 28 * 2
+  kv = 4 * 256 * 2 * 8 * 128 * 28 * 2
   assert (shared["activations"] - kv) * (32 * 768) == pytest.approx(
       whole["activations"] * (4 * 256 + 32 * 512), rel=1e-6)
   blocked = plan.plan(plan.PlanInputs(model=m.replace(vocab_block=4096), **kw),
@@ -78,10 +78,9 @@ def test_shared_prompts_and_vocabulary_blocks():
   assert whole["logits"] == 32 * 512 * 151936 * 4
   assert blocked["logits"] == 32 * 512 * 4096 * 4
   # A device holding part of a group runs that group's whole prompt.
-  inputs = plan.PlanInputs(model=m, prompt_group=8, **kw)
+  inputs = plan.PlanInputs(model=m, share_prompt=True, **kw)
+  assert inputs.prompt_group == 8
   assert inputs.tokens(4) == 256 + 4 * 512 and inputs.tokens(16) == 2 * 256 + 16 * 512
-  with pytest.raises(plan.PlanError, match="prompt_group: 1 or group_size"):
-    plan.PlanInputs(model=m, prompt_group=4, **kw)
 
 
 def test_sharding_divides_what_the_rules_split():
@@ -150,6 +149,30 @@ def test_verdicts():
 def test_errors_name_the_field(kwargs, message):
   with pytest.raises(plan.PlanError, match=message):
     plan.plan(plan.PlanInputs(model=_small(), **kwargs), plan.device_spec("v5e-1"))
+
+
+def _table_rows(text: str, header: str) -> list[tuple[str, ...]]:
+  """The cells of the markdown table that starts with `header` in `text`."""
+  lines = text[text.index(header):].splitlines()[2:]
+  rows = []
+  for line in lines:
+    if not line.startswith("|"):
+      break
+    rows.append(tuple(c.strip() for c in line.strip().strip("|").split("|")))
+  return rows
+
+
+def test_the_docs_fit_tables_are_the_planners():
+  # docs/scaling.md's one-chip table is `pbrl-plan --docs_table` as it prints today, and each
+  # row of README's shorter table is one of its rows.
+  from pbrl_jax.cli import plan_main  # pylint: disable=g-import-not-at-top
+  table = plan_main.docs_table(ROOT)
+  with open(os.path.join(ROOT, "docs", "scaling.md"), encoding="utf-8") as f:
+    assert table in f.read()
+  docs = {(r[0], r[2], r[3], r[4], r[5]) for r in _table_rows(table, "| model |")}
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    readme = _table_rows(f.read(), "| model | setting | rollout / scoring / update peak")
+  assert readme and all(row in docs for row in readme), [r for r in readme if r not in docs]
 
 
 def test_unknown_device():

@@ -46,8 +46,13 @@ def test_two_processes_train_like_one(tmp_path):
       "pbrl_jax.cli.train_main", tl.train_cmd(two, *FLAGS)[3:], num_processes=2,
       devices_per_process=2, timeout_s=900, extra_env=tl.cli_env(), cwd=tl.REPO)
   assert all(r.returncode == 0 for r in results)
-  want = tl.strip_times(metrics_lib.read_jsonl(os.path.join(one, "metrics.jsonl")))
-  got = tl.strip_times(metrics_lib.read_jsonl(os.path.join(two, "metrics.jsonl")))
+  want_raw = metrics_lib.read_jsonl(os.path.join(one, "metrics.jsonl"))
+  got_raw = metrics_lib.read_jsonl(os.path.join(two, "metrics.jsonl"))
+  # Each host scored the text of its own rows: process 0 (which writes the metrics) half of
+  # them. The rewards of all rows, gathered from both hosts, give every metric below.
+  assert [r["host/scored_rows"] for r in got_raw] == [
+      r["host/scored_rows"] / 2 for r in want_raw] == [4.0] * STEPS
+  want, got = tl.strip_times(want_raw), tl.strip_times(got_raw)
   # Every metric of every step: the loss, the KL, the rewards and their components, the
   # rollout lengths (the same sampled tokens), per-language figures.
   _assert_same_metrics(got, want)

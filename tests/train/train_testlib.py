@@ -107,5 +107,6 @@ def run_train(workdir: str, *flags: str, timeout: float = 900) -> subprocess.Com
 
 
 def strip_times(rows):
-  """Metrics without wall-clock and host-memory entries (those legitimately differ)."""
+  """Metrics without wall-clock and host-side entries (memory, rows this host scored: those
+  legitimately differ)."""
   return [{k: v for k, v in r.items() if not k.startswith(("time/", "host/"))} for r in rows]
