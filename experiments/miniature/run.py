@@ -40,6 +40,8 @@ from pbrl_jax import fileio  # pylint: disable=g-import-not-at-top,wrong-import-
 
 CONFIG = os.path.join(REPO, "configs", "miniature.py")
 DATASET = "arith"
+# Seeds per RL arm in the study's design (issue: three, for a two-level bootstrap).
+DESIGN_SEEDS = 3
 
 
 def _log(msg: str) -> None:
@@ -413,11 +415,24 @@ def _premise_note(results: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 def _status(results: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+  """What the page does not hold yet: this run's pending stages, and RL arms with fewer
+  seeds than the design's (a run may ask for fewer, so its own plan can be complete)."""
+  lines = []
   pending = meta.get("pending") or []
-  if not pending:
-    return []
-  return [f"**Partial study:** done {', '.join(results)}; pending {', '.join(pending)}. The"
-          " endpoints and the verdict below use the finished arms only.", ""]
+  if pending:
+    lines += [f"**Partial study:** done {', '.join(results)}; pending {', '.join(pending)}."
+              " The endpoints and the verdict below use the finished arms only.", ""]
+  seeds: dict[str, int] = {}
+  for name in results:
+    if name not in ("base", "premise"):
+      method, _ = parse_arm_name(name, "results")
+      seeds[method] = seeds.get(method, 0) + 1
+  rl_seeds = {m: n for m, n in seeds.items() if m != "sft"}  # SFT runs one seed by design
+  if any(n < DESIGN_SEEDS for n in rl_seeds.values()):
+    have = ", ".join(f"{m} {n}" for m, n in rl_seeds.items())
+    lines += [f"**Seeds:** the design has {DESIGN_SEEDS} seeds per RL arm; this page holds"
+              f" {have}. The endpoints average the seeds there are.", ""]
+  return lines
 
 
 def write_page(out: str, results: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -553,7 +568,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   ap.add_argument("--out", required=True)
   ap.add_argument("--methods", default=",".join(miniature.STUDY_METHODS),
                   help=f"any of {','.join(miniature.METHODS)}")
-  ap.add_argument("--seeds", default="0,1,2", help="seeds of the RL arms; SFT runs the first")
+  ap.add_argument("--seeds", default=",".join(map(str, range(DESIGN_SEEDS))),
+                  help="seeds of the RL arms; SFT runs the first")
   ap.add_argument("--steps", type=int, default=0, help="0: the config's total_steps")
   ap.add_argument("--n_train", type=int, default=64)
   ap.add_argument("--n_test", type=int, default=miniature.N_TEST)

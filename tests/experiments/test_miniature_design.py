@@ -109,6 +109,19 @@ def test_the_page_of_a_partial_study_says_what_is_pending():
   assert mini_run._status({"base": {}}, {"pending": []}) == []  # pylint: disable=protected-access
 
 
+def test_a_page_with_fewer_seeds_than_the_design_says_so():
+  # A run's own plan may be complete (it asked for one arm) while RL arms still miss seeds.
+  results = {"base": {}, "premise": {}, "sft (seed 0)": {}, "rlvr_grpo (seed 0)": {},
+             "rlvr_grpo (seed 1)": {}, "pbrl_hybrid (seed 0)": {}}
+  status = mini_run._status(results, {"pending": []})  # pylint: disable=protected-access
+  assert status[0] == ("**Seeds:** the design has 3 seeds per RL arm; this page holds"
+                       " rlvr_grpo 2, pbrl_hybrid 1. The endpoints average the seeds there"
+                       " are.")
+  full = dict(results, **{f"{m} (seed {s})": {} for m in ("rlvr_grpo", "pbrl_hybrid")
+                          for s in range(3)})
+  assert mini_run._status(full, {"pending": []}) == []  # pylint: disable=protected-access
+
+
 def test_a_partial_page_names_the_premise_it_waits_for():
   base = {"base": {"summary": {"english_accuracy": 0.125, "non_english_mean": 0.13}}}
   note = mini_run._premise_note  # pylint: disable=protected-access
