@@ -546,9 +546,9 @@ def collective_check(rows_per_device: int = 2, width: int = 3) -> dict[str, Any]
                                out_specs=P()), out_shardings=replicated)(x)
   # Host work split by rows (what the trainer's reward stage does): each host computes
   # 10 * row for the rows its devices hold, and only for those.
-  rows = local_rows(NamedSharding(mesh, P(("data", "fsdp"))), global_rows)
-  placed = global_from_rows((10.0 * rows).astype(np.float32), rows, global_rows,
-                            NamedSharding(mesh, P(("data", "fsdp"))))
+  by_row = NamedSharding(mesh, P(("data", "fsdp")))  # the trainer's batch sharding
+  rows = local_rows(by_row, global_rows)
+  placed = global_from_rows((10.0 * rows).astype(np.float32), rows, global_rows, by_row)
   return {
       "process_index": shard.index,
       "process_count": shard.count,

@@ -216,14 +216,14 @@ class PlanInputs:
   def seq_len(self) -> int:
     return self.max_prompt_len + self.max_completion_len
 
+  def prompts(self, rows: int) -> int:
+    """Prompt forwards behind `rows` sequences: one per group of `prompt_group` rows; a
+    device holding part of a group still runs (and keeps) that group's whole prompt."""
+    return -(-rows // self.prompt_group)
+
   def tokens(self, rows: int) -> int:
-    """Tokens a forward over `rows` sequences runs: the prompt once per group of
-    `prompt_group` rows (`steps.completion_outputs`)."""
-    g = self.prompt_group
-    if g == 1:
-      return rows * self.seq_len
-    # A device holding part of a group still runs that group's whole prompt.
-    return -(-rows // g) * self.max_prompt_len + rows * self.max_completion_len
+    """Tokens a forward over `rows` sequences runs (`steps.completion_outputs`)."""
+    return self.prompts(rows) * self.max_prompt_len + rows * self.max_completion_len
 
   def model_config(self) -> DecoderConfig:
     return self.model.replace(param_dtype=self.param_dtype, dtype=self.compute_dtype,
@@ -459,11 +459,9 @@ def plan(inputs: PlanInputs, device: DeviceSpec, margin: float = 0.1) -> MemoryP
   # Shared prompts: the prompt's keys and values of every layer, once per group (the
   # completions' pass attends to them without copying them per row: `decoder.forward`'s
   # shared prefix), are alive through that pass and, in the update, kept for its backward.
-  # A device holding part of a group holds that group's.
   cb = _nbytes(inputs.compute_dtype)
-  g = inputs.prompt_group
-  prompt_kv = lambda rows: (-(-rows // g) * inputs.max_prompt_len * 2 * kv_heads * c.head_dim
-                            * c.num_layers * cb if g > 1 else 0)
+  prompt_kv = lambda rows: (inputs.prompts(rows) * inputs.max_prompt_len * 2 * kv_heads
+                            * c.head_dim * c.num_layers * cb if inputs.prompt_group > 1 else 0)
   comp["activations"] = int(inputs.tokens(b) * (saved * c.num_layers + work) + prompt_kv(b))
   comp["logits"] = LOGITS_COPIES * b * inputs.max_completion_len * block * 4
   # Scoring runs forwards only, over the whole batch: one layer at a time (its gathered

@@ -173,11 +173,9 @@ class Attention(nn.Module):
     b, t = x.shape[:2]
     qg = q.reshape(b, t, k, n // k, h)  # [B,T,K,G,H]
     if prefix is None:
-      logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, key,
-                          preferred_element_type=jnp.float32) / math.sqrt(h)
-      logits = jnp.where(attn_mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
-      probs = jax.nn.softmax(logits, axis=-1).astype(c.jnp_dtype)
-      out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, val)
+      logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, key, preferred_element_type=jnp.float32)
+      out = jnp.einsum("BKGTS,BSKH->BTKGH", _attention_probs(logits, attn_mask, h, c.jnp_dtype),
+                       val)
     else:
       out = _attend_with_prefix(qg, key, val, prefix, attn_mask, c.jnp_dtype)
     out = out.reshape(b, t, n, h)
@@ -185,6 +183,13 @@ class Attention(nn.Module):
                                                        ("q_heads", "head_dim", "embed")))
     proj = _with_lora(self, "o_proj", proj, out, "BTNH,NHR->BTR", "BTR,RD->BTD", dt)
     return proj, new_cache, kv
+
+
+def _attention_probs(scores: Array, attn_mask: Array, head_dim: int, dtype: Any) -> Array:
+  """Softmax over S of the fp32 scores q.k [B,K,G,T,S] / sqrt(H), masked by [B,T,S]."""
+  logits = scores / math.sqrt(head_dim)
+  logits = jnp.where(attn_mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits, axis=-1).astype(dtype)
 
 
 def _attend_with_prefix(qg: Array, key: Array, val: Array, prefix: Cache, attn_mask: Array,
@@ -206,9 +211,8 @@ def _attend_with_prefix(qg: Array, key: Array, val: Array, prefix: Cache, attn_m
   prefix_logits = jnp.einsum("BCTKGH,BSKH->BCKGTS", qc, pk,
                              preferred_element_type=jnp.float32).reshape(b, k, g, t, p)
   own_logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, key, preferred_element_type=jnp.float32)
-  logits = jnp.concatenate([prefix_logits, own_logits], axis=-1) / math.sqrt(h)
-  logits = jnp.where(attn_mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1).astype(dtype)  # [B,K,G,T,P+T]
+  probs = _attention_probs(jnp.concatenate([prefix_logits, own_logits], axis=-1), attn_mask,
+                           h, dtype)  # [B,K,G,T,P+T]
   from_prefix = jnp.einsum("BCKGTS,BSKH->BCTKGH",
                            probs[..., :p].reshape(groups, c, k, g, t, p), pv)
   return (from_prefix.reshape(b, t, k, g, h)
