@@ -5,7 +5,7 @@ any JAX computation, and calls `jax.distributed.initialize()` only in multi-host
 
   1. explicit arguments (`coordinator_address`, `num_processes`, `process_id`);
   2. otherwise the environment variables PBRL_COORDINATOR, PBRL_NUM_PROCESSES and
-     PBRL_PROCESS_ID (what `launch_local_processes` sets, and what a launcher on plain VMs or
+     PBRL_PROCESS_ID (what the tests' local cluster sets, and what a launcher on plain VMs or
      GPUs sets);
   3. otherwise JAX's own JAX_COORDINATOR_ADDRESS, or a Cloud TPU multi-host environment:
      PBRL_MULTIHOST=1 (exported by launch/tpu_pod.sh on slices with several workers) or a
@@ -28,10 +28,8 @@ Host work split by rows (the reward's text scores): `local_rows` says which rows
 this host's devices hold; each host computes those, `global_from_rows` places its results on
 its own devices and `gather_rows` gives every host every row's (JSON) result.
 
-`launch_local_processes` runs N local processes of one Python module wired into one JAX
-cluster (CPU devices, gloo collectives), with a deadline that kills them all: the harness
-for multi-process tests. `python -m pbrl_jax.distributed` is a collective self-check that
-runs on a real pod too.
+`python -m pbrl_jax.distributed` is a collective self-check that runs on a real pod as on N
+local processes (the tests' harness, `tests/local_cluster.py`).
 """
 
 from __future__ import annotations
@@ -39,12 +37,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -400,115 +392,6 @@ def any_host(flag: bool) -> bool:
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   flags_ = multihost_utils.process_allgather(np.asarray(flag, np.int32))
   return bool(np.any(flags_))
-
-
-# ---------------------------------------------------------------------------------------------
-# Local multi-process harness (tests, and a dry run of a pod on one machine).
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ProcessResult:
-  process_id: int
-  returncode: int | None  # None: killed at the deadline.
-  stdout: str
-  stderr: str
-
-
-class LocalClusterError(RuntimeError):
-  """A local multi-process run failed or timed out; carries every process's output."""
-
-  def __init__(self, message: str, results: list[ProcessResult]):
-    tails = "\n".join(
-        f"--- process {r.process_id} rc={r.returncode}\n{r.stderr[-3000:]}" for r in results)
-    super().__init__(f"{message}\n{tails}")
-    self.results = results
-
-
-def free_port() -> int:
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def launch_local_processes(module: str, args: Sequence[str] = (), *, num_processes: int = 2,
-                           devices_per_process: int = 1, timeout_s: float = 120.0,
-                           extra_env: Mapping[str, str] | None = None,
-                           cwd: str | None = None, check: bool = True
-                           ) -> list[ProcessResult]:
-  """Runs `python -m module *args` as N processes of one JAX cluster on CPU.
-
-  Each process gets PBRL_COORDINATOR / PBRL_NUM_PROCESSES / PBRL_PROCESS_ID (so a module that
-  calls `maybe_initialize()` joins the cluster), JAX_PLATFORMS=cpu and
-  `devices_per_process` fake CPU devices. When one process fails, or the deadline passes,
-  every process still running is killed (its whole process group), so nothing hangs.
-
-  Args:
-    module: importable module to run with `python -m`.
-    args: command-line arguments, the same for every process.
-    num_processes: N.
-    devices_per_process: CPU devices of each process.
-    timeout_s: deadline for the whole group.
-    extra_env: variables added to every process's environment.
-    cwd: working directory (default: the current one).
-    check: raise LocalClusterError unless every process exits with 0.
-
-  Returns:
-    One ProcessResult per process, in process order.
-  """
-  port = free_port()
-  procs = []
-  outs = []
-  for pid in range(num_processes):
-    env = dict(os.environ)
-    env.update(extra_env or {})
-    env.update({
-        ENV_COORDINATOR: f"127.0.0.1:{port}",
-        ENV_NUM_PROCESSES: str(num_processes),
-        ENV_PROCESS_ID: str(pid),
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
-    })
-    for var in (ENV_MULTIHOST, "JAX_COORDINATOR_ADDRESS"):
-      env.pop(var, None)
-    # Output goes to files, not pipes: a chatty process cannot block on a full pipe.
-    out = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))
-    outs.append(out)
-    procs.append(subprocess.Popen([sys.executable, "-m", module, *args], env=env, cwd=cwd,
-                                  stdout=out[0], stderr=out[1], start_new_session=True))
-  deadline = time.monotonic() + timeout_s
-  failed = timed_out = False
-  while True:
-    codes = [p.poll() for p in procs]
-    if all(c is not None for c in codes):
-      break
-    if any(c not in (None, 0) for c in codes):
-      failed = True
-      break
-    if time.monotonic() > deadline:
-      timed_out = True
-      break
-    time.sleep(0.05)
-  for p in procs:
-    if p.poll() is None:
-      try:
-        os.killpg(p.pid, signal.SIGKILL)  # The group we created with start_new_session.
-      except ProcessLookupError:
-        pass
-  results = []
-  for pid, (p, (o, e)) in enumerate(zip(procs, outs)):
-    p.wait()
-    o.seek(0)
-    e.seek(0)
-    # A negative code is our SIGKILL at the deadline or after another process failed.
-    code = p.returncode if p.returncode >= 0 else None
-    results.append(ProcessResult(pid, code, o.read(), e.read()))
-    o.close()
-    e.close()
-  if check and (timed_out or failed or any(r.returncode != 0 for r in results)):
-    what = f"timed out after {timeout_s:.0f}s" if timed_out else "a process failed"
-    raise LocalClusterError(f"local cluster of {num_processes} x `{module}`: {what}", results)
-  return results
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 import faults_testlib as fl
+import local_cluster
 from pbrl_jax import distributed
 
 pytestmark = pytest.mark.slow
@@ -62,7 +63,7 @@ def test_dead_peer_of_two_processes_does_not_hang_survivor():
   A collective program, not the trainer: it isolates the failure detection (gloo's socket
   error in the collective, then the coordination service's heartbeat timeout at exit).
   """
-  port = distributed.free_port()
+  port = local_cluster.free_port()
   procs, logs = [], []
   for pid in range(2):
     env = fl.fault_env("")

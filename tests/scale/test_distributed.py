@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import local_cluster
 from pbrl_jax import distributed
 
 
@@ -63,9 +64,9 @@ def test_host_shard_rows():
 
 
 def test_two_processes_match_one_process():
-  two = _check_lines(distributed.launch_local_processes(
+  two = _check_lines(local_cluster.launch_local_processes(
       "pbrl_jax.distributed", num_processes=2, devices_per_process=2, timeout_s=150))
-  one = _check_lines(distributed.launch_local_processes(
+  one = _check_lines(local_cluster.launch_local_processes(
       "pbrl_jax.distributed", num_processes=1, devices_per_process=4, timeout_s=150))
   assert [r["process_index"] for r in two] == [0, 1]
   assert {r["process_count"] for r in two} == {2} and one[0]["process_count"] == 1
@@ -87,8 +88,8 @@ def test_two_processes_match_one_process():
 
 def test_harness_kills_at_deadline():
   # Starting JAX takes longer than 0.3 s, so the deadline passes and both are killed.
-  with pytest.raises(distributed.LocalClusterError, match="timed out") as info:
-    distributed.launch_local_processes(
+  with pytest.raises(local_cluster.LocalClusterError, match="timed out") as info:
+    local_cluster.launch_local_processes(
         "pbrl_jax.distributed", num_processes=2, timeout_s=0.3)
   assert [r.returncode for r in info.value.results] == [None, None]
 

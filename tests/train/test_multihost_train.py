@@ -5,9 +5,9 @@ import os
 
 import pytest
 
+import local_cluster
 import train_testlib as tl
 from pbrl_jax import checkpoint as ckpt_lib
-from pbrl_jax import distributed
 from pbrl_jax import metrics as metrics_lib
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ def test_two_processes_train_like_one(tmp_path):
   assert proc.returncode == 0, proc.stderr[-4000:]
 
   # The same command on every "host"; they share the workdir as pod workers share a bucket.
-  results = distributed.launch_local_processes(
+  results = local_cluster.launch_local_processes(
       "pbrl_jax.cli.train_main", tl.train_cmd(two, *FLAGS)[3:], num_processes=2,
       devices_per_process=2, timeout_s=900, extra_env=tl.cli_env(), cwd=tl.REPO)
   assert all(r.returncode == 0 for r in results)
