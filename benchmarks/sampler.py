@@ -3,9 +3,12 @@
 Greedy decoding of SmolLM2-135M-Instruct (the embedded GGUF, dequantised once; transformers
 loads the very same weights from an HF directory we export), batch 16, 128-token prompts,
 128 new tokens, every row forced to the full length (no EOS) on both sides. For each weight
-dtype (float32, bfloat16) and each implementation: one warm-up call, then the median of
-`--repeats` timed calls. New tokens/s = batch * new_tokens / wall time of the whole call
-(prefill included, on both sides).
+dtype (float32, bfloat16): one warm-up call of each implementation, then `--repeats` rounds
+in which each is timed once in turn (interleaved, so a drifting machine moves every side
+alike); medians. New tokens/s = batch * new_tokens / wall time of the whole call (prefill
+included, on both sides). Ours runs in both decode paths of `sampling.sample`: `per_layer`
+(each layer's weights sliced out of the stack once per call, the CPU default) and `stacked`
+(the stack read inside the loop, the default elsewhere); their tokens must be equal.
 
 Bound: a decode step must read every weight once plus the whole KV cache of the static
 cache length (our sampler attends over all S = P + M slots each step). The copy bandwidth is
@@ -19,7 +22,6 @@ measured here with a large NumPy copy (bytes of the array / copy time), so
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -30,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pbrl_jax import fileio
 from pbrl_jax import padding
 from pbrl_jax import sampling
 from pbrl_jax.models import DecoderConfig, ModelBundle, export_hf, from_pretrained, init_params
@@ -50,15 +53,18 @@ def copy_bandwidth(nbytes: int, repeats: int = 5) -> float:
   return src.nbytes / best
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
-  """Runs fn once to warm up, then `repeats` times; median and all wall times (s)."""
-  fn()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
+def timed_interleaved(fns: dict[str, Callable[[], Any]], repeats: int
+                      ) -> dict[str, list[float]]:
+  """Each fn once to warm up, then `repeats` rounds timing each fn once in turn (s)."""
+  for fn in fns.values():
     fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times), times
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      t = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t)
+  return times
 
 
 def tiny_bundle() -> ModelBundle:
@@ -75,21 +81,25 @@ def with_dtype(bundle: ModelBundle, dtype: str) -> ModelBundle:
                      bundle.tokenizer)
 
 
-def bench_ours(bundle: ModelBundle, prompts: np.ndarray, new_tokens: int, repeats: int
-               ) -> tuple[float, list[float]]:
+def ours(bundle: ModelBundle, prompts: np.ndarray, new_tokens: int, per_layer: bool,
+         tokens_out: dict[str, np.ndarray]) -> Callable[[], None]:
+  """One greedy `sampling.sample` call; its tokens are kept in `tokens_out[path]`."""
   config = bundle.config
   valid = np.ones(prompts.shape, bool)
+  path = "per_layer" if per_layer else "stacked"
 
   def run():
     out = sampling.sample(bundle.params, config, prompts, valid, jax.random.PRNGKey(0),
-                          max_new_tokens=new_tokens, temperature=0.0, eos_ids=())
-    lengths = np.asarray(out.lengths)  # host sync: the call is finished
+                          max_new_tokens=new_tokens, temperature=0.0, eos_ids=(),
+                          per_layer=per_layer)
+    tokens_out[path] = np.asarray(out.tokens)  # host sync: the call is finished
+    lengths = np.asarray(out.lengths)
     assert (lengths == new_tokens).all(), lengths
-  return timed(run, repeats)
+  return run
 
 
-def bench_torch(hf_dir: str, dtype: str, prompts: np.ndarray, new_tokens: int, repeats: int
-                ) -> tuple[float, list[float]]:
+def torch_generate(hf_dir: str, dtype: str, prompts: np.ndarray, new_tokens: int
+                   ) -> Callable[[], None]:
   import torch
   import transformers
   torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
@@ -103,7 +113,7 @@ def bench_torch(hf_dir: str, dtype: str, prompts: np.ndarray, new_tokens: int, r
                            max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                            pad_token_id=0, temperature=None, top_p=None, top_k=None)
     assert out.shape[1] == prompts.shape[1] + new_tokens
-  return timed(run, repeats)
+  return run
 
 
 def bytes_per_step(config: DecoderConfig, params: Any, batch: int, cache_len: int) -> dict:
@@ -122,6 +132,8 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--dtypes", default="float32,bfloat16")
   parser.add_argument("--no-torch", action="store_true", help="skip transformers")
+  parser.add_argument("--paths", default="per_layer,stacked",
+                      help="our decode paths to time (per_layer, stacked)")
   parser.add_argument("--out", default=None, help="write the results as JSON here")
   args = parser.parse_args()
   if args.quick:
@@ -152,17 +164,24 @@ def main() -> None:
       bundle = with_dtype(base, dtype)
       b = bytes_per_step(bundle.config, bundle.params, args.batch, cache_len)
       bound = args.batch * bandwidth / b["total"]
-      med, times = bench_ours(bundle, prompts, args.new_tokens, args.repeats)
-      row = {"impl": "pbrl_jax", "dtype": dtype, "tok_s": new_tokens_total / med,
-             "times_s": times, "bytes_per_step": b, "bound_tok_s": bound,
-             "fraction_of_bound": new_tokens_total / med / bound}
-      results["rows"].append(row)
+      tokens: dict[str, np.ndarray] = {}
+      fns = {f"pbrl_jax {path}": ours(bundle, prompts, args.new_tokens,
+                                      path == "per_layer", tokens)
+             for path in args.paths.split(",")}
       if hf_dir is not None:
-        med, times = bench_torch(hf_dir, dtype, prompts, args.new_tokens, args.repeats)
-        results["rows"].append({"impl": "transformers", "dtype": dtype,
-                                "tok_s": new_tokens_total / med, "times_s": times,
-                                "bound_tok_s": bound,
-                                "fraction_of_bound": new_tokens_total / med / bound})
+        fns["transformers"] = torch_generate(hf_dir, dtype, prompts, args.new_tokens)
+      for name, times in timed_interleaved(fns, args.repeats).items():
+        med = statistics.median(times)
+        impl, _, path = name.partition(" ")
+        row = {"impl": impl, "path": path or None, "dtype": dtype,
+               "tok_s": new_tokens_total / med, "times_s": times, "bound_tok_s": bound,
+               "fraction_of_bound": new_tokens_total / med / bound}
+        if impl == "pbrl_jax":
+          row["bytes_per_step"] = b
+        results["rows"].append(row)
+      if len(tokens) == 2:
+        same = bool(np.array_equal(tokens["per_layer"], tokens["stacked"]))
+        results.setdefault("paths_same_tokens", {})[dtype] = same
 
   torch_fp32 = [r["tok_s"] for r in results["rows"]
                 if r["impl"] == "transformers" and r["dtype"] == "float32"]
@@ -170,16 +189,18 @@ def main() -> None:
                    default=None)
   print(f"{results['model']}: batch {args.batch}, prompt {args.prompt_len}, "
         f"{args.new_tokens} new tokens, greedy; copy bandwidth {bandwidth / 1e9:.1f} GB/s")
-  print(f"{'impl':<14}{'dtype':<10}{'tok/s':>10}{'bound':>10}{'of bound':>10}"
+  print(f"{'impl':<24}{'dtype':<10}{'tok/s':>10}{'bound':>10}{'of bound':>10}"
         f"{'vs torch fp32':>15}{'vs best torch':>15}")
   for r in results["rows"]:
     vs32 = f"{r['tok_s'] / torch_fp32[0]:.2f}x" if torch_fp32 else "-"
     vsbest = f"{r['tok_s'] / best_torch:.2f}x" if best_torch else "-"
-    print(f"{r['impl']:<14}{r['dtype']:<10}{r['tok_s']:>10.1f}{r['bound_tok_s']:>10.0f}"
+    name = f"{r['impl']} {r['path'] or ''}".strip()
+    print(f"{name:<24}{r['dtype']:<10}{r['tok_s']:>10.1f}{r['bound_tok_s']:>10.0f}"
           f"{100 * r['fraction_of_bound']:>9.0f}%{vs32:>15}{vsbest:>15}")
+  if "paths_same_tokens" in results:
+    print(f"per_layer and stacked give the same tokens: {results['paths_same_tokens']}")
   if args.out:
-    with open(args.out, "w") as f:
-      json.dump(results, f, indent=2)
+    fileio.atomic_write_json(args.out, results, indent=2)
     print(f"wrote {args.out}")
 
 

@@ -6,8 +6,11 @@ Everything runs offline on the CPU from packages installed by the Makefile. A fi
 the same workdir is not repeated: its report is shown again.
 """
 
+import json
 import os
+import statistics
 import time
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -106,26 +109,64 @@ def warm_start(premise, workdir: str, steps: int = -1) -> str:
   return export_hf(bundle, model_dir)
 
 
+def time_breakdown(workdir: str, phases: dict[str, float]) -> dict[str, Any]:
+  """Seconds per phase of this demo run: `phases` measured by `main`, the evaluations'
+  generation and the GRPO steps (median step and its stages) read from the run's files.
+
+  Whatever `phases['grpo run']` does not cover with evaluations and steps is loading,
+  compiling the first step's programs, checkpoints and the report.
+  """
+  from pbrl_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  out = {k: round(v, 1) for k, v in phases.items()}
+  for tag in ("before", "after"):
+    path = os.path.join(workdir, f"eval_{tag}.json")
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        out[f"evaluation {tag} (generation)"] = round(
+            json.load(f)["settings"]["generation_seconds"], 1)
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(path):
+    rows = [r for r in metrics_lib.read_jsonl(path) if "time/step" in r]
+    if rows:
+      out["grpo steps"] = round(sum(r["time/step"] for r in rows), 1)
+      out["grpo step median"] = {
+          key.removeprefix("time/"): round(statistics.median(r[key] for r in rows), 2)
+          for key in sorted({k for r in rows for k in r if k.startswith("time/")})
+          if all(key in r for r in rows)}
+  return out
+
+
 def main(argv):
   del argv
   from pbrl_jax import train  # pylint: disable=g-import-not-at-top
   config, workdir = _CONFIG.value, _WORKDIR.value
   t0 = time.perf_counter()
+  phases = {}
   prepare(config, workdir)
-  print(f"[demo] pivot references ready ({time.perf_counter() - t0:.0f} s)", flush=True)
+  phases["references"] = time.perf_counter() - t0
+  print(f"[demo] pivot references ready ({phases['references']:.0f} s)", flush=True)
   if _PREMISE_STEPS.value != 0:
     premise = _premise_config(config_flags.get_config_filename(flags.FLAGS["config"]))
     steps = _PREMISE_STEPS.value if _PREMISE_STEPS.value > 0 else premise.total_steps
     print(f"[demo] warm start: SFT on the English references in English for {steps} steps"
           " (the paper's premise: a policy that is better in English) ...", flush=True)
+    t = time.perf_counter()
     config.model.path = warm_start(premise, workdir, steps)
+    phases["warm start"] = time.perf_counter() - t
     print(f"[demo] warm start ready ({time.perf_counter() - t0:.0f} s): {config.model.path}",
           flush=True)
   print(f"[demo] training GRPO for {config.total_steps} steps ...", flush=True)
+  t = time.perf_counter()
   summary = train.train_and_report(config, workdir)
+  phases["grpo run"] = time.perf_counter() - t
   total = time.perf_counter() - t0
+  phases["total"] = total
+  timing = time_breakdown(workdir, phases)
+  fileio.atomic_write_json(os.path.join(workdir, "demo_timing.json"), timing, indent=1)
   print(f"\n[demo] done in {total / 60:.1f} min: {summary['stopped_by']} at step "
         f"{summary['last_step']}")
+  print("[demo] seconds by phase (also in demo_timing.json): "
+        + json.dumps(timing))
   print(f"[demo] report: {os.path.join(workdir, 'report.md')}")
   print(f"[demo] metrics: {os.path.join(workdir, 'metrics.jsonl')}; TensorBoard: "
         f"tensorboard --logdir {os.path.join(workdir, 'tensorboard')}")

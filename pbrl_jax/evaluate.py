@@ -104,7 +104,7 @@ def generate(params: Params, config: DecoderConfig, tokenizer: Any, prompts: Seq
              max_new_tokens: int, batch_size: int, num_samples: int = 1,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
              mesh: Mesh | None = None, lora: Params | None = None,
-             lora_scale: float = 1.0) -> Completions:
+             lora_scale: float = 1.0, per_layer: bool | None = None) -> Completions:
   """Runs the sampler over `prompts` in fixed-size batches of similar lengths.
 
   Prompts are sorted by token length (stably) and cut into batches; each batch is left-padded
@@ -125,6 +125,7 @@ def generate(params: Params, config: DecoderConfig, tokenizer: Any, prompts: Seq
     top_p: nucleus mass (1 disables).
     seed: batch b (of the length-sorted prompts) samples with fold_in(PRNGKey(seed), b).
     mesh: optional device mesh for the sampler.
+    per_layer: the sampler's decode path (`sampling.sample`; None: its default).
 
   Returns:
     The decoded completions and their lengths.
@@ -160,7 +161,7 @@ def generate(params: Params, config: DecoderConfig, tokenizer: Any, prompts: Seq
                           num_samples=g, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_p=top_p, eos_ids=eos,
                           prompt_buckets=(bucket,), mesh=mesh, lora=lora,
-                          lora_scale=lora_scale)
+                          lora_scale=lora_scale, per_layer=per_layer)
     toks, lens, finished = distributed.host_value((out.tokens, out.lengths, out.finished))
     for i, example in enumerate(members):
       rows_i = range(i * g, (i + 1) * g)

@@ -230,7 +230,9 @@ def prefill(params: Params, config: DecoderConfig, tokens: Array, valid: Array,
 
 def decode_step(params: Params, config: DecoderConfig, token: Array, position: Array,
                 slot: Array, key_valid: Array, cache: decoder.Cache,
-                lora: Params | None = None, lora_scale: float = 1.0
+                lora: Params | None = None, lora_scale: float = 1.0, *,
+                layers: tuple[Params, ...] | None = None,
+                lora_layers: tuple[Params, ...] | None = None
                 ) -> tuple[Array, decoder.Cache]:
   """Feeds one token per row, writing its key/value at cache `slot`.
 
@@ -244,13 +246,21 @@ def decode_step(params: Params, config: DecoderConfig, token: Array, position: A
     cache: KV cache [L,B,S,K,H].
     lora: LoRA adapters applied unmerged, or None.
     lora_scale: alpha / rank.
+    layers: the layers' weights one by one (`decoder.unstack_layers`); the layer loop then
+      reads them (`decoder.forward_per_layer`) and `params['layers']` is not read.
+    lora_layers: the adapters one by one, with `layers` (`lora` is then not read).
 
   Returns:
     (float32 logits [B,V] for the next token, updated cache).
   """
-  hidden, cache = decoder.forward(params, config, token[:, None], position[:, None],
-                                  key_valid[:, None, :], cache, slot, lora=lora,
-                                  lora_scale=lora_scale)
+  if layers is None:
+    hidden, cache = decoder.forward(params, config, token[:, None], position[:, None],
+                                    key_valid[:, None, :], cache, slot, lora=lora,
+                                    lora_scale=lora_scale)
+  else:
+    hidden, cache = decoder.forward_per_layer(params, layers, config, token[:, None],
+                                              position[:, None], key_valid[:, None, :],
+                                              cache, slot, lora_layers, lora_scale)
   return decoder.unembed(params, config, hidden)[:, 0], cache
 
 
@@ -373,11 +383,12 @@ def _constrain_batch(x: Array, mesh: Mesh | None, axis: int) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("config", "num_samples", "max_len", "mesh",
-                                             "lora_scale"))
+                                             "lora_scale", "per_layer"))
 def _sample_program(params: Params, prompt_tokens: Array, prompt_valid: Array, rng: Array,
                     knobs: SamplingKnobs, eos_ids: Array, stop_seqs: Array,
                     lora: Params | None, *, config: DecoderConfig, num_samples: int,
-                    max_len: int, mesh: Mesh | None, lora_scale: float) -> SampleOutput:
+                    max_len: int, mesh: Mesh | None, lora_scale: float,
+                    per_layer: bool) -> SampleOutput:
   b, p = prompt_tokens.shape
   g, m = num_samples, max_len
   rows = b * g
@@ -407,6 +418,15 @@ def _sample_program(params: Params, prompt_tokens: Array, prompt_valid: Array, r
                            pad_id=config.pad_token_id)
   state = emit(state, logits)
 
+  # The decode loop's weights: the stack as it is, or (`per_layer`) each layer's weights
+  # sliced out once here, so that no step slices the stack again.
+  step_params, per_layer_weights = params, {}
+  if per_layer:
+    step_params = {k: v for k, v in params.items() if k != "layers"}
+    per_layer_weights["layers"] = decoder.unstack_layers(params["layers"])
+    if lora is not None:
+      per_layer_weights["lora_layers"] = decoder.unstack_layers(lora["layers"])
+
   def cond(s: SamplingState) -> Array:
     return (s.step < knobs.max_new_tokens) & ~jnp.all(s.done)
 
@@ -414,8 +434,9 @@ def _sample_program(params: Params, prompt_tokens: Array, prompt_valid: Array, r
     t = s.step  # feed token t-1, written at slot P + t - 1
     key_valid = jnp.concatenate(
         [prompt_valid, jnp.broadcast_to(jnp.arange(m) < t, (rows, m))], axis=1)  # [BG,S]
-    logits, new_cache = decode_step(params, config, s.last_token, prompt_len + t - 1,
-                                    p + t - 1, key_valid, s.cache, lora, lora_scale)
+    logits, new_cache = decode_step(step_params, config, s.last_token, prompt_len + t - 1,
+                                    p + t - 1, key_valid, s.cache, lora, lora_scale,
+                                    **per_layer_weights)
     return emit(dataclasses.replace(s, cache=new_cache), logits)
 
   state = jax.lax.while_loop(cond, body, state)
@@ -452,7 +473,7 @@ def sample(params: Params, config: DecoderConfig, prompt_tokens: Array, prompt_v
            stop_token_sequences: Sequence[Sequence[int]] = (),
            max_len: int | None = None, prompt_buckets: Sequence[int] = PROMPT_BUCKETS,
            mesh: Mesh | None = None, lora: Params | None = None,
-           lora_scale: float = 1.0) -> SampleOutput:
+           lora_scale: float = 1.0, per_layer: bool | None = None) -> SampleOutput:
   """Samples `num_samples` completions per left-padded prompt.
 
   Args:
@@ -476,6 +497,12 @@ def sample(params: Params, config: DecoderConfig, prompt_tokens: Array, prompt_v
     lora: LoRA adapters (`pbrl_jax.models.lora`), applied unmerged on top of `params` (the
       base): the adapted kernels are never materialised. None: `params` alone.
     lora_scale: alpha / rank of the adapters.
+    per_layer: decode from each layer's weights sliced out of the stack once per call
+      (`decoder.unstack_layers`) rather than from the stack at every step; it holds a second
+      copy of the weights while sampling. None: on the CPU only, where slicing the stack
+      inside the loop copies every layer's weights at every step (measured in
+      benchmarks/RESULTS.md); elsewhere the stack is read as it is, one copy of the weights
+      (the memory a pod's plan counts).
 
   Returns:
     SampleOutput with [B*G, M] arrays.
@@ -524,10 +551,12 @@ def sample(params: Params, config: DecoderConfig, prompt_tokens: Array, prompt_v
       # Each device takes its rows of the (host-replicated) prompts: also right on multi-host.
       prompt_tokens, prompt_valid = distributed.global_from_host(
           (prompt_tokens, prompt_valid), sharding_lib.batch_sharding(mesh, 2))
+  if per_layer is None:
+    per_layer = jax.default_backend() == "cpu"
   return _sample_program(params, prompt_tokens, prompt_valid, rng, knobs,
                          jnp.asarray(eos), jnp.asarray(stops), lora, config=config,
                          num_samples=num_samples, max_len=max_len, mesh=mesh,
-                         lora_scale=float(lora_scale))
+                         lora_scale=float(lora_scale), per_layer=bool(per_layer))
 
 
 # ---------------------------------------------------------------------------------------------

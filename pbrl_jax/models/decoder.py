@@ -313,7 +313,7 @@ class Decoder(nn.Module):
                cache: Cache | None = None, cache_index: Array | None = None,
                prefix: Cache | None = None) -> tuple[Array, Cache | None]:
     c = self.config
-    x = jnp.take(self.embed, tokens, axis=0).astype(c.jnp_dtype)  # [B,T,D]
+    x = self.embed_tokens(tokens)  # [B,T,D]
     sin, cos = rope_sin_cos(c, positions)
     layer_ids = jnp.arange(c.num_layers, dtype=jnp.int32)
     (x, new_cache), kv = self.layers((x, cache), (layer_ids, prefix), sin, cos, attn_mask,
@@ -321,6 +321,14 @@ class Decoder(nn.Module):
     if self.collect_kv:
       return self.final_norm(x), kv
     return self.final_norm(x), new_cache
+
+  def embed_tokens(self, tokens: Array) -> Array:
+    """Token ids [B,T] -> input embeddings [B,T,D] in the compute dtype."""
+    return jnp.take(self.embed, tokens, axis=0).astype(self.config.jnp_dtype)
+
+  def final_hidden(self, x: Array) -> Array:
+    """The last layer's output -> final hidden states (the final norm)."""
+    return self.final_norm(x)
 
   def logits(self, hidden: Array) -> Array:
     """hidden [B,T,D] -> float32 logits [B,T,V]."""
@@ -434,13 +442,55 @@ def forward(params: Params, config: DecoderConfig, tokens: Array, positions: Arr
   """
   variables = {"params": params}
   if lora is not None:
-    # The scale is folded into B; the collection mirrors the module tree (layers/attn/...).
-    variables["lora"] = jax.tree.map(
-        lambda ad: {"a": ad["a"], "b": ad["b"] * lora_scale}, lora["layers"],
-        is_leaf=lambda x: isinstance(x, dict) and "a" in x)
-    variables["lora"] = {"layers": variables["lora"]}
+    # The collection mirrors the module tree (layers/attn/...).
+    variables["lora"] = {"layers": _scaled_lora(lora["layers"], lora_scale)}
   return Decoder(config, collect_kv).apply(variables, tokens, positions, attn_mask, cache,
                                            cache_index, prefix)
+
+
+def _scaled_lora(adapters: Params, lora_scale: float) -> Params:
+  """The adapters with the scale folded into B (each adapted projection adds (x A) (s B))."""
+  return jax.tree.map(lambda ad: {"a": ad["a"], "b": ad["b"] * lora_scale}, adapters,
+                      is_leaf=lambda x: isinstance(x, dict) and "a" in x)
+
+
+def unstack_layers(stacked: Params) -> tuple[Params, ...]:
+  """The L per-layer trees of a layer stack (every leaf [L, ...]): each slice taken once.
+
+  For `forward_per_layer`. Inside a decode loop over the stacked arrays, XLA on the CPU
+  copies every layer's weights out of the stack at every step (about a fifth of a 135M
+  model's decode step); slices taken once before the loop cost one copy of the weights per
+  sampler call instead.
+  """
+  n = jax.tree.leaves(stacked)[0].shape[0]
+  return tuple(jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n))
+
+
+def forward_per_layer(params: Params, layers: tuple[Params, ...], config: DecoderConfig,
+                      tokens: Array, positions: Array, attn_mask: Array, cache: Cache,
+                      cache_index: Array, lora_layers: tuple[Params, ...] | None = None,
+                      lora_scale: float = 1.0) -> tuple[Array, Cache]:
+  """`forward` with a cache, the layers applied one by one from per-layer weights.
+
+  The same layer code and the same result as `forward` (which scans the stacked weights);
+  `layers` (and `lora_layers`) come from `unstack_layers`, `params` supplies the embedding
+  and the final norm (its 'layers' entry, if any, is not read). The layer loop is unrolled
+  in the program: what the sampler's decode step uses on the CPU, not for training.
+  """
+  if lora_layers is not None and len(lora_layers) != len(layers):
+    raise ValueError(f"forward_per_layer: {len(lora_layers)} LoRA layers for "
+                     f"{len(layers)} layers")
+  top = {"params": {k: v for k, v in params.items() if k != "layers"}}
+  x = Decoder(config).apply(top, tokens, method=Decoder.embed_tokens)
+  sin, cos = rope_sin_cos(config, positions)
+  block = DecoderLayer(config)
+  for i, weights in enumerate(layers):
+    variables = {"params": weights}
+    if lora_layers is not None:
+      variables["lora"] = _scaled_lora(lora_layers[i], lora_scale)
+    (x, cache), _ = block.apply(variables, (x, cache), (jnp.asarray(i, jnp.int32), None),
+                                sin, cos, attn_mask, cache_index)
+  return Decoder(config).apply(top, x, method=Decoder.final_hidden), cache
 
 
 def unembed(params: Params, config: DecoderConfig, hidden: Array) -> Array:

@@ -8,7 +8,7 @@ from sampler_testlib import TINY_CONFIGS, ragged_prompts, random_params
 
 from pbrl_jax import padding
 from pbrl_jax import sampling
-from pbrl_jax.models import logits_fn
+from pbrl_jax.models import decoder, lora, logits_fn
 
 ATOL = 1e-4  # fp32 end to end
 
@@ -23,8 +23,10 @@ def _full_logits(params, config, prompt_tokens, prompt_valid, completion, comple
   return logits[:, p - 1:-1]
 
 
+@pytest.mark.parametrize("per_layer", [False, True], ids=["stacked", "per_layer"])
 @pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
-def test_cached_decode_matches_full_forward_every_step(family):
+def test_cached_decode_matches_full_forward_every_step(family, per_layer):
+  """Both decode paths: the stacked layers (TPU) and the weights sliced once (CPU)."""
   config = TINY_CONFIGS[family]
   params = random_params(config, seed=1, scale=4.0)
   rng = np.random.default_rng(0)
@@ -40,10 +42,11 @@ def test_cached_decode_matches_full_forward_every_step(family):
   step_logits.append(logits)
   prompt_len = valid.sum(1)
   step = jax.jit(sampling.decode_step, static_argnums=1)
+  layers = {"layers": decoder.unstack_layers(params["layers"])} if per_layer else {}
   for t in range(1, m):
     key_valid = np.concatenate([valid, np.broadcast_to(np.arange(m) < t, (3, m))], axis=1)
     logits, cache = step(params, config, completion[:, t - 1], prompt_len + t - 1,
-                         jnp.int32(p + t - 1), key_valid, cache)
+                         jnp.int32(p + t - 1), key_valid, cache, **layers)
     step_logits.append(logits)
   cached = np.stack(step_logits, axis=1)  # [B,M,V]
   full = _full_logits(params, config, tokens, valid, completion, np.ones((3, m), bool))
@@ -113,6 +116,44 @@ def test_sample_logprobs_match_full_forward(family, temperature, top_k, top_p):
                                np.where(mask, expected_s, 0), atol=ATOL, rtol=0)
     # The G samples of a prompt differ (independent draws).
     assert not np.array_equal(completion[0::g], completion[1::g])
+
+
+@pytest.mark.parametrize("per_layer", [False, True], ids=["stacked", "per_layer"])
+def test_sampling_with_unmerged_lora_matches_the_merged_model(per_layer):
+  """Adapters applied inside each projection while decoding == the merged weights' forward.
+
+  The reference is an uncached forward of `lora.apply_lora`'s merged kernels (the merge is
+  checked against NumPy and transformers in tests/models/test_lora.py).
+  """
+  config = TINY_CONFIGS["qwen3_qknorm"]
+  params = random_params(config, seed=6, scale=3.0)
+  rank, alpha = 4, 8.0
+  adapters = lora.init_lora(config, ("q_proj", "v_proj", "o_proj", "down_proj"), rank,
+                            jax.random.PRNGKey(1))
+  # Random B: a fresh adapter (B = 0) would hide an adapter that is never applied.
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(adapters)
+  adapters = jax.tree_util.tree_unflatten(treedef, [
+      0.3 * jax.random.normal(jax.random.PRNGKey(i), x.shape) if path[-1].key == "b" else x
+      for i, (path, x) in enumerate(leaves)])
+  rng = np.random.default_rng(2)
+  b, g, n_new = 2, 2, 10
+  tokens, valid = padding.left_pad(ragged_prompts(rng, b, 16, config.vocab_size), 16,
+                                    config.pad_token_id)
+  out = sampling.sample(params, config, tokens, valid, jax.random.PRNGKey(4), num_samples=g,
+                        max_new_tokens=n_new, temperature=0.9, eos_ids=(), lora=adapters,
+                        lora_scale=alpha / rank, per_layer=per_layer)
+  merged = lora.apply_lora(params, adapters, alpha, rank)
+  completion = np.asarray(out.tokens)
+  full = np.asarray(_full_logits(merged, config, np.repeat(tokens, g, 0),
+                                 np.repeat(valid, g, 0), completion, np.asarray(out.valid)))
+  base = np.asarray(_full_logits(params, config, np.repeat(tokens, g, 0),
+                                 np.repeat(valid, g, 0), completion, np.asarray(out.valid)))
+  assert np.abs(full - base).max() > 0.1  # the adapters change the model
+  expected = np.take_along_axis(np.asarray(jax.nn.log_softmax(full, axis=-1)),
+                                completion[..., None], -1)[..., 0]
+  mask = np.asarray(out.valid)
+  np.testing.assert_allclose(np.where(mask, out.logprobs, 0), np.where(mask, expected, 0),
+                             atol=ATOL, rtol=0)
 
 
 def test_eos_and_stop_sequences_end_rows():
