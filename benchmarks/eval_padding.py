@@ -32,6 +32,16 @@ from pbrl_jax.models.embedded import smollm2_gguf_path
 LANGS = ("en", "de", "fr", "ru", "zh", "es", "ja", "pt")
 
 
+def arith_prompts(langs, per_lang: int) -> list[str]:
+  """The evaluation prompts of `per_lang` of our arithmetic test problems in each language."""
+  with tempfile.TemporaryDirectory() as tmp:
+    arith.write_split(tmp, langs=langs, n_train=8, n_test=per_lang, seed=0)
+    examples = evaluate.load_dataset(
+        evaluate.DatasetSpec(kind="jsonl", path=os.path.join(tmp, "test.jsonl"), langs=langs,
+                             limit=per_lang, seed=0, name="arith"), tmp)
+  return [evaluate.default_prompt(e) for e in examples]
+
+
 def one_bucket_generate(bundle, prompts, max_new_tokens, batch_size):
   """The baseline: input order, every batch padded to the longest prompt's power of two."""
   ids = sampling.encode_prompts(bundle.tokenizer, prompts, chat=True)
@@ -62,12 +72,7 @@ def main() -> None:
   args = ap.parse_args()
   if args.quick:
     args.per_lang, args.new_tokens, args.repeats = 2, 8, 1
-  with tempfile.TemporaryDirectory() as tmp:
-    arith.write_split(tmp, langs=LANGS, n_train=8, n_test=args.per_lang, seed=0)
-    examples = evaluate.load_dataset(
-        evaluate.DatasetSpec(kind="jsonl", path=os.path.join(tmp, "test.jsonl"), langs=LANGS,
-                             limit=args.per_lang, seed=0, name="arith"), tmp)
-  prompts = [evaluate.default_prompt(e) for e in examples]
+  prompts = arith_prompts(LANGS, args.per_lang)
   bundle = from_pretrained(smollm2_gguf_path())
   lengths = [len(x) for x in sampling.encode_prompts(bundle.tokenizer, prompts)]
 
