@@ -458,9 +458,9 @@ def unstack_layers(stacked: Params) -> tuple[Params, ...]:
   """The L per-layer trees of a layer stack (every leaf [L, ...]): each slice taken once.
 
   For `forward_per_layer`. Inside a decode loop over the stacked arrays, XLA on the CPU
-  copies every layer's weights out of the stack at every step (about a fifth of a 135M
-  model's decode step); slices taken once before the loop cost one copy of the weights per
-  sampler call instead.
+  copies every layer's weights out of the stack at every step; slices taken once before the
+  loop cost one copy of the weights per sampler call instead (SmolLM2-135M, 16 rows: 1.15x
+  the tokens per second, benchmarks/RESULTS.md).
   """
   n = jax.tree.leaves(stacked)[0].shape[0]
   return tuple(jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n))
