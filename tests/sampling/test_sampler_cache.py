@@ -8,7 +8,7 @@ from sampler_testlib import TINY_CONFIGS, ragged_prompts, random_params
 
 from pbrl_jax import padding
 from pbrl_jax import sampling
-from pbrl_jax.models import decoder, lora, logits_fn
+from pbrl_jax.models import decoder, logits_fn, lora
 
 ATOL = 1e-4  # fp32 end to end
 
