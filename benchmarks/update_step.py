@@ -4,21 +4,31 @@
   python benchmarks/update_step.py --weights=gguf  # the embedded SmolLM2-135M-Instruct GGUF
   python benchmarks/update_step.py --quick         # a tiny config, seconds (smoke run)
   python benchmarks/update_step.py --probe_flags   # 2048^3 matmul under XLA CPU flag variants
+  python benchmarks/update_step.py --weights=gguf --lora 16 --vocab_block 0 --batch 16 \
+      --prompt_group 8 --profile runs/profile  # the demo's update, with a per-op breakdown
 
-MFU = 6 * params * tokens / step time, over a matmul peak measured in the same run (a jitted
+MFU = 6 * params * tokens / step time (4 * params * tokens with --lora: no weight gradients of
+the frozen base), over a matmul peak measured in the same run (a jitted
 2048^3 matmul in the compute dtype, best of several runs; with --prompt_group the tokens are
 the rows' tokens, of which the shared prompts are computed once per group, so the "MFU" is
 then an effective figure). 6 * N * tokens counts forward and backward of every parameter,
 including the tied embedding as the output projection; the step only projects completion
 positions to the vocabulary, so this slightly overstates the work when prompts are long.
+With --profile DIR, one more update runs under `jax.profiler` and the table adds the XLA ops
+that took the most time in it (from the Perfetto trace, by op name: the compiled program's
+fusions and library calls), so "where does the step go" has an answer with numbers.
 Prints a table and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -80,6 +90,63 @@ def tiny_config(dtype: str):
                        head_dim=32, tie_word_embeddings=True, dtype=dtype)
 
 
+def top_ops(trace_dir: str, n: int | None) -> list[dict]:
+  """The n XLA ops with the most self time in the Perfetto trace under `trace_dir`.
+
+  Self time: an op's duration less that of the ops nested in it on the same thread (a
+  while loop contains its body's ops), so no time counts twice. Only the compiled program's
+  ops are kept, not the runtime's own spans (PjRt execution, Python frames) around them.
+  """
+  paths = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+  if not paths:
+    raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
+  with gzip.open(max(paths, key=os.path.getmtime)) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  runtime = ("$", "PjitFunction", "end: ", "Handle ", "Allocate", "Parse", "Wait ",
+             "PythonRefManager")
+  by_thread = collections.defaultdict(list)
+  for e in events:
+    name = e.get("name", "")
+    if e.get("ph") == "X" and not name.startswith(runtime) and "::" not in name:
+      by_thread[(e.get("pid"), e.get("tid"))].append(e)
+  self_us, count = collections.Counter(), collections.Counter()
+  for evs in by_thread.values():
+    evs.sort(key=lambda e: (e["ts"], -e.get("dur", 0.0)))
+    stack: list[dict] = []  # open ops enclosing the current one
+    for e in evs:
+      while stack and stack[-1]["ts"] + stack[-1].get("dur", 0.0) <= e["ts"]:
+        stack.pop()
+      dur = e.get("dur", 0.0)
+      self_us[e["name"]] += dur
+      count[e["name"]] += 1
+      if stack:
+        self_us[stack[-1]["name"]] -= dur
+      stack.append(e)
+  return _rank(self_us, count, n)
+
+
+def op_kind(name: str) -> str:
+  """'ynn_fusion.12' -> 'ynn_fusion': ops of one kind (matmul fusions, copies, ...)."""
+  return re.sub(r"\.\d+$", "", name)
+
+
+def by_kind(ops: list[dict]) -> list[dict]:
+  """`top_ops` rows (all of them: n=None) summed by `op_kind`."""
+  self_us, count = collections.Counter(), collections.Counter()
+  for row in ops:
+    self_us[op_kind(row["op"])] += row["ms"] * 1e3
+    count[op_kind(row["op"])] += row["calls"]
+  return _rank(self_us, count, None)
+
+
+def _rank(self_us: collections.Counter, count: collections.Counter, n: int | None
+          ) -> list[dict]:
+  all_ms = max(sum(self_us.values()) / 1e3, 1e-9)
+  return [{"op": k, "ms": round(v / 1e3, 1), "calls": count[k],
+           "share": round(v / 1e3 / all_ms, 4)} for k, v in self_us.most_common(n)]
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny config, few steps")
@@ -92,7 +159,15 @@ def main() -> None:
   parser.add_argument("--prompt_group", type=int, default=1,
                       help="G > 1: groups of G rows share their prompt, run once per group"
                            " (config.rl.share_prompt)")
+  parser.add_argument("--lora", type=int, default=0,
+                      help="R > 0: train rank-R LoRA adapters on a frozen base (the demo: 16)")
+  parser.add_argument("--vocab_block", type=int, default=None,
+                      help="config.vocab_block (0: whole logits, as the demo; default: the"
+                           " model config's)")
   parser.add_argument("--steps", type=int, default=3, help="timed steps after one warmup")
+  parser.add_argument("--profile", default="",
+                      help="DIR: trace one more update and list the ops that took longest")
+  parser.add_argument("--top", type=int, default=25, help="ops listed with --profile")
   parser.add_argument("--probe_flags", action="store_true",
                       help="also time a 2048^3 matmul under XLA CPU flag variants")
   parser.add_argument("--out", default="benchmarks/results/update_step.json")
@@ -102,10 +177,10 @@ def main() -> None:
 
   import jax
   import jax.numpy as jnp
-  import optax
 
   from pbrl_jax import rl
   from pbrl_jax.models import decoder
+  from pbrl_jax.models import lora as lora_lib
   from pbrl_jax.models import sharding as shd
 
   # ---- matmul peak, in this process and dtype ----------------------------------------------
@@ -130,15 +205,28 @@ def main() -> None:
   else:
     config = tiny_config(args.dtype) if args.quick else smollm2_135m_config(args.dtype)
     host_params = None
-  fns = rl.make_state_fns(config, optimizer, mesh, with_value_head=False)
-  if host_params is None:
+  if args.vocab_block is not None:
+    config = config.replace(vocab_block=args.vocab_block)
+  lora = lora_lib.LoraSpec(args.lora, 2.0 * args.lora) if args.lora else None
+  fns = rl.make_state_fns(config, optimizer, mesh, with_value_head=False, lora=lora)
+  base = None
+  if lora is not None:  # the frozen base lives outside the state, as in the trainer
+    if host_params is None:
+      host_params = jax.jit(lambda r: decoder.init_params(config, r))(jax.random.PRNGKey(1))
+    base = jax.device_put(host_params, fns.policy_shardings)
+    state = fns.from_params(base, jax.random.PRNGKey(0))
+    n_params = decoder.count_params(base)
+  elif host_params is None:
     state = fns.init_random(jax.random.PRNGKey(0))
+    n_params = decoder.count_params(state.params["policy"])
   else:
     state = fns.from_params(host_params, jax.random.PRNGKey(0))
-  n_params = decoder.count_params(state.params["policy"])
+    n_params = decoder.count_params(state.params["policy"])
   hp = rl.UpdateHParams(kl_coef_in_loss=0.04, num_microbatches=args.microbatches,
                         prompt_group=args.prompt_group)
-  update = rl.make_update_fn(config, hp, optimizer, mesh, fns.shardings)
+  update_fn = rl.make_update_fn(config, hp, optimizer, mesh, fns.shardings, lora=lora,
+                                base_shardings=fns.policy_shardings if lora else None)
+  update = update_fn if lora is None else (lambda st, bt: update_fn(st, bt, base))
 
   b, p, m = args.batch, args.prompt_len, args.completion_len
 
@@ -165,27 +253,48 @@ def main() -> None:
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t)
   step_time = float(np.median(times))
+  ops = None
+  if args.profile:
+    jax.profiler.start_trace(args.profile, create_perfetto_trace=True)
+    state, metrics = update(state, batch(args.steps + 1))
+    jax.block_until_ready(metrics)
+    jax.profiler.stop_trace()
+    ops = top_ops(args.profile, None)
+    # The compiled program beside the trace: op names in the table are its instructions.
+    args_ = (state, batch(0)) if lora is None else (state, batch(0), base)
+    with open(os.path.join(args.profile, "update.hlo.txt"), "w") as f:
+      f.write(update_fn.lower(*args_).compile().as_text())
   tokens = b * (p + m)
-  achieved = 6 * n_params * tokens / step_time
+  achieved = (4 if lora else 6) * n_params * tokens / step_time
   result = {
       "config": "tiny" if args.quick else "smollm2-135m", "weights": args.weights,
       "dtype": args.dtype, "params": n_params, "batch": b, "prompt_len": p,
-      "completion_len": m, "microbatches": args.microbatches,
+      "completion_len": m, "microbatches": args.microbatches, "lora_rank": args.lora,
+      "vocab_block": config.vocab_block,
       "prompt_group": args.prompt_group, "tokens_per_step": tokens,
-      "step_time_s": round(step_time, 4), "first_step_s": round(compile_and_first, 2),
+      "step_time_s": round(step_time, 4), "step_times_s": [round(t, 3) for t in times],
+      "first_step_s": round(compile_and_first, 2),
       "tokens_per_s": round(tokens / step_time, 1),
       "achieved_gflops": round(achieved / 1e9, 1),
       f"matmul_peak_gflops_{n}": round(peak / 1e9, 1), "mfu": round(achieved / peak, 4),
       "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
       "devices": str(jax.devices()[0].device_kind), "jax": jax.__version__,
   }
+  if ops is not None:
+    result["op_kinds"] = by_kind(ops)[:args.top]
+    result["top_ops"] = ops[:args.top]
   if args.probe_flags:
     result["flag_probe"] = probe_flags(512 if args.quick else 2048, 3 if args.quick else 5)
 
   print(f"{'key':<28} value")
   for k, v in result.items():
-    if k != "flag_probe":
+    if k not in ("flag_probe", "top_ops", "op_kinds", "step_times_s"):
       print(f"{k:<28} {v}")
+  for title in ("op_kinds", "top_ops"):
+    if title in result:
+      print(f"{title} (self time of one profiled update):")
+    for row in result.get(title, []):
+      print(f"  {row['ms']:>9.1f} ms {100 * row['share']:5.1f}% x{row['calls']:<4} {row['op']}")
   for row in result.get("flag_probe", []):
     print(f"  {row}")
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -157,7 +157,7 @@ class PlanInputs:
     value_head: PPO critic head on the policy.
     share_prompt: the G rows of a prompt share its forward in scoring and the update
       (`rl.share_prompt`): the prompt then runs once per group.
-    on_policy: scoring skips the policy forward (`stages.is_on_policy`).
+    on_policy: scoring skips the policy forward (`stages.scores_policy`: on-policy or SFT).
     mesh: (data, fsdp, tensor); their product must equal the device count.
   """
 

@@ -197,6 +197,13 @@ def is_on_policy(spec: TrainerSpec) -> bool:
           and spec.rl.rollout_correction is losses.RolloutCorrection.OFF)
 
 
+def scores_policy(spec: TrainerSpec) -> bool:
+  """Whether scoring runs a forward of the policy for the update's old log-probs: not
+  on-policy (the sampler's stand in), and not SFT (the update's own stand in:
+  `UpdateHParams.ratio_to_self`, so the references' NLL comes from the update)."""
+  return not is_on_policy(spec) and not spec.rl.is_sft
+
+
 def _segment_embedder(encoder: Any) -> Callable[[Any, Any], Array]:
   """(params, encoder inputs with leaves [BG, S, ...]) -> embeddings [BG, S, E], jittable."""
 
@@ -229,7 +236,7 @@ def make_device_steps(spec: TrainerSpec, mesh: Any, model_cfg: decoder.DecoderCo
   score_fn = steps_lib.make_score_fn(model_cfg, mesh,
                                      params_shardings=state_fns.shardings.params,
                                      temperature=spec.rollout.temperature,
-                                     embed_fn=embed_fn, policy_outputs=not is_on_policy(spec),
+                                     embed_fn=embed_fn, policy_outputs=scores_policy(spec),
                                      lora=lora, ref_shardings=state_fns.policy_shardings,
                                      prompt_group=spec.prompt_group,
                                      reference_outputs=spec.rl.uses_reference)
@@ -499,7 +506,9 @@ def advantage_stage(fns: StepFns, rollout: Rollout, scored: Scored, rewards: Rew
         np.asarray(shaping.mask_truncated(rollout.completion_mask, rollout.finished)), sh)
   sampler_logp = distributed.global_from_host(rollout.sampler_logp * rollout.completion_mask,
                                               sh)
-  old_logp = sampler_logp if fns.on_policy else out["logp"]
+  # SFT's update reads neither (`UpdateHParams.ratio_to_self`): the zeros of its reference
+  # rollout stand in.
+  old_logp = out["logp"] if "logp" in out else sampler_logp
   arrays["old_logp"] = old_logp
   metrics = {}
   if not fns.on_policy and not spec.rl.is_sft:
@@ -570,10 +579,9 @@ def step_record(fns: StepFns, rollout: Rollout, scored: Scored, rewards: Rewards
   record = dict(update_metrics)
   if spec.rl.is_sft:
     # The update's own loss is -1 by construction (unit advantages at ratio 1); the SFT
-    # loss is the reference tokens' NLL under the policy before this update.
-    logp = np.asarray(distributed.host_value(scored.outputs["logp"]))
-    mask = rollout.completion_mask
-    record["loss"] = record["sft/nll"] = float(-np.sum(logp * mask) / max(mask.sum(), 1))
+    # loss is the reference tokens' NLL under the policy before this update, which the
+    # update measures in its forward (`UpdateHParams.ratio_to_self`).
+    record["loss"] = record["sft/nll"] = float(record.pop("nll"))
     record["rollout/mean_length"] = float(np.mean(rollout.lengths))
     return record
   record.update(reward_record(rewards, rollout, spec.pipeline.group_size,

@@ -179,7 +179,7 @@ def inputs_from_config(cfg: Any, base_dir: str = ".", model_file: str | None = N
   kwargs.update(
       # The trainer keeps a reference copy only when a KL term reads it (`train.build`).
       reference=spec.rl.uses_reference, share_prompt=spec.prompt_group > 1,
-      on_policy=stages.is_on_policy(spec))
+      on_policy=not stages.scores_policy(spec))
   mesh = None
   try:
     mesh = tuple(int(_get(cfg, f"mesh.{a}")) for a in ("data", "fsdp", "tensor"))

@@ -206,7 +206,8 @@ class RLSpec:
     return UpdateHParams(
         **shared, max_completion_length=max_completion_length,
         kl_coef_in_loss=self.beta if self.kl_placement is KLPlacement.LOSS else 0.0,
-        temperature=temperature, with_value_head=self.is_ppo, prompt_group=prompt_group)
+        temperature=temperature, with_value_head=self.is_ppo, prompt_group=prompt_group,
+        ratio_to_self=self.is_sft)
 
 
 @dataclasses.dataclass(frozen=True)

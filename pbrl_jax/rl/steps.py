@@ -103,6 +103,10 @@ class UpdateHParams:
     prompt_group: G when rows i*G .. i*G+G-1 share their prompt (GRPO's groups): the prompt
       is run once per group (`completion_outputs`), and minibatches and micro-batches hold
       whole groups. 1: every row on its own.
+    ratio_to_self: the old log-probs are the update's own (stop-gradient), so every ratio is
+      exactly 1 and the batch's `old_logp` is not read; the metrics add `nll`, the token mean
+      of -log p before the update. SFT: its reference completions were never sampled, and
+      with unit advantages the gradient is then exactly the NLL's, with no scoring forward.
   """
 
   policy_loss: losses.PolicyLoss = losses.PolicyLoss.CLIP
@@ -133,6 +137,7 @@ class UpdateHParams:
   shuffle: bool = False
   with_value_head: bool = False
   prompt_group: int = 1
+  ratio_to_self: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,7 +453,8 @@ def make_loss_fn(config: DecoderConfig, hp: UpdateHParams,
     keep = None
     if hp.top_entropy_quantile < 1.0:
       keep = losses.entropy_quantile_mask(entropy, m, hp.top_entropy_quantile)
-    policy_sum, _, t = losses.policy_objective(logp, mb["old_logp"], mb.get("ref_logp"),
+    old_logp = jax.lax.stop_gradient(logp) if hp.ratio_to_self else mb["old_logp"]
+    policy_sum, _, t = losses.policy_objective(logp, old_logp, mb.get("ref_logp"),
                                                advantages, m, hp, keep,
                                                mb.get("rollout_weight"))
     t["entropy"] = entropy
@@ -462,6 +468,8 @@ def make_loss_fn(config: DecoderConfig, hp: UpdateHParams,
                                                 "entropy", "ratio", "vespo_phi") if name in t}
     if hp.top_entropy_quantile < 1.0:
       sums["entropy_kept"] = tok_sum(keep)
+    if hp.ratio_to_self:
+      sums["nll"] = -tok_sum(logp)
     if hp.entropy_coef:
       loss = loss - hp.entropy_coef * sums["entropy"] / dens["tokens"]
     if "value_loss" in t:
@@ -521,6 +529,8 @@ def _sum_metrics(sums: dict[str, Array], dens: dict[str, Array], with_value_head
     metrics["kl"] = sums["kl"] / tok
   if "entropy_kept" in sums:
     metrics["entropy_mask_kept_frac"] = sums["entropy_kept"] / tok
+  if "nll" in sums:  # `UpdateHParams.ratio_to_self` (SFT)
+    metrics["nll"] = sums["nll"] / tok
   if "vespo_phi" in sums:  # VESPO's sequence weight phi(W), token-weighted
     metrics["vespo_phi_mean"] = sums["vespo_phi"] / tok
   if with_value_head:

@@ -77,7 +77,8 @@ def test_every_update_setting_of_a_run_comes_from_the_config(algorithm):
   from_rollout = {"max_completion_length": 17, "temperature": 0.55, "prompt_group": 3}
   hp = r.update_hparams(**from_rollout)
   config_keys = {f.name for f in dataclasses.fields(spec.RLSpec)}
-  derived = {"kl_coef_in_loss", "with_value_head"}  # from rl.beta/kl_placement/algorithm
+  # from rl.beta/kl_placement/algorithm
+  derived = {"kl_coef_in_loss", "with_value_head", "ratio_to_self"}
   for f in dataclasses.fields(rl.UpdateHParams):
     assert f.name in config_keys | set(from_rollout) | derived, f.name
     if f.name in config_keys:
@@ -85,6 +86,7 @@ def test_every_update_setting_of_a_run_comes_from_the_config(algorithm):
     elif f.name in from_rollout:
       assert getattr(hp, f.name) == from_rollout[f.name], f.name
   assert hp.with_value_head is r.is_ppo
+  assert hp.ratio_to_self is r.is_sft
   assert hp.kl_coef_in_loss == (r.beta if r.kl_placement is rl.KLPlacement.LOSS else 0.0)
 
 

@@ -1,7 +1,8 @@
 """SFT through the shared update step: the gradient equals PyTorch's cross-entropy gradient.
 
-The trainer's SFT feeds reference completions to the RL update with unit advantages and old
-log-probs equal to the current ones (ratio 1). Checked here against transformers' own
+The trainer's SFT feeds reference completions to the RL update with unit advantages, and the
+update takes its own log-probs as the old ones (ratio exactly 1, `UpdateHParams.ratio_to_self`:
+no scoring forward) and reports the references' NLL. Checked here against transformers' own
 `LlamaForCausalLM(labels=...)` loss (token mean over the labelled tokens) and its backward
 pass on the same random weights: NLL and every parameter's gradient within 1e-4 relative
 (fp32). Then `pbrl-train` with `configs/tiny.py:sft` runs end to end.
@@ -76,13 +77,15 @@ def test_sft_update_gradient_matches_torch_cross_entropy(tmp_path):
     logp = np.asarray(logp) * comp
     nll = -logp.sum() / comp.sum()
     update = rl.make_update_fn(config, hp, opt, mesh, fns.shardings)
-    # As the trainer feeds it: no reference log-probs (SFT has no KL term to read them).
-    assert not spec.uses_reference
+    # As the trainer feeds it: no reference log-probs (SFT has no KL term to read them), and
+    # old log-probs of zero that the update does not read (it takes its own).
+    assert not spec.uses_reference and hp.ratio_to_self
     batch = dict(tokens=tokens, valid=valid, completion_mask=comp.astype(np.int32),
-                 old_logp=logp, advantages=comp.astype(np.float32))
+                 old_logp=np.zeros_like(logp), advantages=comp.astype(np.float32))
     state, metrics = update(state, batch)
     after = jax.device_get(state.params["policy"])
   assert nll == pytest.approx(float(out.loss), rel=RTOL)
+  assert float(metrics["nll"]) == pytest.approx(float(out.loss), rel=RTOL)  # the update's own
   assert float(metrics["ratio_mean"]) == pytest.approx(1.0, abs=1e-6)
   grads = dict(hf_state_dict(jax.tree.map(lambda a, b: a - b, before, after), config))
   assert set(grads) == set(torch_grads)
