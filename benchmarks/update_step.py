@@ -215,13 +215,11 @@ def main() -> None:
       host_params = jax.jit(lambda r: decoder.init_params(config, r))(jax.random.PRNGKey(1))
     base = jax.device_put(host_params, fns.policy_shardings)
     state = fns.from_params(base, jax.random.PRNGKey(0))
-    n_params = decoder.count_params(base)
   elif host_params is None:
     state = fns.init_random(jax.random.PRNGKey(0))
-    n_params = decoder.count_params(state.params["policy"])
   else:
     state = fns.from_params(host_params, jax.random.PRNGKey(0))
-    n_params = decoder.count_params(state.params["policy"])
+  n_params = decoder.count_params(state.params["policy"] if lora is None else base)
   hp = rl.UpdateHParams(kl_coef_in_loss=0.04, num_microbatches=args.microbatches,
                         prompt_group=args.prompt_group)
   update_fn = rl.make_update_fn(config, hp, optimizer, mesh, fns.shardings, lora=lora,

@@ -151,7 +151,6 @@ class StepFns:
   ref_params: Any  # the reference policy on the mesh (with LoRA, also the frozen base);
   # None when nothing reads it (full fine-tuning without a KL term, `train.build`)
   lora: lora_lib.LoraSpec | None
-  on_policy: bool  # the sampler's log-probs stand in for the rollout policy's
   encoder_params: Any  # the reward encoder's params on the mesh, or None (host encoder)
   score_fn: Callable[..., dict[str, Array]]
   update_fn: Callable[..., Any]
@@ -257,7 +256,6 @@ def build_step_fns(spec: TrainerSpec, mesh: Any, model_cfg: decoder.DecoderConfi
                    tokenizer: Any, reward_models: Any, ref_params: Any, state_fns: Any,
                    optimizer: Any, lora: lora_lib.LoraSpec | None, base_key: Array) -> StepFns:
   """Jits the scoring, advantage and update programs of `spec` on `mesh`."""
-  on_policy = is_on_policy(spec)
   # The reward encoder runs in the same jit as the policy scoring, on the same mesh; its
   # parameters are replicated (USE-m3 is 30 MB). Host-side engines embed on the host.
   encoder = None if reward_models is None else reward_models.encoder
@@ -274,7 +272,7 @@ def build_step_fns(spec: TrainerSpec, mesh: Any, model_cfg: decoder.DecoderConfi
                    for s in spec.rollout.stop_strings)
   return StepFns(spec=spec, mesh=mesh, model_cfg=model_cfg, tokenizer=tokenizer,
                  reward_models=reward_models, ref_params=ref_params, lora=lora,
-                 on_policy=on_policy, encoder_params=encoder_params, score_fn=score_fn,
+                 encoder_params=encoder_params, score_fn=score_fn,
                  update_fn=update_fn, advantage_fn=advantage_fn, stop_ids=stop_ids,
                  eos_ids=tuple(sampling.eos_ids(model_cfg, tokenizer)), base_key=base_key)
 
@@ -506,12 +504,13 @@ def advantage_stage(fns: StepFns, rollout: Rollout, scored: Scored, rewards: Rew
         np.asarray(shaping.mask_truncated(rollout.completion_mask, rollout.finished)), sh)
   sampler_logp = distributed.global_from_host(rollout.sampler_logp * rollout.completion_mask,
                                               sh)
-  # SFT's update reads neither (`UpdateHParams.ratio_to_self`): the zeros of its reference
-  # rollout stand in.
-  old_logp = out["logp"] if "logp" in out else sampler_logp
+  # On-policy the sampler's log-probs stand in; SFT's update reads none
+  # (`UpdateHParams.ratio_to_self`): the zeros of its reference rollout go in.
+  scored_policy = scores_policy(spec)
+  old_logp = out["logp"] if scored_policy else sampler_logp
   arrays["old_logp"] = old_logp
   metrics = {}
-  if not fns.on_policy and not spec.rl.is_sft:
+  if scored_policy:
     # The trainer's own old log-probs against the sampler's: the mismatch, and its
     # correction weights when one is configured.
     weights, metrics = _rollout_correction(spec.rl, out["logp"], sampler_logp,
