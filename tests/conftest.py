@@ -43,18 +43,3 @@ if "PBRL_TEST_SHARED_DIR" not in os.environ:
 
 # Shared test utilities (reference models, fixtures writers) live next to this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-
-def pytest_collection_modifyitems(config, items):
-  """Files with slow tests run first, the many quick files last.
-
-  With two workers and whole files per worker (`make test`'s --dist loadfile), the run ends
-  when the worker holding the last long file finishes it. pytest-xdist by default queues the
-  files with the most tests first, which puts the heaviest files (one or two long tests
-  each: the miniature smoke run, the memory trend, the multi-host run) at the end of the
-  queue; the Makefile turns that off (--no-loadscope-reorder) so this order holds, and the
-  quick files fill in beside the last long one.
-  """
-  del config
-  slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-  items.sort(key=lambda item: item.path not in slow_files)  # stable: file order kept
