@@ -94,6 +94,22 @@ def test_scoring_forward_agrees_with_the_sampler_and_the_host_encoder(run, step1
   np.testing.assert_allclose(sc.policy_embeddings, host, rtol=1e-4, atol=1e-6)
 
 
+def test_off_policy_old_logp_are_the_policy_forwards_not_the_samplers(run, step1):
+  """With two updates per batch the sampler's log-probs cannot stand in: the update's old
+  log-probs are scoring's policy forward, and the sampler's only feed the mismatch metrics."""
+  ro, sc, rw = step1["rollout"], step1["scored"], step1["rewards"]
+  spec = run.fns.spec
+  fns = dataclasses.replace(run.fns, spec=dataclasses.replace(
+      spec, rl=dataclasses.replace(spec.rl, num_epochs=2)))
+  assert not stages.scores_policy(spec) and stages.scores_policy(fns.spec)
+  mask = ro.completion_mask
+  policy_logp = (ro.sampler_logp - 0.25) * mask  # what scoring's policy forward gave
+  scored = dataclasses.replace(sc, outputs=dict(sc.outputs, logp=jax.numpy.asarray(policy_logp)))
+  batch = stages.advantage_stage(fns, ro, scored, rw)
+  np.testing.assert_array_equal(np.asarray(batch.arrays["old_logp"]), policy_logp)
+  assert batch.metrics  # the trainer-vs-sampler mismatch is logged off-policy
+
+
 def test_reward_stage_equals_the_scorer_run_from_scratch(run, step1):
   ro, sc, rw = step1["rollout"], step1["scored"], step1["rewards"]
   # score_batch parses and embeds the policy side itself on the host: no jit, no cached split.
