@@ -4,13 +4,20 @@
   pbrl-train --config configs/tiny.py --workdir /tmp/tiny
   pbrl-train --config configs/tiny.py:ppo --workdir /tmp/tiny_ppo
   pbrl-train --config configs/tiny.py:sft --workdir /tmp/tiny_sft
+
+':real' (e.g. 'grpo,real') keeps every shape of the run but loads the embedded
+SmolLM2-135M-Instruct weights instead of the random tiny policy: slower (minutes a step), with
+logits a trained model gives (a random tiny policy's are nearly flat, which hides numerics
+such as the sampler/trainer mismatch in bfloat16).
 """
 
 from configs import common
 
 
 def get_config(arg: str = "grpo"):
-  algorithm = arg or "grpo"
+  parts = [p for p in (arg or "grpo").split(",") if p]
+  real = "real" in parts
+  algorithm = next((p for p in parts if p != "real"), "grpo")
   c = common.base_config(algorithm)
   c.total_steps = 4
   c.checkpoint_every = 2
@@ -22,6 +29,9 @@ def get_config(arg: str = "grpo"):
   c.model.vocab_block = 0
   c.model.overrides = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                            num_kv_heads=2, head_dim=16)
+  if real:
+    c.model.random_init = False
+    c.model.overrides = {}
   c.rollout.max_new_tokens = 16
   c.optim.learning_rate = 1e-3
   c.data.langs = ("de", "fr")

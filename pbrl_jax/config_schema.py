@@ -8,6 +8,8 @@ before anything is compiled.
 from __future__ import annotations
 
 import dataclasses
+import enum
+import re
 import types
 import typing
 from typing import Any, Mapping, TypeVar
@@ -17,6 +19,36 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
   """A configuration value that cannot be used; the message names the dotted key."""
+
+
+def _label(class_name: str) -> str:
+  """'KLEstimator' -> 'KL estimator': a class name as the words an error message uses."""
+  words = re.findall(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]+$|[A-Z][a-z0-9]*", class_name)
+  return " ".join(w if w.isupper() and len(w) > 1 else w.lower() for w in words)
+
+
+class Choice(enum.Enum):
+  """An enum whose members a config names by value ('k3', 'dr_grpo').
+
+  `parse` is the one place such a string becomes a member; its error names the kind (the
+  class name in words) and lists every accepted string. A subclass may accept other names
+  for its members by overriding `aliases`.
+  """
+
+  @classmethod
+  def aliases(cls) -> dict[str, Any]:
+    return {}
+
+  @classmethod
+  def parse(cls, name: str) -> Any:
+    alias = cls.aliases()
+    if name in alias:
+      return alias[name]
+    try:
+      return cls(name)
+    except ValueError as e:
+      raise ValueError(f"{_label(cls.__name__)} {name!r}; expected one of"
+                       f" {[m.value for m in cls] + sorted(alias)}") from e
 
 
 def _as_mapping(cd: Any) -> Mapping[str, Any]:

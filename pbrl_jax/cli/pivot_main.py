@@ -5,9 +5,9 @@
   pbrl-pivot --config configs/data_defaults.py --workdir DIR --oracle        # gsm_symbolic
 
 Writes DIR/pivot/ (ArrayRecord shards, per-shard `.done` markers, manifest.json; see
-`pbrl_jax.data.pivot`; the work is `pbrl_jax.pivot_step.build`). Re-running resumes: finished shards that verify are kept. With several
-JAX processes each builds the shards i with i % process_count == process_index and process 0
-writes the manifest.
+`pbrl_jax.data.pivot`; the work is `pbrl_jax.pivot_step.build`). Re-running resumes:
+finished shards that verify are kept. With several JAX processes each builds the shards i
+with i % process_count == process_index and process 0 writes the manifest.
 
 `--oracle` (gsm_symbolic only) writes DIR/oracle_references.jsonl, the English worked
 solutions of the same instances, and imports it: the demo's pivot, since no strong pivot LLM

@@ -69,8 +69,12 @@ def make_reward_func(kind: str) -> RewardFunc:
   """The reward callable both sides call."""
   if kind == "verifiable":
     return verifiable_reward_func
-  from pbrl_jax.rewards import RewardSpec
-  return make_semantic_reward_func(RewardSpec(kind=kind))
+  from configs import reward_defaults  # pylint: disable=g-import-not-at-top
+  from pbrl_jax.rewards import RewardSpec  # pylint: disable=g-import-not-at-top
+  # The reward section users train with, only its kind changed.
+  cfg = reward_defaults.get_config()
+  cfg.kind = kind
+  return make_semantic_reward_func(RewardSpec.from_config(cfg))
 
 
 def run(opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:

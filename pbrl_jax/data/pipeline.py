@@ -41,6 +41,7 @@ from absl import logging
 
 from pbrl_jax.data.pivot import Reference
 from pbrl_jax.data.records import DataError, Example
+from pbrl_jax.data.spec import DataSection
 from pbrl_jax.data.tokenize import (DEFAULT_CHOICE_INSTRUCTION, DEFAULT_MATH_INSTRUCTION,
                                     HFTokenizer, Tokenizer, chat_text, user_message)
 from pbrl_jax.padding import bucket_for, left_pad
@@ -98,14 +99,13 @@ class PipelineOptions:
 
   @classmethod
   def from_config(cls, data: Any) -> "PipelineOptions":
-    """From the `data` config section (configs/data_defaults.py), validated once."""
-    return cls(global_batch_size=data.global_batch_size, group_size=data.group_size,
-               buckets=tuple(data.buckets), seed=data.seed, shuffle=data.shuffle,
-               num_epochs=None, worker_count=data.worker_count,
-               worker_buffer_size=data.worker_buffer_size,
-               missing_reference=data.missing_reference, overlong=data.overlong,
-               math_instruction=data.math_instruction,
-               choice_instruction=data.choice_instruction)
+    """From the `data` section (a ConfigDict or a validated `DataSection`)."""
+    d = DataSection.from_config(data)
+    return cls(global_batch_size=d.global_batch_size, group_size=d.group_size,
+               buckets=d.buckets, seed=d.seed, shuffle=d.shuffle, num_epochs=None,
+               worker_count=d.worker_count, worker_buffer_size=d.worker_buffer_size,
+               missing_reference=d.missing_reference, overlong=d.overlong,
+               math_instruction=d.math_instruction, choice_instruction=d.choice_instruction)
 
 
 def join(examples: Sequence[Example], references: Mapping[str, Reference],

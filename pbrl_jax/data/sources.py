@@ -25,8 +25,8 @@ from absl import logging
 from pbrl_jax.data import gsm_symbolic, readers
 from pbrl_jax.data.pivot import PivotItem, file_sha256, items_sha256
 from pbrl_jax.data.records import DataError, ErrorCounter, Example, normalise_lang
+from pbrl_jax.data.spec import DataSection
 
-SOURCES = ("gsm_symbolic", "mgsm", "mmlu_prox", "jsonl")
 PIVOT_LANG = "en"
 
 
@@ -81,14 +81,13 @@ def load_source(data: Any, workdir: str) -> SourceData:
   """Loads the source named by `data.source` (see the module docstring).
 
   Args:
-    data: The `data` config section.
+    data: The `data` config section (a ConfigDict, validated here, or a `DataSection`).
     workdir: Where caches live (gsm_symbolic).
 
   Returns:
     The targets, the pivot questions and their provenance.
   """
-  if data.source not in SOURCES:
-    raise DataError(f"config data.source: {data.source!r} is not one of {SOURCES}")
+  data = DataSection.from_config(data)
   langs = _langs(data)
   errors = ErrorCounter(data.on_error)
   if data.source == "gsm_symbolic":

@@ -6,4 +6,4 @@ from pbrl_jax.rewards.encoders import TextEncoder, load_encoder
 from pbrl_jax.rewards.score import (RewardModels, load_reward_models, reference_embeddings,
                                     score_batch)
 from pbrl_jax.rewards.similarity import calibrated_cosine
-from pbrl_jax.rewards.spec import RewardConfigError, RewardSpec
+from pbrl_jax.rewards.spec import RewardSpec

@@ -39,25 +39,24 @@ REPEAT_MIN_CHARS = 64
 
 @dataclasses.dataclass(frozen=True)
 class GuardThresholds:
-  """Guard thresholds and weights (see the module docstring for the formulas)."""
+  """Guard thresholds and weights (formulas: the module docstring). No defaults here: the
+  values, and why, are in configs/reward_defaults.py; `RewardSpec.from_config` checks them."""
 
-  language_lo: float = 0.3
-  language_hi: float = 0.6
-  language_weight: float = 1.0
-  copy_lo: float = 0.5  # overlap with the reference
-  copy_hi: float = 0.8
-  # An honest solution restates much of its question (60-75% of its 6-grams in our cases),
-  # so only a response that adds almost nothing to the question is a copy.
-  copy_question_lo: float = 0.85
-  copy_question_hi: float = 0.95
-  copy_weight: float = 1.0
-  length_lo: float = 0.2
-  length_hi: float = 5.0
-  length_weight: float = 1.0
-  repetition_lo: float = 0.5
-  repetition_hi: float = 0.8
-  repetition_weight: float = 1.0
-  empty_weight: float = 1.0
+  language_lo: float
+  language_hi: float
+  language_weight: float
+  copy_lo: float  # overlap with the reference
+  copy_hi: float
+  copy_question_lo: float  # overlap with the question (an honest answer restates it)
+  copy_question_hi: float
+  copy_weight: float
+  length_lo: float
+  length_hi: float
+  length_weight: float
+  repetition_lo: float
+  repetition_hi: float
+  repetition_weight: float
+  empty_weight: float
 
 
 def ramp_up(x: float, lo: float, hi: float) -> float:

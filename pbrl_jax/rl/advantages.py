@@ -9,18 +9,18 @@ floors) are plain Python floats.
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from pbrl_jax.config_schema import Choice
 from pbrl_jax.rl import kl as kl_lib
 
 Array = jax.Array
 
 
-class AdvantageEstimator(enum.Enum):
+class AdvantageEstimator(Choice):
   """Which advantage estimator the trainer uses; validated once from the config string."""
 
   GRPO = "grpo"
@@ -28,14 +28,6 @@ class AdvantageEstimator(enum.Enum):
   RLOO = "rloo"
   RANK = "rank"
   GAE = "gae"
-
-  @classmethod
-  def parse(cls, name: str) -> "AdvantageEstimator":
-    try:
-      return cls(name)
-    except ValueError as e:
-      raise ValueError(f"advantage estimator {name!r}; expected one of"
-                       f" {[m.value for m in cls]}") from e
 
 
 def _grouped(rewards: Array, group_size: int) -> Array:

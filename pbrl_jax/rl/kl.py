@@ -13,40 +13,26 @@ loss; TRL's old PPOTrainer subtracts beta * k1 from the per-token reward (see do
 
 from __future__ import annotations
 
-import enum
-
 import jax
 import jax.numpy as jnp
+
+from pbrl_jax.config_schema import Choice
 
 Array = jax.Array
 
 
-class KLEstimator(enum.Enum):
+class KLEstimator(Choice):
   K1 = "k1"
   K2 = "k2"
   K3 = "k3"
 
-  @classmethod
-  def parse(cls, name: str) -> "KLEstimator":
-    try:
-      return cls(name)
-    except ValueError as e:
-      raise ValueError(f"KL estimator {name!r}; expected one of {[m.value for m in cls]}") from e
 
-
-class KLPlacement(enum.Enum):
+class KLPlacement(Choice):
   """Where the KL penalty enters: the loss (GRPO), the per-token reward (PPO), or nowhere."""
 
   LOSS = "loss"
   REWARD = "reward"
   NONE = "none"
-
-  @classmethod
-  def parse(cls, name: str) -> "KLPlacement":
-    try:
-      return cls(name)
-    except ValueError as e:
-      raise ValueError(f"KL placement {name!r}; expected one of {[m.value for m in cls]}") from e
 
 
 def kl_k1(logp: Array, ref_logp: Array) -> Array:

@@ -8,13 +8,13 @@ aggregation mode.
 
 from __future__ import annotations
 
-import enum
 import math
 from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 
+from pbrl_jax.config_schema import Choice
 from pbrl_jax.rl import kl as kl_lib
 
 if TYPE_CHECKING:  # the update's hyperparameters; rl.steps imports this module
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the update's hyperparameters; rl.steps imports this module
 Array = jax.Array
 
 
-class Aggregation(enum.Enum):
+class Aggregation(Choice):
   """How per-token losses become one scalar.
 
   TOKEN_MEAN: sum over all tokens / number of tokens ('dapo', 'bnpo'; Yu et al. 2025, DAPO,
@@ -42,18 +42,11 @@ class Aggregation(enum.Enum):
   SEQ_SUM = "seq_sum"
 
   @classmethod
-  def parse(cls, name: str) -> "Aggregation":
-    """Accepts our names and TRL's loss_type names of plain aggregations ('dapo', 'bnpo',
-    'grpo', 'dr_grpo'; see `TRL_LOSS_TYPES` for the others)."""
-    alias = {"dapo": cls.TOKEN_MEAN, "bnpo": cls.TOKEN_MEAN, "grpo": cls.SEQ_MEAN_TOKEN_MEAN,
-             "dr_grpo": cls.CONSTANT}
-    if name in alias:
-      return alias[name]
-    try:
-      return cls(name)
-    except ValueError as e:
-      raise ValueError(f"loss aggregation {name!r}; expected one of"
-                       f" {[m.value for m in cls] + sorted(alias)}") from e
+  def aliases(cls) -> dict[str, "Aggregation"]:
+    """TRL's loss_type names of plain aggregations ('dapo', 'bnpo', 'grpo', 'dr_grpo'; see
+    `TRL_LOSS_TYPES` for the others), accepted beside ours."""
+    return {"dapo": cls.TOKEN_MEAN, "bnpo": cls.TOKEN_MEAN, "grpo": cls.SEQ_MEAN_TOKEN_MEAN,
+            "dr_grpo": cls.CONSTANT}
 
 
 def aggregate(per_token: Array, mask: Array, mode: Aggregation,
@@ -98,7 +91,7 @@ def aggregation_denominator(mask: Array, mode: Aggregation,
   return aggregate(jnp.zeros(mask.shape, jnp.float32), mask, mode, max_completion_length)[1]
 
 
-class PolicyLoss(enum.Enum):
+class PolicyLoss(Choice):
   """The per-token policy term, from the importance weight w (token or sequence level).
 
   CLIP: PPO's clipped surrogate -min(w A, clip(w, 1 - eps_low, 1 + eps_high) A) (GRPO, DAPO,
@@ -120,30 +113,16 @@ class PolicyLoss(enum.Enum):
   SAPO = "sapo"
   VESPO = "vespo"
 
-  @classmethod
-  def parse(cls, name: str) -> "PolicyLoss":
-    try:
-      return cls(name)
-    except ValueError as e:
-      raise ValueError(f"policy loss {name!r}; expected one of {[m.value for m in cls]}") from e
 
-
-class ImportanceLevel(enum.Enum):
+class ImportanceLevel(Choice):
   """TOKEN: w_t = pi(y_t) / pi_old(y_t). SEQUENCE: one w per sequence, the exponent of the
   token-mean log-ratio (GSPO, arXiv 2507.18071, eq. 7; TRL `importance_sampling_level`)."""
 
   TOKEN = "token"
   SEQUENCE = "sequence"
 
-  @classmethod
-  def parse(cls, name: str) -> "ImportanceLevel":
-    try:
-      return cls(name)
-    except ValueError as e:
-      raise ValueError(f"importance level {name!r}; expected 'token' or 'sequence'") from e
 
-
-class RolloutCorrection(enum.Enum):
+class RolloutCorrection(Choice):
   """Correction of the sampler/trainer mismatch: the rollout was drawn from the sampler's
   distribution, the update's old log-probs come from the trainer's forward, and the two differ
   when their numerics do (bfloat16 sampling, another kernel or cache layout). Each token's
@@ -159,13 +138,6 @@ class RolloutCorrection(enum.Enum):
   SEQUENCE_TRUNCATE = "sequence_truncate"
   SEQUENCE_MASK = "sequence_mask"
 
-  @classmethod
-  def parse(cls, name: str) -> "RolloutCorrection":
-    try:
-      return cls(name)
-    except ValueError as e:
-      raise ValueError(f"rollout correction {name!r}; expected one of"
-                       f" {[m.value for m in cls]}") from e
 
   @property
   def per_sequence(self) -> bool:

@@ -7,22 +7,15 @@ norm scales, biases or the value head bias.
 
 from __future__ import annotations
 
-import enum
-
 import jax
 import optax
 
+from pbrl_jax.config_schema import Choice
 
-class Schedule(enum.Enum):
+
+class Schedule(Choice):
   CONSTANT = "constant"
   COSINE = "cosine"
-
-  @classmethod
-  def parse(cls, name: str) -> "Schedule":
-    try:
-      return cls(name)
-    except ValueError as e:
-      raise ValueError(f"lr schedule {name!r}; expected one of {[m.value for m in cls]}") from e
 
 
 def make_schedule(kind: Schedule, peak_lr: float, warmup_steps: int, total_steps: int,

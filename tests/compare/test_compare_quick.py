@@ -245,6 +245,24 @@ def test_preset_rejects_unmatched_settings():
     compare.Preset(num_generations=1)
 
 
+def test_semantic_comparisons_score_with_the_reward_users_train_with(monkeypatch):
+  """`pbrl-compare --reward hybrid` scores with configs/reward_defaults.py (reward v2), only
+  the kind changed: the dataclass once carried older defaults of its own (alpha 0.5, exact
+  match, no format term) and the comparison silently used those."""
+  import importlib
+  from configs import reward_defaults
+  from pbrl_jax.rewards import RewardSpec
+  run_lib = importlib.import_module("pbrl_jax.compare.run")  # `compare.run` is the function
+  seen = []
+  monkeypatch.setattr(run_lib, "make_semantic_reward_func", seen.append)
+  for kind in ("hybrid", "embedding"):
+    run_lib.make_reward_func(kind)
+    want = reward_defaults.get_config()
+    want.kind = kind
+    assert seen[-1] == RewardSpec.from_config(want)
+  assert seen[0].alpha == 0.6 and seen[0].answer_precision == "graded"
+
+
 def test_reward_callables_take_trl_arguments():
   plain = ["so 3 * 4 = 12. #### 12", "#### 11"]
   chat = [[{"role": "assistant", "content": c}] for c in plain]
@@ -252,8 +270,11 @@ def test_reward_callables_take_trl_arguments():
     got = compare.verifiable_reward_func(prompts=["q", "q"], completions=completions,
                                          answer=["12", "12"], lang=["en", "en"])
     assert got == [1.0, 0.0]
+  from configs import reward_defaults
   from pbrl_jax.rewards import RewardSpec
-  semantic = compare.make_semantic_reward_func(RewardSpec(kind="verifiable"))
+  cfg = reward_defaults.get_config()
+  cfg.kind = "verifiable"
+  semantic = compare.make_semantic_reward_func(RewardSpec.from_config(cfg))
   assert semantic.__name__ == "semantic_verifiable"
   cols = compare.reward_columns(compare.select_prompts(1), 2)
   got = semantic(prompts=["q", "q"], completions=chat, **cols)

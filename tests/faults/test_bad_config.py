@@ -69,6 +69,17 @@ CASES = [
     ("zero steps", "grpo", _set("total_steps", 0), r"config\.total_steps"),
     ("zero checkpoint interval", "grpo", _set("checkpoint_every", 0),
      r"config\.checkpoint_every"),
+    # The data, pivot and reward sections go through the same schema as the others.
+    ("unknown data key", "grpo", _set("data.sorce", "mgsm"), r"config\.data\.sorce: unknown"),
+    ("data source that is none", "grpo", _set("data.source", "hub"),
+     r"config\.data\.source: 'hub' is not one of"),
+    ("nested data type", "grpo", _set("data.gsm_symbolic.seed", "zero"),
+     r"config\.data\.gsm_symbolic\.seed: expected an integer"),
+    ("pivot type", "grpo", _set("pivot.shard_size", "big"), r"config\.pivot\.shard_size"),
+    ("unknown pivot key", "grpo", _set("pivot.encoder", "use_m3"),
+     r"config\.pivot\.encoder: unknown"),
+    ("reward guard out of range", "grpo", _set("reward.guards.copy_hi", 2.0),
+     r"config\.reward\.guards\.copy_hi: 2\.0 must be"),
 ]
 
 

@@ -1,12 +1,15 @@
 """Guards, language identification and the reward spec."""
 
+import dataclasses
+
 import pytest
 
 from configs import reward_defaults
+from pbrl_jax.config_schema import ConfigError
 from pbrl_jax.rewards import guards, langid
-from pbrl_jax.rewards.spec import RewardConfigError, RewardSpec
+from pbrl_jax.rewards.spec import RewardSpec
 
-TH = guards.GuardThresholds()
+TH = RewardSpec.from_config(reward_defaults.get_config()).guards
 SAME = {
     "en": "Anna has 3 apples and buys 5 more, so she has 8 apples in total.",
     "de": "Anna hat 3 Äpfel und kauft 5 weitere, also hat sie insgesamt 8 Äpfel.",
@@ -105,7 +108,7 @@ def guard_row(response, reference, question, lang, th=TH):
 
 
 def test_guard_weights_soften_gates():
-  th = guards.GuardThresholds(language_weight=0.25, copy_weight=0.0)
+  th = dataclasses.replace(TH, language_weight=0.25, copy_weight=0.0)
   row = guard_row(SAME["en"], SAME["en"] + " extra words here", "", "de", th)
   assert row["gate_language"] == 0.0 and row["gate_copy"] == 0.0
   assert row["gate"] == pytest.approx(0.75)  # 1 - 0.25 * (1 - 0); copy switched off
@@ -116,19 +119,30 @@ def test_spec_from_defaults_and_errors():
   assert spec.kind == "hybrid" and spec.guards.copy_question_lo == 0.85
   cfg = reward_defaults.get_config()
   cfg.kind = "magic"
-  with pytest.raises(RewardConfigError, match=r"reward\.kind"):
+  with pytest.raises(ConfigError, match=r"reward\.kind"):
     RewardSpec.from_config(cfg)
   for key, value, pattern in (("alpha", 1.5, r"reward\.alpha"), ("bogus", 1, r"reward\.bogus"),
                               ("answer_precision", "comet", r"reward\.comet_path")):
     d = reward_defaults.get_config().to_dict()
     d[key] = value
-    with pytest.raises(RewardConfigError, match=pattern):
+    with pytest.raises(ConfigError, match=pattern):
       RewardSpec.from_config(d)
   d = reward_defaults.get_config().to_dict()
   d["guards"]["copy_lo"] = 0.9
-  with pytest.raises(RewardConfigError, match=r"reward\.guards\.copy_lo"):
+  with pytest.raises(ConfigError, match=r"reward\.guards\.copy_lo"):
     RewardSpec.from_config(d)
   d = reward_defaults.get_config().to_dict()
   d["guards"]["language_weight"] = "high"
-  with pytest.raises(RewardConfigError, match=r"reward\.guards\.language_weight"):
+  with pytest.raises(ConfigError, match=r"reward\.guards\.language_weight"):
+    RewardSpec.from_config(d)
+  # Every key is required: the defaults live in configs/ only, so a missing one is named.
+  d = reward_defaults.get_config().to_dict()
+  del d["guards"]["empty_weight"]
+  with pytest.raises(ConfigError, match=r"config\.reward\.guards\.empty_weight: missing"):
+    RewardSpec.from_config(d)
+  d = reward_defaults.get_config().to_dict()
+  d["guards"]["length_hi"] = 50.0  # a length ratio: above 1 is allowed
+  assert RewardSpec.from_config(d).guards.length_hi == 50.0
+  d["guards"]["repetition_lo"] = -0.1
+  with pytest.raises(ConfigError, match=r"config\.reward\.guards\.repetition_lo: -0\.1"):
     RewardSpec.from_config(d)

@@ -233,7 +233,8 @@ def test_aggregation_and_kl_reward(dtype, tol):
     scores, kl_tok = rng.normal(size=b), rng.normal(size=(b, t))
     got = rl.kl_penalized_rewards(j(scores), j(kl_tok), j(mask), 0.05)
     np.testing.assert_allclose(got, ref.kl_reward(scores, kl_tok, mask, 0.05), atol=tol)
-  with pytest.raises(ValueError, match="loss aggregation"):
+  with pytest.raises(ValueError,
+                     match=r"aggregation 'seq_mean'; expected one of .*'token_mean'.*'dapo'"):
     rl.Aggregation.parse("seq_mean")
 
 

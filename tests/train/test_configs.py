@@ -3,6 +3,7 @@
 import glob
 import importlib
 import os
+import re
 
 import pytest
 
@@ -35,6 +36,11 @@ def test_config_validates(name):
     ("rollout.top_p", 0.0, "config.rollout.top_p"),
     ("total_steps", 0, "config.total_steps"),
     ("optim.schedule", "linear", "config.optim.schedule"),
+    ("data.overlong", "drop", "config.data.overlong"),
+    ("data.worker_count", -1, "config.data.worker_count"),
+    ("pivot.prompt_template", "no placeholder", "config.pivot.prompt_template"),
+    ("pivot.embed_fields", ("response", "summary"), "config.pivot.embed_fields[1]"),
+    ("reward.alpha", 1.5, "config.reward.alpha"),
 ])
 def test_bad_values_name_the_key(key, value, message):
   config = importlib.import_module("configs.tiny").get_config()
@@ -44,7 +50,7 @@ def test_bad_values_name_the_key(key, value, message):
     node = node[p]
   with node.unlocked() if hasattr(node, "unlocked") else _nullcontext():
     node[leaf] = value
-  with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+  with pytest.raises(ConfigError, match=re.escape(message)):
     TrainerSpec.from_config(config)
 
 
@@ -53,6 +59,38 @@ def test_unknown_key_is_named():
   config.rl.betta = 0.1
   with pytest.raises(ConfigError, match=r"config\.rl\.betta: unknown key"):
     TrainerSpec.from_config(config)
+
+
+def test_the_pivot_step_checks_its_sections_before_any_work(tmp_path):
+  """`pbrl-pivot` validates `data` and `pivot` as the trainer does, before writing a file."""
+  from configs import data_defaults  # pylint: disable=import-outside-toplevel
+  from pbrl_jax import pivot_step  # pylint: disable=import-outside-toplevel
+  config = data_defaults.get_config()
+  config.pivot.shard_sise = 4
+  with pytest.raises(ConfigError, match=r"config\.pivot\.shard_sise: unknown key"):
+    pivot_step.build(config, str(tmp_path / "w"))
+  config = data_defaults.get_config()
+  config.data.source = "mgsm"  # a file source with no path
+  with pytest.raises(ConfigError, match=r"config\.data\.path: source 'mgsm' reads a file"):
+    pivot_step.build(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_every_choice_parses_its_values_and_names_its_kind():
+  """The enums a config names by string share one parser; its error lists what is accepted."""
+  from pbrl_jax import config_schema, rl  # pylint: disable=import-outside-toplevel,unused-import
+  kinds = {cls.__name__: cls for cls in config_schema.Choice.__subclasses__()}
+  assert {"AdvantageEstimator", "KLEstimator", "KLPlacement", "Aggregation", "PolicyLoss",
+          "ImportanceLevel", "RolloutCorrection", "Schedule"} <= set(kinds)
+  for cls in kinds.values():
+    for member in cls:
+      assert cls.parse(member.value) is member
+    with pytest.raises(ValueError) as err:
+      cls.parse("no-such")
+    assert all(repr(m.value) in str(err.value) for m in cls), err.value
+  with pytest.raises(ValueError, match=r"^KL estimator 'k4'; expected one of \['k1'"):
+    kinds["KLEstimator"].parse("k4")
+  assert kinds["Aggregation"].parse("dr_grpo") is kinds["Aggregation"].CONSTANT  # TRL's name
 
 
 class _nullcontext:
