@@ -119,11 +119,13 @@ def build(cls: type[T], cd: Any, key: str = "config") -> T:
     key: dotted path of the section, for messages.
 
   Returns:
-    An instance of `cls`.
+    An instance of `cls`; `cd` itself when it already is one (a section validated earlier).
 
   Raises:
     ConfigError: unknown key, missing key or wrong type, naming the dotted key.
   """
+  if isinstance(cd, cls):
+    return cd
   values = _as_mapping(cd)
   hints = typing.get_type_hints(cls)
   names = [f.name for f in dataclasses.fields(cls) if f.init]

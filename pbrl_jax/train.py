@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import signal
 import time
@@ -234,6 +233,17 @@ def _evaluate(r: Run, tag: str) -> dict[str, Any]:
   return result
 
 
+# The progress bar's figures: (metric key, format). A run shows those it logs (SFT logs
+# neither a reward nor a KL; formatting them as nan suggested a fault).
+_PROGRESS_FIGURES = {"reward": ("reward_mean", ".3f"), "loss": ("loss", ".3f"),
+                     "kl": ("kl", ".4f")}
+
+
+def _progress_figures(record: dict[str, Any]) -> dict[str, str]:
+  return {name: format(record[key], fmt) for name, (key, fmt) in _PROGRESS_FIGURES.items()
+          if key in record}
+
+
 def _loop(r: Run) -> dict[str, Any]:
   """Steps from `r.start_step` to `total_steps`, checkpointing, until done or stopped."""
   import psutil  # pylint: disable=g-import-not-at-top
@@ -284,9 +294,7 @@ def _loop(r: Run) -> dict[str, Any]:
         writer.write_samples(step, stages.sample_records(rollout, rewards, g))
         if run.sample_every and step % run.sample_every == 0:
           writer.write_text(step, "samples", stages.sample_text(rollout, rewards, g))
-      progress.set_postfix(reward=f"{record.get('reward_mean', math.nan):.3f}",
-                           loss=f"{record['loss']:.3f}", kl=f"{record.get('kl', math.nan):.4f}",
-                           refresh=False)
+      progress.set_postfix(_progress_figures(record), refresh=False)
       progress.update(1)
       if run.eval_every and step % run.eval_every == 0 and r.eval_examples:
         _evaluate(r, f"step{step}")

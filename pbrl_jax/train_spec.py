@@ -30,11 +30,6 @@ class ModelSection:
   lora_alpha: float  # LoRA scale = lora_alpha / lora_rank
   lora_targets: tuple[str, ...]  # projections that get adapters (pbrl_jax.models.lora)
 
-  @classmethod
-  def from_config(cls, cd: Any, key: str = "config.model") -> "ModelSection":
-    """The section, checked; a `ModelSection` is returned as it is."""
-    return cd if isinstance(cd, cls) else build(cls, cd, key)
-
 
 @dataclasses.dataclass(frozen=True)
 class RolloutSection:
@@ -128,7 +123,7 @@ class TrainerSpec:
     data = DataSection.from_config(_section(config, "data"))
     spec = cls(
         run=run,
-        model=ModelSection.from_config(_section(config, "model")),
+        model=build(ModelSection, _section(config, "model"), "config.model"),
         rollout=build(RolloutSection, _section(config, "rollout"), "config.rollout"),
         mesh=build(MeshSection, _section(config, "mesh"), "config.mesh"),
         rl=rl_spec.RLSpec.from_config(_section(config, "rl")),

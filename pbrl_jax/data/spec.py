@@ -52,9 +52,7 @@ class DataSection:
 
   @classmethod
   def from_config(cls, cd: Any, key: str = "config.data") -> "DataSection":
-    """The section, checked; a `DataSection` is returned as it is."""
-    if isinstance(cd, cls):
-      return cd
+    """The section (a ConfigDict, or a section built before), checked."""
     s = build(cls, cd, key)
     # Batch shape, buckets and seed are checked by `PipelineOptions`, which the trainer
     # builds from this section (and tests and benchmarks build directly).
@@ -87,9 +85,7 @@ class PivotSection:
 
   @classmethod
   def from_config(cls, cd: Any, key: str = "config.pivot") -> "PivotSection":
-    """The section, checked; a `PivotSection` is returned as it is."""
-    if isinstance(cd, cls):
-      return cd
+    """The section (a ConfigDict, or a section built before), checked."""
     s = build(cls, cd, key)
     for name in ("max_new_tokens", "batch_size", "shard_size"):
       if getattr(s, name) < 1:

@@ -125,3 +125,12 @@ def test_a_mesh_that_does_not_fit_the_devices_names_the_section():
     train_lib.make_mesh(TrainerSpec.from_config(config))
   with pytest.raises(ValueError, match=message):
     eval_main.eval_mesh(config)
+
+
+def test_the_progress_bar_shows_only_what_a_run_logs():
+  from pbrl_jax import train as train_lib  # pylint: disable=import-outside-toplevel
+  sft = {"loss": 0.6853, "sft/nll": 0.6853}
+  assert train_lib._progress_figures(sft) == {"loss": "0.685"}  # pylint: disable=protected-access
+  grpo = {"reward_mean": 0.25, "loss": -0.0041, "kl": 0.00529}
+  assert train_lib._progress_figures(grpo) == {  # pylint: disable=protected-access
+      "reward": "0.250", "loss": "-0.004", "kl": "0.0053"}
