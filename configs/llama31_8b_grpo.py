@@ -3,15 +3,14 @@
 Needs a local copy of the model (config.json + safetensors + tokenizer files) and the pivot
 references built once (see README):
 
-  pbrl-pivot --config configs/llama31_8b_grpo.py --workdir /gcs/BUCKET/pbrl/llama31_8b \
+  pbrl-pivot --config configs/llama31_8b_grpo.py --workdir gs://BUCKET/pbrl/llama31_8b \
       --references=pivot_refs.jsonl
   launch/tpu_pod.sh --name pbrl --accelerator-type v5p-8 --zone us-east5-a \
       --config configs/llama31_8b_grpo.py --workdir gs://BUCKET/pbrl/llama31_8b \
       -- --config.model.path=/data/Llama-3.1-8B-Instruct
 
-The launcher mounts the bucket with gcsfuse at /gcs/BUCKET on every worker and trains in
-/gcs/BUCKET/pbrl/llama31_8b (launch/README.md); build the references where the bucket is
-mounted the same way (the commands refuse gs:// URLs: they write with local file calls).
+Every worker reads and writes gs://BUCKET/pbrl/llama31_8b directly (references, metrics,
+checkpoints, reports; launch/README.md).
 
 Every value is our choice (the paper's hyperparameters are not public); where a value follows
 common practice for 8B GRPO runs, the comment says so. Check memory first:

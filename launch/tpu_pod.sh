@@ -11,10 +11,11 @@
 #   launch/tpu_pod.sh --name pbrl-v4 --zone us-central2-b --accelerator-type v4-32 --spot \
 #     --config configs/llama31_8b_grpo.py --workdir gs://my-bucket/runs/llama8b -- \
 #     --config.total_steps=200
-# Everything after `--` is passed to pbrl-train unchanged. A gs:// workdir is mounted with
-# gcsfuse at /gcs/BUCKET on every worker and passed as that path (pbrl_jax writes with local
-# file calls and refuses URLs). --dry-run prints every command instead of running it. See
-# launch/README.md.
+# Everything after `--` is passed to pbrl-train unchanged. A gs:// workdir is passed as it is
+# (pbrl-pivot, pbrl-train and pbrl-eval write to buckets directly); with --gcsfuse it is
+# mounted at /gcs/BUCKET on every worker and passed as that path instead (for commands that
+# write local files only, such as pbrl-compare). --dry-run prints every command instead of
+# running it. See launch/README.md.
 
 set -euo pipefail
 
@@ -26,8 +27,8 @@ Required:
   --name NAME               TPU VM / pod slice name.
   --zone ZONE               e.g. us-central2-b, us-west4-a, europe-west4-a.
   --config CONFIG           training config, e.g. configs/llama31_8b_grpo.py[:variant].
-  --workdir DIR             gs://bucket/path (mounted with gcsfuse at /gcs/bucket on every
-                            worker; needed on multi-host slices) or a worker path.
+  --workdir DIR             gs://bucket/path (every worker must see the same directory on
+                            multi-host slices) or a worker path.
 Options:
   --accelerator-type TYPE   v5litepod-8 (default), v5litepod-16, v6e-8, v4-8, v4-32, v5p-8, ...
   --version RUNTIME         TPU software version (default picked from the accelerator type).
@@ -39,6 +40,9 @@ Options:
   --branch BRANCH           branch or tag to check out (default: main).
   --copy                    copy this checkout (tracked files) instead of cloning.
   --command CMD             entry point to run instead of pbrl-train (e.g. pbrl-eval).
+  --gcsfuse                 mount a gs:// workdir's bucket with gcsfuse at /gcs/BUCKET on
+                            every worker and pass that path (for a --command that writes
+                            local files only; pbrl-pivot/train/eval write to gs:// directly).
   --log FILE                local copy of the streamed output (default: NAME-train.log).
   --skip-create             the TPU exists; do not describe or create it.
   --skip-install            the project is already installed on the workers.
@@ -61,6 +65,7 @@ ACCEL="v5litepod-8"
 VERSION=""
 PROJECT=""
 SPOT=0
+GCSFUSE=0
 QUEUED=0
 REPO=""
 BRANCH="main"
@@ -91,6 +96,7 @@ while [[ $# -gt 0 ]]; do
     --command) need_value "$@"; ENTRY="$2"; shift 2 ;;
     --log) need_value "$@"; LOG="$2"; shift 2 ;;
     --spot) SPOT=1; shift ;;
+    --gcsfuse) GCSFUSE=1; shift ;;
     --queued) QUEUED=1; shift ;;
     --copy) COPY=1; shift ;;
     --skip-create) SKIP_CREATE=1; shift ;;
@@ -125,17 +131,19 @@ if [[ $COPY -eq 0 && -z "$REPO" ]]; then
 fi
 LOG="${LOG:-$NAME-train.log}"
 
-# Every worker must see the same checkpoints, and pbrl_jax writes with local file calls (it
-# refuses URLs): a gs:// workdir becomes a gcsfuse mount at the same path on every worker.
+# Every worker must see the same checkpoints: a gs:// workdir (written through the bucket's
+# API), or with --gcsfuse that bucket mounted at the same path on every worker.
 BUCKET=""
-if [[ "$WORKDIR" == gs://* ]]; then
+if [[ "$WORKDIR" == gs://* && $GCSFUSE -eq 1 ]]; then
   rest="${WORKDIR#gs://}"
   BUCKET="${rest%%/*}"
   [[ -n "$BUCKET" ]] || die "--workdir $WORKDIR: no bucket name"
   MOUNT_DIR="/gcs/$BUCKET"
   WORKDIR="$MOUNT_DIR${rest#"$BUCKET"}"
-elif [[ "$WORKDIR" =~ ^[A-Za-z][A-Za-z0-9+.-]*:// ]]; then
-  die "--workdir $WORKDIR: give a gs:// bucket (mounted with gcsfuse) or a worker path"
+elif [[ "$WORKDIR" =~ ^[A-Za-z][A-Za-z0-9+.-]*:// && "$WORKDIR" != gs://* ]]; then
+  die "--workdir $WORKDIR: give a gs:// bucket or a worker path"
+elif [[ $GCSFUSE -eq 1 ]]; then
+  die "--gcsfuse needs a gs:// --workdir"
 fi
 
 GCLOUD_TPU=(gcloud compute tpus tpu-vm)

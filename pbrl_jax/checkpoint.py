@@ -34,6 +34,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from pbrl_jax import fileio
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be written or no usable checkpoint could be restored."""
@@ -85,6 +87,11 @@ class _FaultInjectingPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
     return await super().finalize(*args, **kwargs)
 
 
+def _absolute(path: str) -> str:
+  """Orbax wants absolute paths; a URL already is one."""
+  return path if fileio.is_url(path) else os.path.abspath(path)
+
+
 def make_manager(directory: str, *, max_to_keep: int = 3, async_save: bool = True
                  ) -> ocp.CheckpointManager:
   """A CheckpointManager over `directory` with items 'state', 'data' and 'meta'."""
@@ -93,7 +100,7 @@ def make_manager(directory: str, *, max_to_keep: int = 3, async_save: bool = Tru
       max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
       cleanup_tmp_directories=True,
       temporary_path_class=_FaultInjectingPath if hooked else None)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+  return ocp.CheckpointManager(_absolute(directory), options=options,
                                item_names=("state", "data", "meta"))
 
 
@@ -228,10 +235,10 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
 def checkpoint_steps(workdir: str) -> list[int]:
   """Steps with a finished checkpoint in DIR/checkpoints (Orbax's step directories)."""
   directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
+  if not fileio.isdir(directory):
     return []
-  return sorted(int(d) for d in os.listdir(directory)
-                if d.isdigit() and os.path.isdir(os.path.join(directory, d, "state")))
+  return sorted(int(d) for d in fileio.listdir(directory)
+                if d.isdigit() and fileio.isdir(os.path.join(directory, d, "state")))
 
 
 def restore_params(workdir: str, step: int, abstract_params: Any, item: str = "policy",
@@ -250,8 +257,8 @@ def restore_params(workdir: str, step: int, abstract_params: Any, item: str = "p
   Returns:
     The restored parameter pytree.
   """
-  path = os.path.abspath(os.path.join(workdir, "checkpoints", str(step), "state"))
-  if not os.path.isdir(path):
+  path = _absolute(os.path.join(workdir, "checkpoints", str(step), "state"))
+  if not fileio.isdir(path):
     raise FileNotFoundError(f"{path}: no 'state' item of checkpoint {step}")
   if shardings is None:
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -1,8 +1,8 @@
 """Run metrics: one JSON line per step (process 0), TensorBoard events, and a progress bar.
 
-`metrics.jsonl` is appended one complete line at a time and flushed, so a killed run leaves
-only whole lines; on resume, lines past the restored step are dropped so the file reads as
-one uninterrupted run.
+`metrics.jsonl` is appended one complete line at a time and flushed (in a bucket: rewritten
+whole, `fileio.AppendLog`), so a killed run leaves only whole lines; on resume, lines past the
+restored step are dropped so the file reads as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -34,22 +34,23 @@ def _to_python(value: Any) -> Any:
 
 def truncate_jsonl(path: str, last_step: int) -> None:
   """Keeps only lines with step <= last_step (atomic rewrite)."""
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     return
   keep = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        if json.loads(line)["step"] <= last_step:
-          keep.append(line if line.endswith("\n") else line + "\n")
-      except (json.JSONDecodeError, KeyError):
-        continue  # a line cut by a kill: dropped
+  # Split on "\n" only: a completion may hold U+2028, which str.splitlines also splits on.
+  for line in fileio.read_text(path).split("\n"):
+    if not line:
+      continue
+    try:
+      if json.loads(line)["step"] <= last_step:
+        keep.append(line + "\n")
+    except (json.JSONDecodeError, KeyError):
+      continue  # a line cut by a kill: dropped
   fileio.atomic_write(path, "".join(keep))
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in fileio.read_text(path).split("\n") if line.strip()]
 
 
 class MetricWriter:
@@ -62,11 +63,11 @@ class MetricWriter:
     self._tb = None
     if not self.active:
       return
-    os.makedirs(workdir, exist_ok=True)
+    fileio.makedirs(workdir)
     truncate_jsonl(self.path, resume_step)
     truncate_jsonl(self.samples_path, resume_step)
-    self._file = open(self.path, "a", encoding="utf-8")
-    self._samples = open(self.samples_path, "a", encoding="utf-8")
+    self._file = fileio.AppendLog(self.path)
+    self._samples = fileio.AppendLog(self.samples_path)
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)

@@ -14,6 +14,8 @@ from typing import Any, Callable
 import numpy as np
 from absl import logging
 
+from pbrl_jax import fileio
+
 
 def resolve_encoders(specs: Any) -> dict[str, Callable[[list[str]], np.ndarray]]:
   """Encoder spec -> host function texts -> [B,E] float32, via pbrl_jax.rewards."""
@@ -67,7 +69,7 @@ def build(config: Any, workdir: str, references: str | None = None, oracle: bool
   from pbrl_jax.data.spec import DataSection, PivotSection  # pylint: disable=g-import-not-at-top
   data = DataSection.from_config(config.data)
   pivot = PivotSection.from_config(config.pivot)
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)
   source = sources.load_source(data, workdir)
   questions = {it.id: it for it in source.pivot}
   respond = None

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pbrl_jax import fileio
 from pbrl_jax import metrics as metrics_lib
 from pbrl_jax.fileio import atomic_savefig, atomic_write
 
@@ -143,10 +144,9 @@ def _samples_table(samples: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _load_json(path: str) -> dict | None:
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(fileio.read_text(path))
 
 
 def _signal_section(rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
@@ -269,7 +269,7 @@ def write_report(workdir: str, title: str = "pbrl_jax run") -> str:
   lines += eval_lines
   plots += eval_plots
   samples_path = os.path.join(workdir, metrics_lib.SAMPLES_FILE)
-  if os.path.exists(samples_path):
+  if fileio.exists(samples_path):
     lines.extend(_samples_table(metrics_lib.read_jsonl(samples_path)))
   if plots:
     lines += ["## Plots", ""]

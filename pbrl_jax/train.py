@@ -92,7 +92,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     {'last_step', 'stopped_by', 'workdir'}.
   """
   spec = TrainerSpec.from_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)
   if jax.process_index() == 0:
     fileio.atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict(),
                              indent=2, default=str)
@@ -184,7 +184,7 @@ def _load_data(spec: TrainerSpec, workdir: str, tokenizer: Any) -> tuple[Any, li
   from pbrl_jax.data import pivot as pivot_lib  # pylint: disable=g-import-not-at-top
   from pbrl_jax.data import sources  # pylint: disable=g-import-not-at-top
   ref_dir = pivot_lib.reference_dir(workdir)
-  if not os.path.exists(os.path.join(ref_dir, pivot_lib.MANIFEST)):
+  if not fileio.exists(os.path.join(ref_dir, pivot_lib.MANIFEST)):
     raise FileNotFoundError(
         f"no pivot references in {ref_dir}: build them first with `pbrl-pivot --config ..."
         f" --workdir {workdir}` (add --oracle for gsm_symbolic's English solutions, or"

@@ -83,12 +83,15 @@ def _concrete(args: list[str], tmp: str) -> list[str] | None:
 
 def _launched(line: str) -> str:
   """`launch/tpu_pod.sh ... --config C --workdir W [--command T] [-- ARGS]` -> the command
-  every worker runs: `T --config C --workdir W' ARGS`, a gs:// W as its gcsfuse mount path."""
+  every worker runs: `T --config C --workdir W' ARGS` (with --gcsfuse a gs:// W becomes its
+  mount path)."""
   own, _, extra = line.partition(" -- ")
   argv = shlex.split(own.split(" #")[0])
   opts = {a: argv[i + 1] for i, a in enumerate(argv[:-1])
           if a in ("--config", "--workdir", "--command")}  # the rest are the launcher's own
-  workdir = re.sub(r"^gs://", "/gcs/", opts.get("--workdir", ""))
+  workdir = opts.get("--workdir", "")
+  if "--gcsfuse" in argv:
+    workdir = re.sub(r"^gs://", "/gcs/", workdir)
   return " ".join([opts.get("--command", "pbrl-train"), "--config", opts.get("--config", "..."),
                    "--workdir", workdir, extra.split(" #")[0]]).strip()
 

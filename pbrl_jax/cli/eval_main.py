@@ -19,6 +19,7 @@ Writes DIR/eval/<name>.json (atomically) holding every dataset's `pbrl_jax.evalu
 result, and DIR/eval/<name>.md with PNG plots (per-language accuracy with 95% CI error bars,
 English vs non-English mean and gap). `--compare=a.json,b.json` evaluates nothing: it writes
 a before/after report of two result files.
+DIR is a local path or a gs://BUCKET/path URL (`pbrl_jax.fileio`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def define_flags() -> None:
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                             lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; results go to DIR/eval/.")
-  fileio.refuse_remote("workdir")
+  fileio.output_flag("workdir")
   _NAME = flags.DEFINE_string("name", "", "Result name (default: step_<N>, base, the model's "
                               "file name, or 'compare').")
   _BASE = flags.DEFINE_bool("base", False, "Evaluate the config's base model even when "
@@ -62,6 +63,7 @@ def define_flags() -> None:
   _EXPORT_HF = flags.DEFINE_string("export_hf", "", "Write the chosen model (a LoRA run's "
                                    "adapters merged) as an HF directory here instead of "
                                    "evaluating it.")
+  fileio.refuse_remote("export_hf")  # written by safetensors' and transformers' local calls
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -254,7 +256,7 @@ def write_report(out_dir: str, name: str, runs: Sequence[tuple[str, dict[str, An
   Returns:
     The markdown path.
   """
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   datasets = []
   for _, res in runs:
     datasets += [d for d in res.get("datasets", {}) if d not in datasets]
@@ -329,11 +331,10 @@ def write_report(out_dir: str, name: str, runs: Sequence[tuple[str, dict[str, An
 
 
 def _load_result(path: str) -> dict[str, Any]:
-  with open(path, encoding="utf-8") as f:
-    try:
-      res = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{e.lineno}: not a JSON result file ({e.msg})") from e
+  try:
+    res = json.loads(fileio.read_text(path))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}:{e.lineno}: not a JSON result file ({e.msg})") from e
   if not isinstance(res, dict) or not isinstance(res.get("datasets"), dict):
     raise ValueError(f"{path}: not a pbrl-eval result (no 'datasets' object)")
   return res
@@ -388,13 +389,14 @@ def _evaluate(config: Any, workdir: str, spec: Any, mesh: Any) -> str:
       "name": name,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "model": {"source": _MODEL.value or _PARAMS_FROM.value or config.model.path,
-                "checkpoint_step": step, "workdir": os.path.abspath(workdir)},
+                "checkpoint_step": step,
+                "workdir": workdir if fileio.is_url(workdir) else os.path.abspath(workdir)},
       "trained_langs": trained,
   }
   result["datasets"] = ev.run_datasets(bundle.params, bundle.config, bundle.tokenizer, spec,
                                        workdir=workdir, trained_langs=trained, mesh=mesh)
   out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   path = os.path.join(out_dir, f"{name}.json")
   atomic_write_json(path, result)
   write_report(out_dir, name, [(name, result)])
@@ -404,6 +406,7 @@ def _evaluate(config: Any, workdir: str, spec: Any, mesh: Any) -> str:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  fileio.require_output_dir(_WORKDIR.value, "pbrl-eval")
   if _COMPARE.value:
     path = compare(_WORKDIR.value, _COMPARE.value, _NAME.value)
   elif _EXPORT_HF.value:

@@ -8,6 +8,7 @@ Writes DIR/pivot/ (ArrayRecord shards, per-shard `.done` markers, manifest.json;
 `pbrl_jax.data.pivot`; the work is `pbrl_jax.pivot_step.build`). Re-running resumes:
 finished shards that verify are kept. With several JAX processes each builds the shards i
 with i % process_count == process_index and process 0 writes the manifest.
+DIR is a local path or a gs://BUCKET/path URL (`pbrl_jax.fileio`).
 
 `--oracle` (gsm_symbolic only) writes DIR/oracle_references.jsonl, the English worked
 solutions of the same instances, and imports it: the demo's pivot, since no strong pivot LLM
@@ -35,12 +36,13 @@ def define_flags() -> None:
   _ORACLE = flags.DEFINE_bool("oracle", False,
                               "gsm_symbolic: use the English worked solutions as references.")
   flags.mark_flags_as_required(["config", "workdir"])
-  fileio.refuse_remote("workdir")
+  fileio.output_flag("workdir")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  fileio.require_output_dir(_WORKDIR.value, "pbrl-pivot")
   index, count = 0, 1
   if _REFERENCES.value is None and not _ORACLE.value:
     # Only the model path runs JAX; an import needs no accelerator and no cluster.

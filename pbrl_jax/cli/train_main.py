@@ -4,6 +4,7 @@
 
 Writes DIR/config.json, DIR/metrics.jsonl, TensorBoard events and DIR/checkpoints/, and
 resumes from DIR when a checkpoint is there.
+DIR is a local path or a gs://BUCKET/path URL (`pbrl_jax.fileio`).
 """
 
 from absl import app
@@ -20,12 +21,13 @@ def define_flags() -> None:
                                             lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if present).")
   flags.mark_flags_as_required(["config", "workdir"])
-  fileio.refuse_remote("workdir")
+  fileio.output_flag("workdir")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  fileio.require_output_dir(_WORKDIR.value, "pbrl-train")
   from pbrl_jax import distributed  # pylint: disable=g-import-not-at-top
   distributed.maybe_initialize()
   from pbrl_jax import train  # pylint: disable=g-import-not-at-top

@@ -52,6 +52,7 @@ from absl import logging
 from pbrl_jax.data.readers import canonical_number
 from pbrl_jax.data.records import (DataError, Example, gsm_symbolic_code,
                                    GSM_SYMBOLIC_LANGS)
+from pbrl_jax import fileio
 from pbrl_jax.fileio import atomic_write
 
 PIVOT_VARIANTS = ("eng", "eng_metric")
@@ -526,17 +527,17 @@ def load_or_build(cache_dir: str, langs: Sequence[str], instances_per_template: 
               time_budget_s=time_budget_s, max_attempts=max_attempts,
               english_trials=english_trials)
   path = os.path.join(cache_dir, f"gsm_symbolic-{cache_key(**args)}.jsonl")
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      head = json.loads(f.readline())
-      insts = [ParallelInstance(**json.loads(line)) for line in f if line.strip()]
+  if fileio.exists(path):
+    first, *rest = fileio.read_text(path).split("\n")
+    head = json.loads(first)
+    insts = [ParallelInstance(**json.loads(line)) for line in rest if line.strip()]
     if head.get("count") == len(insts):
       return insts, head["stats"]
     logging.warning("%s: incomplete cache (%d of %s), rebuilding", path, len(insts),
                     head.get("count"))
   insts, stats = build_parallel(langs, instances_per_template, seed, templates, time_budget_s,
                                 max_attempts, english_trials)
-  os.makedirs(cache_dir, exist_ok=True)
+  fileio.makedirs(cache_dir)
   lines = [json.dumps({"args": args, "stats": stats, "count": len(insts)}, ensure_ascii=False)]
   lines += [json.dumps(dataclasses.asdict(i), ensure_ascii=False) for i in insts]
   atomic_write(path, ("\n".join(lines) + "\n").encode())

@@ -9,7 +9,8 @@ On disk (directory `workdir/pivot/`):
   refs-00000-of-00004.arrayrecord.done   JSON: plan fingerprint, sha256, record count, stats
   manifest.json                          written last; lists every shard with its sha256
 
-Crash safety: a shard is written to a temporary name, fsynced and renamed; then its `.done`
+Crash safety: a shard is written to a temporary name, fsynced and renamed (in a bucket: written
+locally, then uploaded as one object, which appears whole or not at all); then its `.done`
 marker is written atomically. A shard counts as finished only when its marker exists, names
 the current plan fingerprint, and the file's sha256 matches. A killed run therefore leaves
 either finished shards (kept on the next run) or files that do not verify (rebuilt); the
@@ -21,7 +22,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
-import glob
 import hashlib
 import json
 import math
@@ -35,6 +35,7 @@ from absl import logging
 
 from pbrl_jax.data.readers import read_jsonl_objects
 from pbrl_jax.data.records import DataError, ErrorCounter, where
+from pbrl_jax import fileio
 from pbrl_jax.fileio import atomic_write_json
 
 FORMAT_VERSION = 1
@@ -129,6 +130,8 @@ def read_references_jsonl(path: str, on_error: str = "raise",
 
 
 def file_sha256(path: str) -> str:
+  if fileio.is_url(path):
+    return hashlib.sha256(fileio.read_bytes(path)).hexdigest()
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -159,18 +162,21 @@ def _default_answer_fns():
 def _read_shard(path: str) -> list[bytes]:
   # pylint: disable-next=g-import-not-at-top
   from array_record.python.array_record_module import ArrayRecordReader
-  reader = ArrayRecordReader(path)
-  try:
-    return list(reader.read_all())
-  finally:
-    reader.close()
+  with fileio.local_copy(path) as local:  # ArrayRecord reads local files only
+    reader = ArrayRecordReader(local)
+    try:
+      return list(reader.read_all())
+    finally:
+      reader.close()
 
 
 def _write_shard(path: str, records: Sequence[bytes]) -> None:
-  """Writes records to `path` through a temporary name; the rename is the commit."""
+  """Writes records to `path` through a temporary name; the rename (or upload) is the commit."""
   # pylint: disable-next=g-import-not-at-top
   from array_record.python.array_record_module import ArrayRecordWriter
-  tmp = f"{path}.tmp-{os.getpid()}"
+  # ArrayRecord writes local files only: a shard bound for a bucket is staged locally.
+  tmp = os.path.join(fileio.local_staging_dir(path),
+                     f"{os.path.basename(path)}.tmp-{os.getpid()}")
   writer = ArrayRecordWriter(tmp, "group_size:1")
   for r in records:
     writer.write(r)
@@ -180,18 +186,17 @@ def _write_shard(path: str, records: Sequence[bytes]) -> None:
   delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
   if delay > 0:
     time.sleep(delay)
-  os.replace(tmp, path)
+  fileio.upload(tmp, path)
 
 
 def shard_is_finished(out_dir: str, name: str, fingerprint: str) -> dict[str, Any] | None:
   """The shard's marker when the shard is finished for this plan, else None."""
   path = os.path.join(out_dir, name)
   marker = path + ".done"
-  if not (os.path.exists(path) and os.path.exists(marker)):
+  if not (fileio.exists(path) and fileio.exists(marker)):
     return None
   try:
-    with open(marker, encoding="utf-8") as f:
-      info = json.load(f)
+    info = json.loads(fileio.read_text(marker))
   except (OSError, json.JSONDecodeError):
     return None
   if info.get("fingerprint") != fingerprint or info.get("sha256") != file_sha256(path):
@@ -260,7 +265,7 @@ def build_references(
   ids = [it.id for it in items]
   if len(set(ids)) != len(ids):
     raise DataError("duplicate ids among the pivot questions")
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   plan = {"format_version": FORMAT_VERSION, "info": dict(info),
           "items_sha256": items_sha256(items), "filter_correct": filter_correct,
           "shard_size": shard_size, "embed_fields": list(embed_fields),
@@ -277,11 +282,10 @@ def build_references(
     if shard_is_finished(out_dir, names[i], fingerprint) is not None:
       logging.info("pivot shard %s already finished, kept", names[i])
       continue
-    if process_index == 0 and os.path.exists(manifest_path):
-      os.remove(manifest_path)  # the set is about to change: no manifest until it is whole
+    if process_index == 0:
+      fileio.remove(manifest_path)  # the set is about to change: no manifest until it is whole
     for stale in (os.path.join(out_dir, names[i]), os.path.join(out_dir, names[i]) + ".done"):
-      if os.path.exists(stale):
-        os.remove(stale)
+      fileio.remove(stale)
     chunk = items[i * shard_size:(i + 1) * shard_size]
     records, stats = _build_shard(chunk, encoders, respond, batch_size, filter_correct,
                                   embed_fields, split_fn, extract_fn, match_fn, gold_fn)
@@ -295,9 +299,8 @@ def build_references(
   if process_index != 0:
     return None
   markers = _wait_for_shards(out_dir, names, fingerprint, wait_for_hosts_s)
-  if os.path.exists(manifest_path):
-    with open(manifest_path, encoding="utf-8") as f:
-      old = json.load(f)
+  if fileio.exists(manifest_path):
+    old = json.loads(fileio.read_text(manifest_path))
     if old.get("fingerprint") == fingerprint:
       return old
   manifest = _manifest(fingerprint, info, items, filter_correct, encoders, embed_fields,
@@ -308,13 +311,13 @@ def build_references(
 
 def _remove_leftovers(out_dir: str, n: int, mine: Sequence[int]) -> None:
   """Leftovers of killed runs: this host's temporaries, and shards of another layout."""
-  for path in glob.glob(os.path.join(out_dir, "refs-*")):
+  for path in fileio.glob(out_dir, "refs-*"):
     base = os.path.basename(path)
     m = _SHARD_RE.match(base.split(".tmp-")[0].removesuffix(".done"))
     if m is None:
       continue
     if int(m.group(2)) != n or (".tmp-" in base and int(m.group(1)) in mine):
-      os.remove(path)
+      fileio.remove(path)
 
 
 def _wait_for_shards(out_dir: str, names: Sequence[str], fingerprint: str, timeout_s: float
@@ -417,11 +420,10 @@ def _build_shard(chunk, encoders, respond, batch_size, filter_correct, embed_fie
 
 def load_manifest(ref_dir: str) -> dict[str, Any]:
   path = os.path.join(ref_dir, MANIFEST)
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     raise DataError(f"{path}: no manifest; the pivot references are missing or unfinished "
                     "(run pbrl-pivot)")
-  with open(path, encoding="utf-8") as f:
-    manifest = json.load(f)
+  manifest = json.loads(fileio.read_text(path))
   if manifest.get("format_version") != FORMAT_VERSION:
     raise DataError(f"{where(path, None, 'format_version')}: {manifest.get('format_version')!r},"
                     f" expected {FORMAT_VERSION}")

@@ -16,6 +16,8 @@ import dataclasses
 import os
 from typing import Any, Iterator
 
+from pbrl_jax import fileio
+
 ON_ERROR_CHOICES = ("raise", "skip")
 
 
@@ -167,8 +169,7 @@ def read_text_lines(path: str | os.PathLike[str],
   Non-UTF-8 bytes on a line are a `DataError` naming the line (or a counted skip); an empty
   file is always a `DataError`, because an empty dataset is never what the caller meant.
   """
-  with open(path, "rb") as f:
-    data = f.read()
+  data = fileio.read_bytes(path)
   if not data.strip():
     raise DataError(f"{where(path)}: file is empty")
   if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark some editors write

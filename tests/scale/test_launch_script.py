@@ -54,8 +54,8 @@ def _remote_command(argv):
 
 
 def test_create_then_clone_then_train_on_all_workers():
-  cmds = _dry_run(*BASE, "--accelerator-type", "v4-32", "--", "--config.total_steps=3",
-                  "--config.note=a b")
+  cmds = _dry_run(*BASE, "--accelerator-type", "v4-32", "--gcsfuse", "--",
+                  "--config.total_steps=3", "--config.note=a b")
   create, install, mount, train = cmds
   assert create[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "create"]
   assert create[5] == "pbrl-test"
@@ -74,7 +74,7 @@ def test_create_then_clone_then_train_on_all_workers():
   # The remote shell sees exactly the training argv, spaces included.
   assert "export PBRL_MULTIHOST=1 PATH=$PWD/.venv/bin:$PATH && pbrl-train " in remote
   train_part = remote.split(" && ", 2)[2].split(" 2>&1")[0]
-  # The gs:// workdir is the bucket's gcsfuse mount, the same path on every worker.
+  # With --gcsfuse the gs:// workdir is the bucket's mount, the same path on every worker.
   assert shlex.split(train_part) == [
       "pbrl-train", "--config", "configs/tiny.py", "--workdir", "/gcs/bucket/run 1",
       "--config.total_steps=3", "--config.note=a b"]
@@ -110,11 +110,20 @@ def test_copy_mode_and_delete():
 
 
 def test_skip_create_and_install_runs_only_the_command():
-  cmds = _dry_run(*BASE, "--skip-create", "--skip-install", "--command", "pbrl-eval")
+  cmds = _dry_run(*BASE, "--skip-create", "--skip-install", "--command", "pbrl-compare",
+                  "--gcsfuse")
   assert len(cmds) == 2  # the bucket is mounted again: a restarted worker has lost its mount
   assert all("--worker=all" in c for c in cmds)
   assert "gcsfuse" in _remote_command(cmds[0])
-  assert " pbrl-eval --config configs/tiny.py" in _remote_command(cmds[1])
+  assert " pbrl-compare --config configs/tiny.py" in _remote_command(cmds[1])
+
+
+def test_a_gs_workdir_is_passed_as_it_is_by_default():
+  cmds = _dry_run(*BASE, "--skip-create", "--skip-install", "--command", "pbrl-eval")
+  assert len(cmds) == 1 and "gcsfuse" not in _remote_command(cmds[0])
+  train_part = _remote_command(cmds[0]).split(" && ", 2)[2].split(" 2>&1")[0]
+  assert shlex.split(train_part) == ["pbrl-eval", "--config", "configs/tiny.py", "--workdir",
+                                     "gs://bucket/run 1"]
 
 
 def test_a_worker_path_needs_no_mount_and_other_urls_are_refused():
@@ -125,6 +134,9 @@ def test_a_worker_path_needs_no_mount_and_other_urls_are_refused():
   args[args.index("--workdir") + 1] = "s3://bucket/run"
   proc = _script("--dry-run", *args)
   assert proc.returncode == 2 and "--workdir s3://bucket/run: give a gs:// bucket" in proc.stderr
+  args[args.index("--workdir") + 1] = "/data/run"
+  proc = _script("--dry-run", *args, "--gcsfuse")
+  assert proc.returncode == 2 and "--gcsfuse needs a gs:// --workdir" in proc.stderr
 
 
 @pytest.mark.parametrize("drop,message", [("--zone", "--zone is required"),
