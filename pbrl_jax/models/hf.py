@@ -313,12 +313,16 @@ def assemble_params(source: TensorSource, config: DecoderConfig, *, mesh: Mesh |
     buf[i] = read(spec, i)
 
   # One weight at a time: read it (a stacked one into a host buffer, its layers on threads),
-  # place it, drop the host copy, so host memory peaks at about one weight beyond the placed
-  # ones.
+  # place it, drop the host copy. The largest weights go first: a weight's host copies (the
+  # array read, and its slices on their way to the devices) coexist with every weight placed
+  # before it, so this order makes the peak the placed model plus the copies of the small
+  # weights placed last. (In file order the untied head, often the largest, came last.)
   params: dict[str, Any] = {}
   num_threads = num_threads or min(8, os.cpu_count() or 1)
+  by_size = sorted(specs, key=lambda s: -math.prod(s.shape) * (config.num_layers
+                                                                if s.per_layer else 1))
   with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-    for spec in specs:
+    for spec in by_size:
       if spec.per_layer:
         buf = np.empty((config.num_layers,) + spec.shape, dtype)
         for future in [pool.submit(fill, buf, spec, i) for i in range(config.num_layers)]:
