@@ -210,10 +210,10 @@ def _set_aside(manager: ocp.CheckpointManager, steps: Sequence[int]) -> str:
   root = epath.Path(manager.directory)
   target = root.parent / f"{root.name}.unusable"
   if jax.process_index() == 0:
-    target.mkdir(parents=True, exist_ok=True)
+    fileio.makedirs(str(target))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for step in steps:
-      (root / str(step)).rename(target / f"{step}-{stamp}")
+      fileio.move_tree(str(root / str(step)), str(target / f"{step}-{stamp}"))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("pbrl_jax.checkpoint.set_aside")

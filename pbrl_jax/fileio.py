@@ -153,6 +153,22 @@ def remove(path: str | os.PathLike[str]) -> None:
     os.remove(path)
 
 
+def move_tree(src: str, dst: str) -> None:
+  """Moves a directory (with everything under it) to `dst`, whose parent exists.
+
+  In an object store a directory is a name prefix: every object under it is moved (a
+  server-side move or copy, then a delete), which epath's rename does not do.
+  """
+  if not is_url(src):
+    os.rename(src, dst)
+    return
+  import fsspec  # pylint: disable=g-import-not-at-top
+  fs, src_path = fsspec.core.url_to_fs(src)
+  _, dst_path = fsspec.core.url_to_fs(dst)
+  fs.mv(src_path, dst_path, recursive=True)
+  fs.invalidate_cache()  # listings cached before the move would still show `src`
+
+
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
   if is_url(path):
     return _epath(path).read_bytes()

@@ -145,3 +145,34 @@ def test_an_unreachable_bucket_fails_within_a_minute_naming_it(tmp_path):
   assert f"pbrl-train: {RUN}: " in proc.stderr, proc.stderr[-3000:]
   assert elapsed < 60, elapsed
   assert os.listdir(tmp_path) == []
+
+
+_SET_ASIDE = r"""
+import json, sys
+import jax.numpy as jnp
+from etils import epath
+from pbrl_jax import checkpoint as ckpt_lib
+manager = ckpt_lib.make_manager(sys.argv[1], async_save=False)
+for step in (2, 4):
+  ckpt_lib.save(manager, step, {"w": jnp.full((3,), step, jnp.float32)}, {}, {"step": step})
+where = ckpt_lib._set_aside(manager, [4])
+moved = sorted(p.name for p in epath.Path(where).iterdir())
+print(json.dumps({"steps": sorted(manager.all_steps()), "where": where, "moved": moved}))
+"""
+
+
+def test_an_unusable_checkpoint_is_set_aside_in_a_bucket(store, tmp_path):
+  """The corrupt-checkpoint fallback moves the step's directory: in a bucket, every object
+  under its prefix (a plain rename finds no such object there)."""
+  env = _env(store, tmp_path)
+  proc = subprocess.run([sys.executable, "-c", _SET_ASIDE, f"gs://{BUCKET}/aside/checkpoints"],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["steps"] == [2]
+  assert out["where"] == f"gs://{BUCKET}/aside/checkpoints.unusable"
+  assert len(out["moved"]) == 1 and out["moved"][0].startswith("4-")
+  names = _names(store, "aside/")
+  assert not any(n.startswith("aside/checkpoints/4/") for n in names), names
+  assert any(n.startswith("aside/checkpoints.unusable/4-") for n in names), names
