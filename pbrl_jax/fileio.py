@@ -110,18 +110,34 @@ def _epath(path: str | os.PathLike[str]) -> Any:
   return epath.Path(os.fspath(path))
 
 
+def _fresh(path: str | os.PathLike[str]) -> Any:
+  """`_epath(path)`, with the store's listings asked again rather than taken from a cache.
+
+  gcsfs keeps directory listings without expiry and answers `exists` from them, so objects
+  that another host (or another client: Orbax's, tensorboardX's) wrote after a listing would
+  stay invisible: process 0 would wait forever for the other hosts' pivot shards.
+  """
+  import fsspec  # pylint: disable=g-import-not-at-top
+  store = type(fsspec.core.url_to_fs(os.fspath(path))[0])
+  # Every client of the store in this process (fsspec keeps one per set of options; epath's
+  # is created with its own), not only the default one.
+  for client in list(getattr(store, "_cache", {}).values()):
+    client.invalidate_cache()
+  return _epath(path)
+
+
 def exists(path: str | os.PathLike[str]) -> bool:
-  return _epath(path).exists() if is_url(path) else os.path.exists(path)
+  return _fresh(path).exists() if is_url(path) else os.path.exists(path)
 
 
 def isdir(path: str | os.PathLike[str]) -> bool:
-  return _epath(path).is_dir() if is_url(path) else os.path.isdir(path)
+  return _fresh(path).is_dir() if is_url(path) else os.path.isdir(path)
 
 
 def listdir(path: str | os.PathLike[str]) -> list[str]:
   """Names in a directory (an object store's 'directory': the names under a prefix)."""
   if is_url(path):
-    return [p.name for p in _epath(path).iterdir()]
+    return [p.name for p in _fresh(path).iterdir()]
   return os.listdir(path)
 
 

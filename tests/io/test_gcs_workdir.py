@@ -176,3 +176,31 @@ def test_an_unusable_checkpoint_is_set_aside_in_a_bucket(store, tmp_path):
   names = _names(store, "aside/")
   assert not any(n.startswith("aside/checkpoints/4/") for n in names), names
   assert any(n.startswith("aside/checkpoints.unusable/4-") for n in names), names
+
+
+_ANOTHER_WRITER = r"""
+import json, sys, urllib.parse, urllib.request
+from pbrl_jax import fileio
+run, upload = sys.argv[1], sys.argv[2]
+fileio.atomic_write(run + "/a.txt", "a")
+seen = [fileio.listdir(run)]
+# Another host writes b.txt straight through the store's API, after our listing.
+urllib.request.urlopen(urllib.request.Request(
+    upload + urllib.parse.quote(run.split("/", 3)[3] + "/b.txt", safe=""), data=b"b",
+    method="POST")).read()
+print(json.dumps({"before": seen[0], "exists": fileio.exists(run + "/b.txt"),
+                  "after": fileio.listdir(run)}))
+"""
+
+
+def test_objects_another_host_writes_are_seen(store, tmp_path):
+  """gcsfs caches listings without expiry; process 0 waiting for the other hosts' pivot
+  shards must see objects written after it last listed the directory."""
+  upload = (f"http://127.0.0.1:{store['port']}/upload/storage/v1/b/{BUCKET}/o?"
+            "uploadType=media&name=")
+  proc = subprocess.run([sys.executable, "-c", _ANOTHER_WRITER, f"gs://{BUCKET}/hosts",
+                         upload], cwd=tmp_path, env=_env(store, tmp_path),
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out == {"before": ["a.txt"], "exists": True, "after": ["a.txt", "b.txt"]}, out
