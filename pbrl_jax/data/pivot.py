@@ -33,9 +33,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from absl import logging
 
+from pbrl_jax import fileio
 from pbrl_jax.data.readers import read_jsonl_objects
 from pbrl_jax.data.records import DataError, ErrorCounter, where
-from pbrl_jax import fileio
 from pbrl_jax.fileio import atomic_write_json
 
 FORMAT_VERSION = 1
