@@ -127,3 +127,43 @@ def test_sharded_load_peak_host_memory(tmp_path):
   mb = {k: round(v / 2**20) for k, v in peaks.items()}
   assert peaks["sharded"] <= bound, (mb, model_bytes >> 20, largest >> 20)
   assert peaks["host_then_mesh"] > bound, (mb, model_bytes >> 20, largest >> 20)
+
+
+_MEASURE_GGUF = r"""
+import json, os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax
+import numpy as np
+from pbrl_jax.models import decoder, gguf_loader, smollm2_gguf_path
+from pbrl_jax.models import sharding as shd
+
+def status(key):
+  with open("/proc/self/status") as f:
+    return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key + ":"))
+
+mesh = shd.make_mesh(data=1, fsdp=8, tensor=1)
+f = gguf_loader.GGUFFile(smollm2_gguf_path())
+config = gguf_loader.gguf_config(f)
+sizes = [int(np.prod(s.shape)) * np.dtype(config.jnp_param_dtype).itemsize
+         for s in jax.tree.leaves(decoder.param_shapes(config))]
+jax.block_until_ready(jax.device_put(np.zeros(8, np.float32), shd.replicated(mesh)))
+with open("/proc/self/clear_refs", "w") as fh:
+  fh.write("5")
+before = status("VmRSS")
+jax.block_until_ready(gguf_loader.load_gguf_params(f, config, mesh=mesh))
+print(json.dumps({"peak": status("VmHWM") - before, "model": sum(sizes),
+                  "largest": max(sizes)}))
+"""
+
+
+def test_gguf_load_peak_host_memory():
+  """The embedded SmolLM2-135M GGUF (94 MB of Q4 blocks, 513 MB dequantised) read straight
+  into an fsdp-8 mesh stays below the model plus its largest array (621 MB). Measured: 611
+  MB; 683-690 MB while the read tensors' pages of the memory-mapped file stayed resident."""
+  env = {**os.environ, "PYTHONPATH": REPO, "XLA_FLAGS": ""}
+  proc = subprocess.run([sys.executable, "-c", _MEASURE_GGUF], env=env, cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  mb = {k: round(v / 2**20) for k, v in out.items()}
+  assert out["peak"] <= out["model"] + out["largest"], mb
