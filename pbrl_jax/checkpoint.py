@@ -87,11 +87,6 @@ class _FaultInjectingPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
     return await super().finalize(*args, **kwargs)
 
 
-def _absolute(path: str) -> str:
-  """Orbax wants absolute paths; a URL already is one."""
-  return path if fileio.is_url(path) else os.path.abspath(path)
-
-
 def make_manager(directory: str, *, max_to_keep: int = 3, async_save: bool = True
                  ) -> ocp.CheckpointManager:
   """A CheckpointManager over `directory` with items 'state', 'data' and 'meta'."""
@@ -100,7 +95,7 @@ def make_manager(directory: str, *, max_to_keep: int = 3, async_save: bool = Tru
       max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
       cleanup_tmp_directories=True,
       temporary_path_class=_FaultInjectingPath if hooked else None)
-  return ocp.CheckpointManager(_absolute(directory), options=options,
+  return ocp.CheckpointManager(fileio.absolute(directory), options=options,  # Orbax: absolute
                                item_names=("state", "data", "meta"))
 
 
@@ -257,7 +252,7 @@ def restore_params(workdir: str, step: int, abstract_params: Any, item: str = "p
   Returns:
     The restored parameter pytree.
   """
-  path = _absolute(os.path.join(workdir, "checkpoints", str(step), "state"))
+  path = fileio.absolute(os.path.join(workdir, "checkpoints", str(step), "state"))
   if not fileio.isdir(path):
     raise FileNotFoundError(f"{path}: no 'state' item of checkpoint {step}")
   if shardings is None:

@@ -12,7 +12,7 @@ import enum
 import re
 import types
 import typing
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -108,6 +108,13 @@ def _check_value(value: Any, hint: Any, key: str) -> Any:
       raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
     return value
   return value
+
+
+def require_at_least_one(section: Any, names: Sequence[str], key: str) -> None:
+  """ConfigError naming `key.name` for the first of `names` whose value is below 1."""
+  for name in names:
+    if getattr(section, name) < 1:
+      raise ConfigError(f"{key}.{name}: must be >= 1, got {getattr(section, name)}")
 
 
 def build(cls: type[T], cd: Any, key: str = "config") -> T:

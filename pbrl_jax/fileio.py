@@ -105,6 +105,11 @@ def is_url(path: str | os.PathLike[str] | None) -> bool:
   return bool(path) and _URL.match(os.fspath(path)) is not None
 
 
+def absolute(path: str) -> str:
+  """`path` made absolute; a URL already is."""
+  return path if is_url(path) else os.path.abspath(path)
+
+
 def _epath(path: str | os.PathLike[str]) -> Any:
   from etils import epath  # pylint: disable=g-import-not-at-top
   return epath.Path(os.fspath(path))

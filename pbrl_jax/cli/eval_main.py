@@ -389,8 +389,7 @@ def _evaluate(config: Any, workdir: str, spec: Any, mesh: Any) -> str:
       "name": name,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "model": {"source": _MODEL.value or _PARAMS_FROM.value or config.model.path,
-                "checkpoint_step": step,
-                "workdir": workdir if fileio.is_url(workdir) else os.path.abspath(workdir)},
+                "checkpoint_step": step, "workdir": fileio.absolute(workdir)},
       "trained_langs": trained,
   }
   result["datasets"] = ev.run_datasets(bundle.params, bundle.config, bundle.tokenizer, spec,

@@ -159,10 +159,15 @@ def _default_answer_fns():
   return answers.split_reasoning_answer, extract, answers.answers_match, answers.gold_answer
 
 
-def _read_shard(path: str) -> list[bytes]:
+def _read_shard(path: str, sha256: str | None = None) -> list[bytes]:
+  """The shard's records; with `sha256`, after checking the bytes read against it (one
+  download of a shard in a bucket serves both)."""
   # pylint: disable-next=g-import-not-at-top
   from array_record.python.array_record_module import ArrayRecordReader
   with fileio.local_copy(path) as local:  # ArrayRecord reads local files only
+    if sha256 is not None and file_sha256(local) != sha256:
+      raise DataError(f"{path}: sha256 differs from {MANIFEST}; the shard changed after it was "
+                      "written")
     reader = ArrayRecordReader(local)
     try:
       return list(reader.read_all())
@@ -170,8 +175,12 @@ def _read_shard(path: str) -> list[bytes]:
       reader.close()
 
 
-def _write_shard(path: str, records: Sequence[bytes]) -> None:
-  """Writes records to `path` through a temporary name; the rename (or upload) is the commit."""
+def _write_shard(path: str, records: Sequence[bytes]) -> str:
+  """Writes records to `path` through a temporary name; the rename (or upload) is the commit.
+
+  Returns the sha256 of the bytes written (hashed before the commit: a bucket's shard is not
+  downloaded again to hash it).
+  """
   # pylint: disable-next=g-import-not-at-top
   from array_record.python.array_record_module import ArrayRecordWriter
   # ArrayRecord writes local files only: a shard bound for a bucket is staged locally.
@@ -183,10 +192,12 @@ def _write_shard(path: str, records: Sequence[bytes]) -> None:
   writer.close()
   with open(tmp, "rb") as f:
     os.fsync(f.fileno())
+  digest = file_sha256(tmp)
   delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
   if delay > 0:
     time.sleep(delay)
   fileio.upload(tmp, path)
+  return digest
 
 
 def shard_is_finished(out_dir: str, name: str, fingerprint: str) -> dict[str, Any] | None:
@@ -290,8 +301,8 @@ def build_references(
     records, stats = _build_shard(chunk, encoders, respond, batch_size, filter_correct,
                                   embed_fields, split_fn, extract_fn, match_fn, gold_fn)
     path = os.path.join(out_dir, names[i])
-    _write_shard(path, records)
-    atomic_write_json(path + ".done", {"fingerprint": fingerprint, "sha256": file_sha256(path),
+    digest = _write_shard(path, records)
+    atomic_write_json(path + ".done", {"fingerprint": fingerprint, "sha256": digest,
                                        "count": len(records), "stats": stats,
                                        "dims": _dims(encoders, records)})
     logging.info("pivot shard %s written: %d records (%s)", names[i], len(records), stats)
@@ -436,10 +447,7 @@ def load_references(ref_dir: str, verify: bool = True) -> dict[str, Reference]:
   out: dict[str, Reference] = {}
   for shard in manifest["shards"]:
     path = os.path.join(ref_dir, shard["file"])
-    if verify and file_sha256(path) != shard["sha256"]:
-      raise DataError(f"{path}: sha256 differs from {MANIFEST}; the shard changed after it was "
-                      "written")
-    records = _read_shard(path)
+    records = _read_shard(path, shard["sha256"] if verify else None)
     if len(records) != shard["count"]:
       raise DataError(f"{path}: {len(records)} records, manifest says {shard['count']}")
     for k, data in enumerate(records):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from pbrl_jax.config_schema import ConfigError, build
+from pbrl_jax.config_schema import ConfigError, build, require_at_least_one
 
 OnError = Literal["raise", "skip"]
 
@@ -60,10 +60,8 @@ class DataSection:
       raise ConfigError(f"{key}.worker_count: must be >= 0, got {s.worker_count}")
     if s.source != "gsm_symbolic" and not s.path:
       raise ConfigError(f"{key}.path: source {s.source!r} reads a file; set its path")
-    g = s.gsm_symbolic
-    for name in ("instances_per_template", "max_attempts", "english_trials"):
-      if getattr(g, name) < 1:
-        raise ConfigError(f"{key}.gsm_symbolic.{name}: must be >= 1, got {getattr(g, name)}")
+    require_at_least_one(s.gsm_symbolic, ("instances_per_template", "max_attempts",
+                                           "english_trials"), f"{key}.gsm_symbolic")
     return s
 
 
@@ -87,9 +85,7 @@ class PivotSection:
   def from_config(cls, cd: Any, key: str = "config.pivot") -> "PivotSection":
     """The section (a ConfigDict, or a section built before), checked."""
     s = build(cls, cd, key)
-    for name in ("max_new_tokens", "batch_size", "shard_size"):
-      if getattr(s, name) < 1:
-        raise ConfigError(f"{key}.{name}: must be >= 1, got {getattr(s, name)}")
+    require_at_least_one(s, ("max_new_tokens", "batch_size", "shard_size"), key)
     if s.temperature < 0:
       raise ConfigError(f"{key}.temperature: must be >= 0 (0 is greedy), got {s.temperature}")
     if "{question}" not in s.prompt_template:

@@ -41,6 +41,10 @@ def test_config_validates(name):
     ("pivot.prompt_template", "no placeholder", "config.pivot.prompt_template"),
     ("pivot.embed_fields", ("response", "summary"), "config.pivot.embed_fields[1]"),
     ("reward.alpha", 1.5, "config.reward.alpha"),
+    *[(f"data.gsm_symbolic.{name}", 0, f"config.data.gsm_symbolic.{name}: must be >= 1")
+      for name in ("instances_per_template", "max_attempts", "english_trials")],
+    *[(f"pivot.{name}", 0, f"config.pivot.{name}: must be >= 1")
+      for name in ("max_new_tokens", "batch_size", "shard_size")],
 ])
 def test_bad_values_name_the_key(key, value, message):
   config = importlib.import_module("configs.tiny").get_config()
