@@ -92,6 +92,8 @@ def cli_env() -> dict:
   env["HF_HUB_OFFLINE"] = "1"
   env["JAX_PLATFORMS"] = "cpu"
   env.pop("XLA_FLAGS", None)  # one CPU device: the CLI runs as a user would
+  if "PBRL_TEST_XLA_CACHE_DIR" in env:  # the run's shared cache (tests/conftest.py)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", env["PBRL_TEST_XLA_CACHE_DIR"])
   env["PYTHONUNBUFFERED"] = "1"
   return env
 
