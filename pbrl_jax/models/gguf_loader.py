@@ -307,9 +307,10 @@ def load_gguf_params(f: GGUFFile, config: DecoderConfig, *, mesh: Mesh | None = 
   """Our params tree from a parsed GGUF file (dequantised, q/k un-permuted, placed)."""
   source = GGUFSource(f, config, permuted_qk=config.model_type in _PERMUTED_QK)
   # One reader thread: two loaded the embedded SmolLM2 no faster (3.2 s a process either
-  # way), and their dequantisation temporaries raised the load's peak and its spread (fsdp-8:
-  # 600-613 MB in 8 runs, 622 in one CI-like run, against 597-605 in 9 runs with one thread;
-  # tests/models/test_sharded_load.py holds it under the model plus its largest array, 621).
+  # way), and with two the load's peak was higher and spread wider (fsdp-8: 600-613 MB in 8
+  # runs, 622 in one CI-like run, against 597-605 in 9 runs with one thread; not attributed
+  # further); tests/models/test_sharded_load.py holds it under the model plus its largest
+  # array, 621 MB.
   return assemble_params(source, config, mesh=mesh, rules=rules, num_threads=1)
 
 
