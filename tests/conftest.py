@@ -32,8 +32,8 @@ import tempfile
 # program (its state donated) loaded from a persistent cache aborted the process in a later
 # step now and then (jaxlib 0.10.2 on CPU; 2 of 7 runs of tests/train/test_stages.py's
 # trailing-padding test with only that program cached, 0 of 10 with every other program
-# cached but that one; a CI run and one local run lost a worker to it). A cache a user set
-# on purpose is left alone.
+# cached but that one; a CI run and one local run lost a worker to it). A user's own
+# JAX_COMPILATION_CACHE_DIR is still honoured, by the test processes too, at that risk.
 if "PBRL_TEST_XLA_CACHE_DIR" not in os.environ:
   _CACHE = tempfile.mkdtemp(prefix="pbrl_test_xla_cache_")
   os.environ["PBRL_TEST_XLA_CACHE_DIR"] = _CACHE
