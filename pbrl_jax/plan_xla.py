@@ -159,15 +159,19 @@ class XlaMemory:
     return self.argument + self.output - self.alias + self.temp
 
 
-def xla_memory(fn: Callable[..., Any], args: Sequence[Any], mesh: Mesh) -> XlaMemory:
-  """AOT-compiles `fn` for abstract `args` (nothing is allocated) and reads XLA's numbers.
+def compiled(fn: Callable[..., Any], args: Sequence[Any], mesh: Mesh) -> Any:
+  """`fn` lowered for abstract `args` and compiled (nothing is allocated).
 
   Traced under the mesh and the logical axis rules: the decoder's activation constraints
   bind only there, and without them XLA may shard activations over D and gather the batch.
   """
   with jax.set_mesh(mesh), sharding_lib.axis_rules():
-    lowered = fn.lower(*args)
-  m = lowered.compile().memory_analysis()
+    return fn.lower(*args).compile()
+
+
+def xla_memory(fn: Callable[..., Any], args: Sequence[Any], mesh: Mesh) -> XlaMemory:
+  """AOT-compiles `fn` for abstract `args` (`compiled`) and reads XLA's numbers."""
+  m = compiled(fn, args, mesh).memory_analysis()
   return XlaMemory(int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
                    int(m.alias_size_in_bytes), int(m.temp_size_in_bytes))
 

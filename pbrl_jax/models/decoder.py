@@ -88,34 +88,40 @@ class RMSNorm(nn.Module):
 
 
 def _with_lora(module: nn.Module, name: str, y: Array, x: Array, dtype: Any,
-               eqs: tuple[str, str] | None = None, feature_axis: str | None = None) -> Array:
+               eqs: tuple[str, str], flatten: bool = False) -> Array:
   """y + ((x A) B) with the adapter of kernel `name` in the 'lora' collection, else y as is.
 
   The unmerged LoRA path: the adapted kernel W + s A B is never built, so LoRA adds no copy
   of the weights (the scale s is folded into B by `forward`). Without an adapter nothing is
   added (not even a zero: `y + 0.0` is an elementwise pass XLA may not fold away).
 
-  `eqs` (x A, then (x A) B) for kernels with head axes (attention); None for 2-D kernels
-  (the MLP), whose products run as 2-D matmuls over the flattened rows. Why (XLA on the CPU,
-  the demo's update, `benchmarks/update_step.py --profile`): from 3-D einsums, the gradient of
-  an MLP adapter's B contracts over (batch, time), and XLA recomputes the fusion in front of
-  it with a transposed [F, B*T] output (2.5 s of a 17 s update); 2-D matmuls avoid it, with
-  the same gradients (bit-identical in a standalone check), and the update ran 1.19x faster
-  in an interleaved comparison. Flattening the attention adapters as well made it 13% slower
-  than before, so they keep their einsums. The flattened rows keep the batch's sharding
-  (`feature_axis`: the logical name of x's last axis): unconstrained, XLA's partitioner
-  placed them otherwise at pod scale and the Llama-3.1-8B LoRA update on 256 devices grew
-  from 11.0 to 18.1 GiB per device.
+  `eqs`: the einsums of x A, then (x A) B. With `flatten` (the MLP's 2-D kernels) and a
+  one-device mesh (or none), the products run instead as 2-D matmuls over the flattened
+  rows. Why (XLA on the CPU, the demo's update, `benchmarks/update_step.py --profile`): from
+  3-D einsums, the gradient of an MLP adapter's B contracts over (batch, time), and XLA
+  recomputes the fusion in front of it with a transposed [F, B*T] output (2.5 s of a 17 s
+  update); 2-D matmuls avoid it, with the same gradients (bit-identical in a standalone
+  check), and the update ran 1.19x faster in an interleaved comparison. Flattening the
+  attention adapters as well made it 13% slower, so they never flatten. On a sharded mesh
+  the flattening is worse than slow: with one row per device, XLA's partitioner reshards the
+  flattened rows over (batch, time), all-reducing and all-gathering [B, T, D] and [B, T, F]
+  activations across devices in every layer (the Llama-3.1-8B LoRA update on 256 devices
+  moved 1.8 GiB per device and layer; `tests/scale/test_plan.py` checks that no MLP
+  collective moves activations), so there the einsums keep the batch's layout.
   """
   if not module.has_variable("lora", name):
     return y
   adapter = module.get_variable("lora", name)
   a, b = adapter["a"].astype(dtype), adapter["b"].astype(dtype)
-  if eqs is not None:
-    return y + jnp.einsum(eqs[1], jnp.einsum(eqs[0], x, a), b)
-  rows = nn.with_logical_constraint(x.reshape((-1, x.shape[-1])),
-                                    ("activation_batch", feature_axis))
-  return y + ((rows @ a) @ b).reshape(y.shape)
+  if flatten and _one_device():
+    return y + ((x.reshape((-1, x.shape[-1])) @ a) @ b).reshape(y.shape)
+  return y + jnp.einsum(eqs[1], jnp.einsum(eqs[0], x, a), b)
+
+
+def _one_device() -> bool:
+  """Whether the program being traced runs on one device (no mesh set counts as one)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return mesh.empty or mesh.size == 1
 
 
 class Attention(nn.Module):
@@ -251,11 +257,12 @@ class MLP(nn.Module):
     down = self.param("down_proj", init(("mlp", "embed")), (c.intermediate_size, c.hidden_size),
                       c.jnp_param_dtype).astype(c.jnp_dtype)
     dt = c.jnp_dtype
-    g = _with_lora(self, "gate_proj", jnp.einsum("BTD,DF->BTF", x, gate), x, dt)
-    u = _with_lora(self, "up_proj", jnp.einsum("BTD,DF->BTF", x, up), x, dt)
+    into, outof = ("BTD,DR->BTR", "BTR,RF->BTF"), ("BTF,FR->BTR", "BTR,RD->BTD")
+    g = _with_lora(self, "gate_proj", jnp.einsum("BTD,DF->BTF", x, gate), x, dt, into, True)
+    u = _with_lora(self, "up_proj", jnp.einsum("BTD,DF->BTF", x, up), x, dt, into, True)
     hidden = jax.nn.silu(g) * u
     return _with_lora(self, "down_proj", jnp.einsum("BTF,FD->BTD", hidden, down), hidden, dt,
-                      feature_axis="mlp")
+                      outof, True)
 
 
 class DecoderLayer(nn.Module):
