@@ -22,23 +22,27 @@ replicated, as there):
 * rollout KV cache: 2 (k and v) x L x B*G x S x K x H x `kv_dtype`, S = prompt + completion;
 * activations of the update step over one micro-batch of b sequences (below): P + M tokens
   each, or with shared prompts (`share_prompt`, the trainer's default) the prompt once
-  per group, plus the prompt's keys and values of every layer (once per group);
+  per group (its own forward attending over its P positions only), plus the prompt's keys
+  and values of every layer (once per group);
 * logits [b, M, V] in fp32 over the M completion positions, or [b, M, K] with the model's
   `vocab_block` K: XLA keeps one buffer (the log-softmax gradient reuses it);
 * scoring (forwards only, the whole batch): one layer's gathered weights and working set
-  beside the repeated prompt keys and values, or the gathered unembedding and the
-  logits (three copies when the policy's pass also takes entropies), whichever is larger;
+  beside the repeated prompt keys and values, or one vocab block of the gathered
+  unembedding and the logits (three copies when the policy's pass also takes entropies),
+  whichever is larger;
 * rollout decode working set: one layer's k/v read out of the cache (the cache itself is
   updated in place in the layer scan's carry) and, without FSDP, one layer's weights
   sliced out of the stacked params;
-* with FSDP (fsdp > 1), the weights gathered just before use: one layer plus the
-  unembedding matrix, in `param_dtype`, divided over tensor.
+* with FSDP (fsdp > 1), the weights gathered just before use, in `param_dtype`, divided
+  over tensor: one layer plus the unembedding rows of one vocab block (scoring and the
+  update), or the whole unembedding (the sampler's full-vocabulary logits).
 
 Activation model, per token and layer, c = bytes of the compute dtype. Without
 rematerialisation (the decoder as it is today: `nn.scan` over layers saves every layer's
 residuals for the backward pass) the saved bytes are
   c x (8 D + 6.5 F + 2.5 (N + K) H) + N x S x (c + 4),
-the last term being the attention probabilities and the fp32 scores. The copy counts are
+the last term being the attention probabilities and the fp32 scores over S keys (P + M;
+P for a shared prompt's own forward). The copy counts are
 calibrated against XLA's buffer assignment for this decoder (fp32 on CPU, varying D, F, N,
 K, T and L one at a time); they are what JAX's scan autodiff keeps: the norms' inputs,
 fp32 internals and outputs (D), q/k/v and the attention output (heads x H), gate, up,
@@ -333,6 +337,26 @@ def activation_bytes_per_token_layer(config: DecoderConfig, seq_len: int, comput
   return full, work
 
 
+def _forward_bytes(inputs: PlanInputs, rows: int, config: DecoderConfig, backward: bool,
+                   tensor: int) -> float:
+  """Activation bytes of the forward over `rows` sequences (`PlanInputs.tokens`).
+
+  With `backward`: what every layer keeps for the backward pass plus the working set of the
+  layer running it; without, one layer's working set. With shared prompts the prompt's own
+  forward attends over its P positions and the completions' over P + M; unshared, every
+  token attends over P + M.
+  """
+  c = config
+  prompt_keys = inputs.max_prompt_len if inputs.prompt_group > 1 else inputs.seq_len
+  total = 0.0
+  for tokens, keys in ((inputs.prompts(rows) * inputs.max_prompt_len, prompt_keys),
+                       (rows * inputs.max_completion_len, inputs.seq_len)):
+    saved, work = activation_bytes_per_token_layer(c, keys, inputs.compute_dtype,
+                                                   inputs.remat and backward, tensor)
+    total += tokens * ((saved * c.num_layers if backward else 0) + work)
+  return total
+
+
 @dataclasses.dataclass(frozen=True)
 class MemoryPlan:
   """Bytes per device by component, the two phase peaks, and the verdict."""
@@ -435,50 +459,50 @@ def plan(inputs: PlanInputs, device: DeviceSpec, margin: float = 0.1) -> MemoryP
   comp["kv cache"] = (2 * c.num_layers * seqs * inputs.seq_len * kv_heads * c.head_dim
                       * _nbytes(inputs.kv_dtype))
   vocab = c.vocab_size // tensor if c.vocab_size % tensor == 0 else c.vocab_size
+  # Log-probs read the hidden states of the M completion positions only, over the vocabulary
+  # in blocks of `vocab_block` columns when set (`decoder.token_logp_entropy`).
+  block = c.vocab_block if 0 < c.vocab_block < c.vocab_size else c.vocab_size
+  block = block // tensor if block % tensor == 0 else block
   # FSDP gathers each layer's weights (and the unembedding) just before use; one layer and
-  # the unembedding are alive at once in XLA's schedule.
+  # the unembedding are alive at once in XLA's schedule. Scoring and the update gather the
+  # unembedding one vocab block at a time (XLA's all-gathers in the compiled update are
+  # [K, D]); the sampler's full-vocabulary logits gather the rest as well.
   unembed_elems = c.vocab_size * c.hidden_size
   layer_elems = (total - unembed_elems * (1 if c.tie_word_embeddings else 2)
                  - c.hidden_size) // c.num_layers
   gathered_layer = layer_elems * pb // tensor if fsdp > 1 else 0
   gathered_unembed = unembed_elems * pb // tensor if fsdp > 1 else 0
-  comp["gathered weights"] = gathered_layer + gathered_unembed
+  gathered_block = block * c.hidden_size * pb if fsdp > 1 else 0
+  comp["gathered weights"] = gathered_layer + gathered_block
+  comp["sampling unembedding"] = gathered_unembed - gathered_block
   # A decode step reads one layer's k/v out of the cache (the cache itself is updated in
   # place in the scan carry) and, without FSDP, copies that layer's weights out of the
   # stacked params.
   comp["kv cache work"] = comp["kv cache"] // c.num_layers + (
       layer_elems * pb // tensor if fsdp == 1 else 0)
   comp["sampling logits"] = seqs * vocab * 4
-  # Log-probs read the hidden states of the M completion positions only, over the vocabulary
-  # in blocks of `vocab_block` columns when set (`decoder.token_logp_entropy`).
-  block = c.vocab_block if 0 < c.vocab_block < c.vocab_size else c.vocab_size
-  block = block // tensor if block % tensor == 0 else block
   b = inputs.update_batch // batch_ways
-  saved, work = activation_bytes_per_token_layer(c, inputs.seq_len, inputs.compute_dtype,
-                                                 inputs.remat, tensor)
   # Shared prompts: the prompt's keys and values of every layer, once per group (the
   # completions' pass attends to them without copying them per row: `decoder.forward`'s
   # shared prefix), are alive through that pass and, in the update, kept for its backward.
   cb = _nbytes(inputs.compute_dtype)
   prompt_kv = lambda rows: (inputs.prompts(rows) * inputs.max_prompt_len * 2 * kv_heads
                             * c.head_dim * c.num_layers * cb if inputs.prompt_group > 1 else 0)
-  comp["activations"] = int(inputs.tokens(b) * (saved * c.num_layers + work) + prompt_kv(b))
+  comp["activations"] = int(_forward_bytes(inputs, b, c, True, tensor) + prompt_kv(b))
   comp["logits"] = LOGITS_COPIES * b * inputs.max_completion_len * block * 4
   # Scoring runs forwards only, over the whole batch: one layer at a time (its gathered
   # weights and working set, beside the prompts' keys and values), then the log-prob
-  # pass (the gathered unembedding and the logits), whichever is larger. The policy's pass
+  # pass (one vocab block of the gathered unembedding and the logits), whichever is larger. The policy's pass
   # (skipped on-policy) also takes entropies: the log-softmax and the probabilities are
   # alive beside the logits.
   copies = LOGITS_COPIES if inputs.on_policy else SCORING_ENTROPY_COPIES
-  _, forward_work = activation_bytes_per_token_layer(c, inputs.seq_len, inputs.compute_dtype,
-                                                     False, tensor)  # no backward to remat
   comp["scoring work"] = int(max(
-      gathered_layer + inputs.tokens(seqs) * forward_work + prompt_kv(seqs),
-      gathered_unembed + copies * seqs * inputs.max_completion_len * block * 4))
+      gathered_layer + _forward_bytes(inputs, seqs, c, False, tensor) + prompt_kv(seqs),
+      gathered_block + copies * seqs * inputs.max_completion_len * block * 4))
   resident = (comp["params"] + comp.get("lora params", 0) + comp["reference params"]
               + comp["value head"] + comp["optimizer state"])
-  rollout = (resident + comp["gathered weights"] + comp["kv cache"] + comp["kv cache work"]
-             + comp["sampling logits"])
+  rollout = (resident + comp["gathered weights"] + comp["sampling unembedding"]
+             + comp["kv cache"] + comp["kv cache work"] + comp["sampling logits"])
   update = (resident + comp["gathered weights"] + comp["grads"] + comp["activations"]
             + comp["logits"])
   score = resident + comp["scoring work"]

@@ -200,7 +200,8 @@ def planned_score_bytes(p: plan_lib.MemoryPlan) -> int:
 
 def planned_decode_bytes(p: plan_lib.MemoryPlan) -> int:
   c = p.components
-  return (c["params"] + c.get("lora params", 0) + c["gathered weights"] + c["kv cache"]
+  return (c["params"] + c.get("lora params", 0) + c["gathered weights"]
+          + c["sampling unembedding"] + c["kv cache"]
           + c["kv cache work"] + c["sampling logits"])
 
 

@@ -51,3 +51,12 @@ def test_qwen3_32b_lora_on_256_devices():
   result = _check_xla("configs/qwen3_32b_grpo.py", "configs/model_configs/qwen3_32b.json",
                       "v5p-512", "--config.model.lora_rank=16")
   assert 32.5e9 < result["total_params"] < 33.0e9
+
+
+def test_llama31_8b_lora_without_remat_on_256_devices():
+  # The planner's worst LoRA case until 2026-12-05 (1.53 over XLA): the adapters' layout
+  # (decoder._with_lora), the unembedding gathered one vocab block at a time and the shared
+  # prompt's own attention span (plan.py) brought it to 1.11.
+  _check_xla("configs/llama31_8b_grpo.py", "configs/model_configs/llama31_8b.json",
+             "v5p-512", "--config.rl.num_microbatches=2", "--config.model.lora_rank=16",
+             "--config.model.remat=false")

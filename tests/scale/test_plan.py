@@ -56,9 +56,20 @@ def test_components_follow_the_formulas():
   assert c["grads"] == n * 2
   assert c["kv cache"] == 2 * 32 * 64 * 768 * 8 * 128 * 2
   assert c["logits"] == 64 * 512 * 128256 * 4  # the completion positions only
-  assert c["gathered weights"] == 0
+  assert c["gathered weights"] == c["sampling unembedding"] == 0
   assert p.update_peak == (c["params"] + c["reference params"] + c["optimizer state"]
                            + c["value head"] + c["grads"] + c["activations"] + c["logits"])
+
+
+def test_fsdp_gathers_the_unembedding_one_vocab_block_at_a_time():
+  # Scoring and the update gather 32768 of the 128256 unembedding rows at a time (XLA's
+  # all-gathers in the compiled update are [32768, D]); the sampler gathers all of them.
+  m = _model("llama31_8b").replace(vocab_block=32768)
+  c = plan.plan(plan.PlanInputs(model=m, mesh=(1, 8, 1)),
+                plan.DeviceSpec("x", 1 << 40, 8)).components
+  layer = (_llama8b_count() - 2 * 128256 * 4096 - 4096) // 32 * 2  # bf16, untied
+  assert c["gathered weights"] == layer + 32768 * 4096 * 2
+  assert c["sampling unembedding"] == (128256 - 32768) * 4096 * 2
 
 
 def test_shared_prompts_and_vocabulary_blocks():
@@ -69,10 +80,13 @@ def test_shared_prompts_and_vocabulary_blocks():
                      plan.device_spec("v6e-1")).components
   # 32 rows of 768 tokens; shared: 4 prompts of 256 and 32 completions of 512, plus each
   # prompt's keys and values in every layer, once per group (28 layers, 8 kv heads of 128,
-  # bf16).
+  # bf16). The prompts' own forward attends over their 256 positions, not 768: per prompt
+  # token 16 heads x 512 fewer scores, saved in 28 layers (bf16 probabilities and fp32
+  # scores, 6 bytes) and in the working set of the layer in backward (4 bytes).
   kv = 4 * 256 * 2 * 8 * 128 * 28 * 2
-  assert (shared["activations"] - kv) * (32 * 768) == pytest.approx(
-      whole["activations"] * (4 * 256 + 32 * 512), rel=1e-6)
+  fewer_scores = 4 * 256 * 16 * 512 * (6 * 28 + 4)
+  assert shared["activations"] - kv + fewer_scores == pytest.approx(
+      whole["activations"] * (4 * 256 + 32 * 512) / (32 * 768), rel=1e-6)
   blocked = plan.plan(plan.PlanInputs(model=m.replace(vocab_block=4096), **kw),
                       plan.device_spec("v6e-1")).components
   assert whole["logits"] == 32 * 512 * 151936 * 4
