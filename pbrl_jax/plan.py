@@ -491,10 +491,10 @@ def plan(inputs: PlanInputs, device: DeviceSpec, margin: float = 0.1) -> MemoryP
   comp["activations"] = int(_forward_bytes(inputs, b, c, True, tensor) + prompt_kv(b))
   comp["logits"] = LOGITS_COPIES * b * inputs.max_completion_len * block * 4
   # Scoring runs forwards only, over the whole batch: one layer at a time (its gathered
-  # weights and working set, beside the prompts' keys and values), then the log-prob
-  # pass (one vocab block of the gathered unembedding and the logits), whichever is larger. The policy's pass
-  # (skipped on-policy) also takes entropies: the log-softmax and the probabilities are
-  # alive beside the logits.
+  # weights and working set, beside the prompts' keys and values), then the log-prob pass
+  # (one vocab block of the gathered unembedding and the logits), whichever is larger. The
+  # policy's pass (skipped on-policy) also takes entropies: the log-softmax and the
+  # probabilities are alive beside the logits.
   copies = LOGITS_COPIES if inputs.on_policy else SCORING_ENTROPY_COPIES
   comp["scoring work"] = int(max(
       gathered_layer + _forward_bytes(inputs, seqs, c, False, tensor) + prompt_kv(seqs),
