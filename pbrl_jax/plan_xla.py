@@ -96,8 +96,8 @@ def trainer_steps(spec: TrainerSpec, model_cfg: DecoderConfig, mesh: Mesh) -> di
 def abstract_decode_step(inputs: plan_lib.PlanInputs, mesh: Mesh) -> Step:
   """One sampling step over the full rollout batch: a token in, fp32 logits out.
 
-  The KV cache [L, B*G, S, K, H] is donated and updated in place. With `lora_rank` the
-  adapters ride along unmerged, as in the trainer's sampler.
+  The KV cache (`decoder.init_cache`, B*G rows) is donated and updated in place. With
+  `lora_rank` the adapters ride along unmerged, as in the trainer's sampler.
 
   Returns:
     (jitted function, abstract args).
@@ -112,13 +112,12 @@ def abstract_decode_step(inputs: plan_lib.PlanInputs, mesh: Mesh) -> Step:
     lora_sh = sharding_lib.param_shardings(
         lora_lib.lora_logical_axes(c, lora_lib.ALL_TARGETS, rank), lora_shapes, mesh)
   b, s = inputs.sequences, inputs.seq_len
-  cache_shape = (c.num_layers, b, s, c.num_kv_heads, c.head_dim)
-  spec = sharding_lib.logical_to_mesh_spec(
-      P("layers", "activation_batch", "activation_length", "kv_heads", "head_dim"),
-      cache_shape, mesh)
-  cache_sh = NamedSharding(mesh, spec)
   kv = jnp.dtype(inputs.kv_dtype)
-  cache = {n: jax.ShapeDtypeStruct(cache_shape, kv, sharding=cache_sh) for n in ("k", "v")}
+  cache_shapes = jax.eval_shape(lambda: decoder.init_cache(c, b, s, kv))
+  cache_sh = {n: NamedSharding(mesh, sharding_lib.logical_to_mesh_spec(
+      P(*axes), cache_shapes[n].shape, mesh)) for n, axes in decoder.cache_logical_axes().items()}
+  cache = {n: jax.ShapeDtypeStruct(x.shape, kv, sharding=cache_sh[n])
+           for n, x in cache_shapes.items()}
   bs2 = sharding_lib.batch_sharding(mesh, 2)
   rep = sharding_lib.replicated(mesh)
   tokens = jax.ShapeDtypeStruct((b, 1), jnp.int32, sharding=bs2)
@@ -132,10 +131,8 @@ def abstract_decode_step(inputs: plan_lib.PlanInputs, mesh: Mesh) -> Step:
                                     lora=adapters, lora_scale=2.0)
     return decoder.unembed(params, c, hidden)[:, 0], cache
 
-  fn = jax.jit(step, in_shardings=(p_shard, {"k": cache_sh, "v": cache_sh}, bs2, bs2, bs2, rep,
-                                   lora_sh),
-               out_shardings=(sharding_lib.batch_sharding(mesh, 2),
-                              {"k": cache_sh, "v": cache_sh}),
+  fn = jax.jit(step, in_shardings=(p_shard, cache_sh, bs2, bs2, bs2, rep, lora_sh),
+               out_shardings=(sharding_lib.batch_sharding(mesh, 2), cache_sh),
                donate_argnums=(1,))
   adapters = _abstract(lora_shapes, lora_sh) if rank else None
   return fn, (_abstract(shapes, p_shard), cache, tokens, positions, valid, index, adapters)

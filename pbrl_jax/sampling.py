@@ -93,7 +93,7 @@ class SamplingState:
   Attributes:
     step: int32 scalar, index of the next completion token to emit.
     last_token: [BG] the token emitted at step-1 (fed to the model at this step).
-    cache: KV cache {'k','v'}: [L,BG,S,K,H].
+    cache: KV cache (`decoder.Cache`, batch axis 1: BG rows).
     tokens: [BG,M] completion tokens (pad id after a row stops).
     logprobs: [BG,M] log-prob of each token under the unmodified model softmax.
     sample_logprobs: [BG,M] log-prob under the sampling distribution.
@@ -211,7 +211,7 @@ def prefill(params: Params, config: DecoderConfig, tokens: Array, valid: Array,
     lora_scale: alpha / rank.
 
   Returns:
-    (float32 logits [B,V] for the first completion token, cache [L,B,S,K,H] with the
+    (float32 logits [B,V] for the first completion token, cache (`decoder.Cache`) with the
     prompt's keys/values in slots 0..P-1).
   """
   b, p = tokens.shape
@@ -243,7 +243,7 @@ def decode_step(params: Params, config: DecoderConfig, token: Array, position: A
     position: [B] RoPE positions of those tokens.
     slot: int32 scalar cache slot (the same for every row, thanks to left padding).
     key_valid: [B,S] bool, which cache slots (this one included) the token may attend to.
-    cache: KV cache [L,B,S,K,H].
+    cache: KV cache (`decoder.Cache`).
     lora: LoRA adapters applied unmerged, or None.
     lora_scale: alpha / rank.
     layers: the layers' weights one by one (`decoder.unstack_layers`); the layer loop then
@@ -397,7 +397,7 @@ def _sample_program(params: Params, prompt_tokens: Array, prompt_valid: Array, r
   if g > 1:
     # Share each prompt's prefill across its G samples: row i*G + j <- prompt i.
     logits = jnp.repeat(logits, g, axis=0)  # [BG,V]
-    cache = jax.tree.map(lambda x: jnp.repeat(x, g, axis=1), cache)  # [L,BG,S,K,H]
+    cache = jax.tree.map(lambda x: jnp.repeat(x, g, axis=1), cache)  # batch axis 1: BG rows
     prompt_valid = jnp.repeat(prompt_valid, g, axis=0)  # [BG,P]
   cache = jax.tree.map(lambda x: _constrain_batch(x, mesh, 1), cache)
   prompt_len = jnp.sum(prompt_valid, axis=-1, dtype=jnp.int32)  # [BG]

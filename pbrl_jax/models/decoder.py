@@ -27,7 +27,14 @@ from pbrl_jax.models.config import DecoderConfig
 
 Array = jax.Array
 Params = Any  # nested dict of arrays
-Cache = dict[str, Array]  # {'k': [L,B,S,K,H], 'v': [L,B,S,K,H]}
+# The KV cache: keys and values [L,B,K,S,H], the layout both attention contractions read
+# per (B,K): q.k as [S,H] rows against q's H, p.v as [S,H] against p's S. A decode step then
+# reads the cache where it lies. Stored as [L,B,S,K,H], XLA on the CPU copied both of every
+# layer's slices into these layouts at every step (SmolLM2-135M, 16 rows, 256 slots: 30 ms
+# of a 86 ms step); keys stored [L,B,K,H,S] instead made XLA compute q.k with the cache as a
+# left operand contracted on its major axis, outside its YNNPACK matmul fusions (a generic
+# dot of 1 ms per layer and step). tests/sampling/test_decode_hlo.py checks the step.
+Cache = dict[str, Array]
 
 _NORMAL = nn.initializers.normal(stddev=0.02)
 
@@ -181,28 +188,44 @@ class Attention(nn.Module):
     if prefix is not None and cache is not None:
       raise ValueError("Attention: a prefix and a cache cannot be used together")
     if cache is not None:
-      # Write this call's T keys/values into this layer's rows of the whole [L,B,S,K,H] cache
-      # at cache_index (in place: the cache rides in the scan carry), then attend over the
+      # Write this call's T keys/values into this layer's rows of the whole cache at
+      # cache_index (in place: the cache rides in the scan carry), then attend over the
       # layer's full cache.
       zero = jnp.zeros((), jnp.int32)
-      start = (layer, zero, jnp.asarray(cache_index, jnp.int32), zero, zero)
-      ck = jax.lax.dynamic_update_slice(cache["k"], key.astype(cache["k"].dtype)[None], start)
-      cv = jax.lax.dynamic_update_slice(cache["v"], val.astype(cache["v"].dtype)[None], start)
+      slot = jnp.asarray(cache_index, jnp.int32)
+      start = (layer, zero, zero, slot, zero)
+      ck = jax.lax.dynamic_update_slice(
+          cache["k"], key.astype(cache["k"].dtype).transpose(0, 2, 1, 3)[None], start)
+      cv = jax.lax.dynamic_update_slice(
+          cache["v"], val.astype(cache["v"].dtype).transpose(0, 2, 1, 3)[None], start)
       new_cache = {"k": ck, "v": cv}
       key = jax.lax.dynamic_index_in_dim(ck, layer, keepdims=False).astype(c.jnp_dtype)
       val = jax.lax.dynamic_index_in_dim(cv, layer, keepdims=False).astype(c.jnp_dtype)
 
     b, t = x.shape[:2]
-    qg = q.reshape(b, t, k, n // k, h)  # [B,T,K,G,H]
+    g = n // k
+    qg = q.reshape(b, t, k, g, h)  # [B,T,K,G,H]
+    wo = self._proj("o_proj", (n, h, d), ("q_heads", "head_dim", "embed"))
+    proj = None
     if prefix is None:
-      logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, key, preferred_element_type=jnp.float32)
-      out = jnp.einsum("BKGTS,BSKH->BTKGH", _attention_probs(logits, attn_mask, h, c.jnp_dtype),
-                       val)
+      # Keys and values as computed are [B,S,K,H]; read from the cache, [B,K,S,H].
+      k_in, v_in = ("BKSH", "BKSH") if cache is not None else ("BSKH", "BSKH")
+      logits = jnp.einsum(f"BTKGH,{k_in}->BKGTS", qg, key, preferred_element_type=jnp.float32)
+      probs = _attention_probs(logits, attn_mask, h, c.jnp_dtype)
+      if t == 1:
+        # A decode step: o_proj takes the heads in the p.v product's own layout [B,K,G,1,H]
+        # as one [B, N*H] matrix. From [B,T,N,H], XLA on the CPU transposed every layer's
+        # o_proj weights at every step instead. `out` (a tiny transpose) feeds LoRA only.
+        heads = jnp.einsum(f"BKGTS,{v_in}->BKGTH", probs, val)
+        proj = jnp.dot(heads.reshape(b, n * h), wo.reshape(n * h, d))[:, None]
+        out = heads.transpose(0, 3, 1, 2, 4)
+      else:
+        out = jnp.einsum(f"BKGTS,{v_in}->BTKGH", probs, val)
     else:
       out = _attend_with_prefix(qg, key, val, prefix, attn_mask, c.jnp_dtype)
     out = out.reshape(b, t, n, h)
-    proj = jnp.einsum("BTNH,NHD->BTD", out, self._proj("o_proj", (n, h, d),
-                                                       ("q_heads", "head_dim", "embed")))
+    if proj is None:
+      proj = jnp.einsum("BTNH,NHD->BTD", out, wo)
     proj = _with_lora(self, "o_proj", proj, out, dt, ("BTNH,NHR->BTR", "BTR,RD->BTD"))
     return proj, new_cache, kv
 
@@ -268,7 +291,7 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
   """Pre-norm block; the scan body.
 
-  Carry: (hidden [B,T,D], the whole cache [L,B,S,K,H] or None); scanned in: the layer index
+  Carry: (hidden [B,T,D], the whole cache (`Cache`) or None); scanned in: the layer index
   and the layer's prefix keys/values (or None); scanned out: the layer's keys/values when
   `collect_kv`, else nothing.
   Carrying the whole cache (rather than scanning its per-layer slices in and out) lets XLA
@@ -429,10 +452,16 @@ def positions_from_mask(valid: Array) -> Array:
 
 def init_cache(config: DecoderConfig, batch: int, length: int,
                dtype: jnp.dtype | None = None) -> Cache:
-  """Zero KV cache {'k','v'}: [L,B,S,K,H] in the compute dtype (or `dtype`)."""
-  shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+  """Zero KV cache {'k','v'}: [L,B,K,S,H] in the compute dtype (or `dtype`)."""
+  shape = (config.num_layers, batch, config.num_kv_heads, length, config.head_dim)
   dtype = dtype or config.jnp_dtype
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def cache_logical_axes() -> dict[str, tuple[str, ...]]:
+  """The logical axis names of `init_cache`'s keys and values, dimension by dimension."""
+  axes = ("layers", "activation_batch", "kv_heads", "activation_length", "head_dim")
+  return {"k": axes, "v": axes}
 
 
 def forward(params: Params, config: DecoderConfig, tokens: Array, positions: Array,
